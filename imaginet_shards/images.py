@@ -1,0 +1,84 @@
+"""Image byte checks shared by the packer, verify and the loaders: format sniffing, header size,
+truncation and decompression-bomb limits. Cheap structural checks first; a full decode only when
+the structure is ambiguous."""
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image
+
+MAX_PIXELS = 128 * 1024 * 1024  # larger images are refused (decompression bombs)
+MAX_FILE_BYTES = 256 * 1024 * 1024
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+EXTENSION = {"jpeg": "jpg", "png": "png", "webp": "webp"}
+
+
+class ImageCheckError(ValueError):
+    """The bytes are not a usable JPEG/PNG/WebP image; the message says why."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str  # "jpeg", "png" or "webp"
+    width: int
+    height: int
+
+    @property
+    def extension(self) -> str:
+        return EXTENSION[self.format]
+
+
+def sniff_format(data: bytes) -> str | None:
+    """"jpeg", "png" or "webp" from the magic bytes, else None."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if data[:8] == _PNG_MAGIC:
+        return "png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def _structurally_complete(fmt: str, data: bytes) -> bool:
+    if fmt == "jpeg":
+        return data.rstrip(b"\0\r\n ")[-2:] == b"\xff\xd9"
+    if fmt == "png":
+        return data.endswith(_PNG_IEND)
+    riff_size = struct.unpack("<I", data[4:8])[0]
+    return len(data) in (riff_size + 8, riff_size + 9)
+
+
+def _open(data: bytes) -> Image.Image:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(data))
+
+
+def check_image(data: bytes, decode: bool = False) -> ImageInfo:
+    """Format and size of encoded image bytes, refusing non-images, truncated files and images
+    above MAX_PIXELS. With `decode`, always decode fully (what `verify --decode` does)."""
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageCheckError(f"file of {len(data)} bytes exceeds the {MAX_FILE_BYTES}-byte limit")
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise ImageCheckError("not a JPEG, PNG or WebP image (unknown magic bytes)")
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    try:
+        image = _open(data)
+        width, height = image.size
+        if width * height > MAX_PIXELS:
+            raise ImageCheckError(f"{width}x{height} exceeds the {MAX_PIXELS}-pixel limit")
+        if decode or not _structurally_complete(fmt, data):
+            image.load()
+    except ImageCheckError:
+        raise
+    except (OSError, SyntaxError, ValueError, struct.error, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as exc:
+        reason = "truncated" if "truncated" in str(exc) else "undecodable"
+        raise ImageCheckError(f"{reason} {fmt.upper()} image: {exc}") from None
+    return ImageInfo(fmt, width, height)
