@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from . import __version__
+from . import __version__, storage
 from .annotations import LABEL_COLUMNS, read_annotations, resolve_inside
 from .images import ImageCheckError, check_image
 from .manifest import (FORMAT_VERSION, MANIFEST_NAME, Manifest, ShardEntry, Skipped, label_histogram,
@@ -28,6 +29,7 @@ from .manifest import (FORMAT_VERSION, MANIFEST_NAME, Manifest, ShardEntry, Skip
 from .tarfmt import ShardWriter
 
 STATE_DIR = ".imaginet-pack"
+PLAN_MARKER = "plan"
 KEY_DIGITS = 9
 MEMBER_OVERHEAD = 2560  # tar headers, padding, .cls/.labels/.json members: for shard size planning
 
@@ -40,7 +42,7 @@ class PackError(RuntimeError):
 class PackOptions:
     root: Path
     annotations: Path
-    out: Path
+    out: Path | str
     prefix: str = "imaginet"
     max_count: int = 2000
     max_size: int = 512 * 1024 * 1024
@@ -175,11 +177,13 @@ def sample_members(key: str, data: bytes, info, sample: PlannedSample) -> list[t
 
 
 def write_shard(plan: ShardPlan, root: str, out: str, on_error: str) -> dict:
-    """Write one shard (tar + idx under temporary names, then renamed) and its state record.
-    Runs in a worker process; returns the record."""
-    out_dir, root_dir = Path(out), Path(root)
-    tmp_tar = out_dir / f".{plan.name}.tmp"
-    tmp_idx = out_dir / f".{plan.index_name}.tmp"
+    """Write one shard (tar + idx under temporary names, then renamed or uploaded) and its state
+    record. Runs in a worker process; returns the record."""
+    root_dir = Path(root)
+    # A local shard is written beside its final name, then renamed; a remote one is uploaded.
+    staging = Path(tempfile.mkdtemp(prefix="imaginet-pack-")) if storage.is_remote(out) else Path(out)
+    tmp_tar = staging / f".{plan.name}.tmp"
+    tmp_idx = staging / f".{plan.index_name}.tmp"
     skipped, labels, first_key = [], [], ""
     try:
         with open(tmp_tar, "wb") as stream:
@@ -198,72 +202,88 @@ def write_shard(plan: ShardPlan, root: str, out: str, on_error: str) -> dict:
                 first_key = first_key or sample.key
             size, digest, index = writer.close()
         tmp_idx.write_text(index)
-        os.replace(tmp_idx, out_dir / plan.index_name)
-        os.replace(tmp_tar, out_dir / plan.name)
+        storage.put_file(tmp_idx, storage.join(out, plan.index_name))
+        storage.put_file(tmp_tar, storage.join(out, plan.name))
     finally:
         for tmp in (tmp_tar, tmp_idx):
             tmp.unlink(missing_ok=True)
+        if staging != Path(out):
+            staging.rmdir()
     entry = ShardEntry(plan.name, plan.index_name, len(labels), size, digest,
                        label_histogram(labels), first_key)
     record = {"fingerprint": plan.fingerprint, "entry": asdict(entry), "skipped": skipped}
-    _write_atomic(out_dir / STATE_DIR / f"{plan.name}.json", json.dumps(record, sort_keys=True))
+    storage.write_bytes(_state(out, f"{plan.name}.json"), json.dumps(record, sort_keys=True).encode())
     return record
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _state(out: str, name: str) -> str:
+    return storage.join(out, f"{STATE_DIR}/{name}")
 
 
-def _sha256_file(path: Path) -> str:
+def _sha256_stream(stream) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
+    for block in iter(lambda: stream.read(1 << 20), b""):
+        digest.update(block)
     return digest.hexdigest()
 
 
-def _reusable(out: Path, plan: ShardPlan) -> dict | None:
-    """The state record of a shard already written for this exact plan and still intact."""
-    record_path = out / STATE_DIR / f"{plan.name}.json"
+def _reusable(out: str, plan: ShardPlan) -> dict | None:
+    """The state record of a shard already written for this exact plan and still intact (size for
+    remote shards; size and sha256 for local ones)."""
     try:
-        record = json.loads(record_path.read_text())
+        record = json.loads(storage.read_bytes(_state(out, f"{plan.name}.json")))
         entry = record["entry"]
-        tar = out / plan.name
-        if (record["fingerprint"] == plan.fingerprint and (out / plan.index_name).is_file()
-                and tar.stat().st_size == entry["bytes"] and _sha256_file(tar) == entry["sha256"]):
-            return record
+        tar = storage.join(out, plan.name)
+        if (record["fingerprint"] != plan.fingerprint
+                or not storage.exists(storage.join(out, plan.index_name))
+                or storage.size(tar) != entry["bytes"]):
+            return None
+        if not storage.is_remote(out):
+            with storage.open_read(tar) as stream:
+                if _sha256_stream(stream) != entry["sha256"]:
+                    return None
+        return record
     except (OSError, ValueError, KeyError):
-        pass
-    return None
+        return None
 
 
-def _prepare_destination(out: Path, options: PackOptions, plan_sha: str) -> Manifest | None:
+def _prepare_destination(out: str, options: PackOptions, plan_sha: str) -> Manifest | None:
     """Refuse to clobber a different shard set; return the existing manifest if it is this one."""
-    out.mkdir(parents=True, exist_ok=True)
-    manifest_path = out / MANIFEST_NAME
-    ours = [p for p in out.glob(f"{options.prefix}-*") if p.suffix in (".tar", ".idx")]
-    if manifest_path.exists():
-        existing = Manifest.from_json(manifest_path.read_text(), str(manifest_path))
+    if not storage.is_remote(out):
+        Path(out).mkdir(parents=True, exist_ok=True)
+    manifest_path = storage.join(out, MANIFEST_NAME)
+    ours = [n for n in storage.list_names(out)
+            if n.startswith(f"{options.prefix}-") and n.endswith((".tar", ".idx"))]
+    started = storage.exists(_state(out, PLAN_MARKER))
+    if storage.exists(manifest_path):
+        existing = Manifest.from_json(storage.read_bytes(manifest_path).decode(), manifest_path)
         if existing.plan_sha256 == plan_sha:
             return existing
         if not options.overwrite:
             raise PackError(f"{out} already holds a different shard set (manifest.json from other "
                             f"inputs or options); pass --overwrite to replace it")
-    elif ours and not (out / STATE_DIR).is_dir() and not options.overwrite:
+    elif ours and not started and not options.overwrite:
         raise PackError(f"{out} holds {len(ours)} shard files from an unknown pack (no manifest, no "
                         f"{STATE_DIR}/); pass --overwrite to replace them")
     if options.overwrite:
-        manifest_path.unlink(missing_ok=True)
-        shutil.rmtree(out / STATE_DIR, ignore_errors=True)
-    (out / STATE_DIR).mkdir(exist_ok=True)
+        storage.remove(manifest_path)
+    if not storage.is_remote(out):
+        Path(out, STATE_DIR).mkdir(exist_ok=True)
+    storage.write_bytes(_state(out, PLAN_MARKER), plan_sha.encode())
     return None
 
 
+def _clear_state(out: str) -> None:
+    for name in storage.list_names(storage.join(out, STATE_DIR)):
+        storage.remove(_state(out, name))
+    if not storage.is_remote(out):
+        shutil.rmtree(Path(out, STATE_DIR), ignore_errors=True)
+
+
 def pack(options: PackOptions) -> Manifest:
-    """Pack the annotated images under options.root into a shard set at options.out."""
-    root, out = Path(options.root), Path(options.out)
+    """Pack the annotated images under options.root into a shard set at options.out (a directory
+    or an s3://, gs:// URL prefix)."""
+    root, out = Path(options.root), str(options.out)
     if not root.is_dir():
         raise PackError(f"dataset root {root} is not a directory")
     frame = read_annotations(options.annotations)
@@ -272,8 +292,9 @@ def pack(options: PackOptions) -> Manifest:
     located, skipped = _locate(root, frame, options.on_error)
     skipped = duplicates + skipped
     plans = plan_shards(located, options)
-    annotations = {"name": Path(options.annotations).name,
-                   "sha256": _sha256_file(Path(options.annotations)), "rows": len(frame) + len(duplicates)}
+    with open(options.annotations, "rb") as stream:
+        annotations = {"name": Path(options.annotations).name, "sha256": _sha256_stream(stream),
+                       "rows": len(frame) + len(duplicates)}
     plan_sha = _fingerprint({"annotations": annotations, "shards": [p.fingerprint for p in plans],
                              "skipped": [asdict(s) for s in skipped]})
     existing = _prepare_destination(out, options, plan_sha)
@@ -289,15 +310,15 @@ def pack(options: PackOptions) -> Manifest:
         else:
             records[plan.index] = record
     planned = {p.name for p in plans} | {p.index_name for p in plans}
-    for stale in out.glob(f"{options.prefix}-*"):
-        if stale.name not in planned and stale.suffix in (".tar", ".idx"):
-            stale.unlink()
+    for name in storage.list_names(out):
+        if name.startswith(f"{options.prefix}-") and name.endswith((".tar", ".idx")) \
+                and name not in planned:
+            storage.remove(storage.join(out, name))
 
-    total_bytes = sum(s.size for p in todo for s in p.samples)
-    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"pack {out.name}",
-               disable=not options.progress)
+    bar = tqdm(total=sum(s.size for p in todo for s in p.samples), unit="B", unit_scale=True,
+               desc=f"pack {out}", disable=not options.progress)
     with ProcessPoolExecutor(max_workers=min(options.workers, max(1, len(todo)))) as pool:
-        futures = {pool.submit(write_shard, plan, str(root), str(out), options.on_error): plan
+        futures = {pool.submit(write_shard, plan, str(root), out, options.on_error): plan
                    for plan in todo}
         pending = set(futures)
         while pending:
@@ -323,6 +344,6 @@ def pack(options: PackOptions) -> Manifest:
                 "bytes": sum(e.bytes for e in entries), "skipped": len(skipped),
                 "histogram": merge_histograms(e.histogram for e in entries)},
         skipped=tuple(skipped), plan_sha256=plan_sha)
-    _write_atomic(out / MANIFEST_NAME, manifest.to_json())
-    shutil.rmtree(out / STATE_DIR, ignore_errors=True)
+    storage.write_bytes(storage.join(out, MANIFEST_NAME), manifest.to_json().encode())
+    _clear_state(out)
     return manifest
