@@ -17,6 +17,7 @@ from pathlib import Path
 from . import storage
 
 log = logging.getLogger(__name__)
+DEFAULT_CACHE_BYTES = 64 * 2**30
 
 
 class ShardCache:
@@ -90,3 +91,17 @@ class ShardCache:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+
+
+_CACHES: dict[tuple[str, int], ShardCache] = {}
+# Prefetch threads do not survive a fork: each process (DataLoader worker) makes its own cache object.
+os.register_at_fork(after_in_child=_CACHES.clear)
+
+
+def shared_cache(directory: str, max_bytes: int = DEFAULT_CACHE_BYTES) -> ShardCache:
+    """This process's ShardCache for `directory` (one per directory and size)."""
+    key = (str(directory), max_bytes)
+    if key not in _CACHES:
+        _CACHES[key] = ShardCache(directory, max_bytes)
+        log.info("remote shards go through the local cache %s (at most %d bytes)", directory, max_bytes)
+    return _CACHES[key]

@@ -10,6 +10,8 @@ from typing import Any, Iterator, Literal, Protocol
 import torch
 
 from .augment import Preset, get_preset
+from .cache import DEFAULT_CACHE_BYTES
+from .world import EpochSpec
 
 Backend = Literal["auto", "dali", "cpu"]
 OnError = Literal["raise", "skip"]
@@ -32,20 +34,20 @@ class LoaderConfig:
     shuffle_buffer: int = 512
     drop_last: bool = True
     cache_dir: str | None = None
+    cache_bytes: int = DEFAULT_CACHE_BYTES
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
-            raise ValueError(f"rank {self.rank} is not in 0..{self.world_size - 1} "
-                             f"(world size {self.world_size})")
-        if self.seed < 0 or self.epoch < 0:
-            raise ValueError(f"seed and epoch must be >= 0, got seed={self.seed} epoch={self.epoch}")
+        self.epoch_spec()  # validates rank, world size, batch size, seed and epoch
         if self.workers < 0 or self.shuffle_buffer < 0:
             raise ValueError(f"workers and shuffle_buffer must be >= 0, got workers={self.workers} "
                              f"shuffle_buffer={self.shuffle_buffer}")
         if self.on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
+
+    def epoch_spec(self, epoch: int | None = None) -> EpochSpec:
+        """The partition arguments (world.py) of `epoch`, by default this config's epoch."""
+        return EpochSpec(self.world_size, self.rank, self.batch_size, self.seed,
+                         self.epoch if epoch is None else epoch, self.drop_last, self.shuffle)
 
 
 class Loader(Protocol):
@@ -90,7 +92,7 @@ def make_loader(source: str | os.PathLike, *, backend: Backend = "auto", preset:
     """A loader over the shard set at `source` (directory, manifest.json path or URL).
 
     `rank`/`world_size` default to torchrun's environment, `device` to `env_device()`; `options` are
-    the other LoaderConfig fields (workers, on_error, shuffle, shuffle_buffer, drop_last, cache_dir).
+    the other LoaderConfig fields (workers, on_error, shuffle, shuffle_buffer, drop_last, cache_dir, cache_bytes).
     `backend="auto"` uses DALI when `nvidia.dali` imports and a pipeline can be built, else the CPU
     backend (with a warning saying why DALI was not used, when it is installed).
     """
@@ -112,4 +114,4 @@ def make_loader(source: str | os.PathLike, *, backend: Backend = "auto", preset:
                           RuntimeWarning, stacklevel=2)
     from .loader_cpu import CpuLoader
     from .shardset import open_shard_set
-    return CpuLoader(open_shard_set(str(source)), config)
+    return CpuLoader(open_shard_set(str(source), config.cache_dir, config.cache_bytes), config)

@@ -1,61 +1,18 @@
 """Real servers on 127.0.0.1 for the storage tests, started and stopped by the tests themselves:
-an S3-compatible server (moto in server mode) and an HTTP file server with Range support and
+an S3-compatible server (moto in server mode, from imaginet_shards.s3local) and an HTTP file server with Range support and
 optional fault injection (failed requests, a connection cut in the middle of a body)."""
 from __future__ import annotations
 
-import os
 import re
 import socket
-import subprocess
-import sys
 import threading
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
-import requests
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def moto_server() -> Iterator[str]:
-    """An S3-compatible server on 127.0.0.1; yields its endpoint URL, with the AWS_* variables
-    set for the duration (credentials are moto's dummies)."""
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
-                                            "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.get(endpoint, timeout=1)
-                break
-            except requests.ConnectionError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.1)
-        os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing",
-                          AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
-        yield endpoint
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+from imaginet_shards.s3local import free_port, moto_server  # noqa: F401 - re-exported for tests
 
 
 @dataclass
@@ -133,8 +90,26 @@ def _handler(directory: Path, faults: Faults):
 
 
 class _QuietServer(ThreadingHTTPServer):
+    """Quiet about clients dropping connections (the point of the fault tests), and able to cut
+    every open keep-alive connection when it stops, as a dead server would."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.connections: set[socket.socket] = set()
+
+    def process_request(self, request, client_address) -> None:
+        self.connections.add(request)
+        super().process_request(request, client_address)
+
     def handle_error(self, request, client_address) -> None:
-        pass  # clients that drop connections (the point of the fault tests) are expected
+        pass
+
+    def cut_all(self) -> None:
+        for connection in list(self.connections):
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 @contextmanager
@@ -150,3 +125,4 @@ def http_server(directory: Path, faults: Faults | None = None) -> Iterator[tuple
     finally:
         server.shutdown()
         server.server_close()
+        server.cut_all()

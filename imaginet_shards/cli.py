@@ -1,0 +1,194 @@
+"""`imaginet-shards`: thin click commands over the library functions."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+
+
+@click.group()
+@click.version_option(__version__, prog_name="imaginet-shards")
+@click.option("--endpoint-url", metavar="URL",
+              help="S3-compatible endpoint for s3:// locations (default: $AWS_ENDPOINT_URL).")
+def main(endpoint_url: str | None) -> None:
+    """Pack ImagiNet into WebDataset shards with DALI indexes, verify, inspect and load them.
+
+    Shard sets are local directories or s3://, gs://, http(s):// URLs (read-only for http)."""
+    from .storage import set_endpoint_url
+    set_endpoint_url(endpoint_url)
+
+
+@main.command()
+@click.option("--out", "out", type=click.Path(path_type=Path), default=None,
+              help="Write the schema here instead of printing it.")
+def schema(out: Path | None) -> None:
+    """Print the label schema (columns, vocabularies, tracks) as JSON."""
+    from .annotations import schema_json
+    text = schema_json()
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.write_text(text)
+
+
+@main.command("check-annotations")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--all-errors", is_flag=True, help="Report every bad line, not just the first.")
+def check_annotations(files: tuple[Path, ...], all_errors: bool) -> None:
+    """Validate annotation files and print their label counts."""
+    from .annotations import AnnotationError, read_annotations
+    failed = False
+    for path in files:
+        try:
+            frame = read_annotations(path, collect=all_errors)
+        except AnnotationError as exc:
+            click.echo(str(exc), err=True)
+            failed = True
+            continue
+        real = int((frame["origin"] == 0).sum())
+        click.echo(f"{path}: {len(frame)} rows ({real} real, {len(frame) - real} synthetic)")
+    sys.exit(1 if failed else 0)
+
+
+def parse_size(text: str) -> int:
+    """'512MB', '1.5GiB', '1000000' → bytes."""
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+    stripped = text.strip().upper()
+    number = stripped.rstrip("KMGTIB")
+    try:
+        return int(float(number) * units[stripped[len(number):]])
+    except (KeyError, ValueError):
+        raise click.BadParameter(f"{text!r} is not a size (e.g. 512MB, 1GiB)") from None
+
+
+@main.command()
+@click.option("--root", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Dataset root the annotation paths are relative to.")
+@click.option("--annotations", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Annotation file (path,origin,content,family,generator).")
+@click.option("--out", required=True, help="Destination directory or s3:// / gs:// URL prefix.")
+@click.option("--prefix", default="imaginet", show_default=True, help="Shard file name prefix.")
+@click.option("--max-count", default=2000, show_default=True, help="Samples per shard at most.")
+@click.option("--max-size", default="512MB", show_default=True, help="Bytes per shard at most.")
+@click.option("--workers", default=2, show_default=True, help="Processes writing shards.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the stratified sample order.")
+@click.option("--on-error", type=click.Choice(["raise", "skip"]), default="raise", show_default=True,
+              help="Bad input file: stop with its path, or skip it and list it in the manifest.")
+@click.option("--overwrite", is_flag=True, help="Replace a different shard set already at --out.")
+def pack(root: Path, annotations: Path, out: str, prefix: str, max_count: int, max_size: str,
+         workers: int, seed: int, on_error: str, overwrite: bool) -> None:
+    """Pack annotated images into WebDataset shards with DALI indexes and a manifest."""
+    import time
+
+    from .pack import PackError, PackOptions, pack as run_pack
+    from .annotations import AnnotationError
+    started = time.monotonic()
+    try:
+        options = PackOptions(root=root, annotations=annotations, out=out, prefix=prefix,
+                              max_count=max_count, max_size=parse_size(max_size), workers=workers,
+                              seed=seed, on_error=on_error, overwrite=overwrite)
+        manifest = run_pack(options)
+    except (PackError, AnnotationError, ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    seconds = time.monotonic() - started
+    total = manifest.totals
+    click.echo(f"{out}: {total['samples']} samples in {total['shards']} shards, "
+               f"{total['bytes'] / 1e6:.1f} MB in {seconds:.1f} s "
+               f"({total['bytes'] / 1e6 / max(seconds, 1e-9):.1f} MB/s); "
+               f"{total['skipped']} skipped")
+    for skipped in manifest.skipped[:10]:
+        click.echo(f"  skipped line {skipped.line}: {skipped.path}: {skipped.reason}")
+    if len(manifest.skipped) > 10:
+        click.echo(f"  … {len(manifest.skipped) - 10} more in manifest.json")
+
+
+@main.command()
+@click.argument("dest")
+@click.option("--decode", is_flag=True, help="Also decode every image.")
+@click.option("--workers", default=2, show_default=True, help="Shards checked in parallel.")
+def verify(dest: str, decode: bool, workers: int) -> None:
+    """Check a shard set against its manifest; exit 1 listing every problem."""
+    from .verify import verify as run_verify
+    try:
+        report = run_verify(dest, decode=decode, workers=workers)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for problem in report.problems:
+        click.echo(f"PROBLEM {problem}", err=True)
+    status = "OK" if report.ok else f"FAILED ({len(report.problems)} problems)"
+    click.echo(f"{dest}: {status}: {report.shards_checked} shards, {report.samples_checked} samples, "
+               f"{report.bytes_checked / 1e6:.1f} MB checked{' and decoded' if decode else ''}")
+    sys.exit(0 if report.ok else 1)
+
+
+@main.command()
+@click.argument("dest")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the report as JSON.")
+def inspect(dest: str, json_out: Path | None) -> None:
+    """Label, format and size statistics of a shard set, and the confounds a detector could learn."""
+    import json
+
+    from .inspect import format_report, inspect as run_inspect
+    try:
+        report = run_inspect(dest)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(format_report(report))
+    if json_out is not None:
+        json_out.write_text(json.dumps(report.to_dict(), indent=1) + "\n")
+
+
+@main.command()
+@click.argument("src")
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option("--preset", default="social", show_default=True, help="Perturbation preset to apply.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the per-sample decisions.")
+@click.option("--workers", default=2, show_default=True, help="Processes writing shards.")
+@click.option("--overwrite", is_flag=True, help="Replace a shard set already at DEST.")
+def perturb(src: str, dest: Path, preset: str, seed: int, workers: int, overwrite: bool) -> None:
+    """Write a copy of the shard set SRC at DEST with a preset applied once per sample."""
+    from .perturb import PerturbOptions, perturb as run_perturb
+    try:
+        manifest = run_perturb(PerturbOptions(source=src, out=dest, preset=preset, seed=seed,
+                                              workers=workers, overwrite=overwrite))
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    total = manifest.totals
+    click.echo(f"{dest}: {total['samples']} samples in {total['shards']} shards, "
+               f"{total['bytes'] / 1e6:.1f} MB ({preset}, seed {seed})")
+
+
+@main.command()
+@click.argument("shards", required=False)
+@click.option("--backend", type=click.Choice(["dali", "cpu", "files"]), required=True,
+              help="Shard loaders (dali, cpu) or the per-file PIL baseline (files).")
+@click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="files: dataset root the annotation paths are relative to.")
+@click.option("--annotations", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="files: annotation file of the images to read.")
+@click.option("--preset", default="train", show_default=True, help="Perturbation preset.")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--threads", default=2, show_default=True, help="DALI threads or DataLoader workers.")
+@click.option("--batches", default=30, show_default=True, help="Batches timed.")
+@click.option("--warmup", default=3, show_default=True, help="Batches drawn before timing.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the result as JSON.")
+def bench(shards: str | None, backend: str, root: Path | None, annotations: Path | None, preset: str,
+          batch_size: int, threads: int, batches: int, warmup: int, seed: int,
+          json_out: Path | None) -> None:
+    """Loader throughput: images/s, MB/s and peak memory over BATCHES batches after a warm-up."""
+    from .bench import BenchOptions, run_bench, write_result
+    try:
+        result = run_bench(BenchOptions(backend=backend, shards=shards, root=root,
+                                        annotations=annotations, preset=preset,
+                                        batch_size=batch_size, threads=threads, batches=batches,
+                                        warmup=warmup, seed=seed))
+    except (OSError, ValueError, NotImplementedError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(result.summary())
+    if json_out is not None:
+        write_result(result, json_out)

@@ -1,0 +1,142 @@
+"""The CPU backend against the loader contract (DESIGN §5), ranks run in-process, plus torchrun."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from datasets import build_shards
+from imaginet_shards.augment import PRESETS, get_preset
+from imaginet_shards.loader import make_loader
+from imaginet_shards.transforms_cpu import augment, encode
+from imaginet_shards.world import batches_per_rank, dropped_samples
+
+COUNT = 26  # shards of 7, 7, 7, 5
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    return build_shards(tmp_path_factory.mktemp("cpu"), COUNT, max_count=7)
+
+
+def run_epoch(shards: Path, **kwargs) -> tuple[list[list[str]], list[torch.Tensor], object]:
+    """(keys per batch, images per batch, loader) of one epoch of a CPU loader."""
+    options = dict(backend="cpu", preset="train", batch_size=4, rank=0, world_size=1, workers=2)
+    loader = make_loader(shards, **{**options, **kwargs})
+    keys, images = [], []
+    for batch in loader.batches():
+        keys.append(batch.keys)
+        images.append(batch.images)
+    return keys, images, loader
+
+
+@pytest.mark.parametrize("world_size,drop_last", [(1, True), (2, True), (3, True), (2, False),
+                                                  (3, False)])
+def test_ranks_cover_the_epoch_once_with_equal_batch_counts(shards, world_size, drop_last):
+    seen = []
+    for rank in range(world_size):
+        keys, _, loader = run_epoch(shards, rank=rank, world_size=world_size, drop_last=drop_last,
+                                    preset="eval", workers=2)
+        assert len(keys) == len(loader) == batches_per_rank(COUNT, world_size, 4, drop_last)
+        seen += [k for batch in keys for k in batch]
+    assert len(seen) == len(set(seen)), "a sample was read twice in one epoch"
+    assert len(seen) == COUNT - dropped_samples(COUNT, world_size, 4, drop_last)
+
+
+def test_seed_fixes_order_and_set_epoch_reshuffles(shards):
+    keys_a, images_a, loader = run_epoch(shards, seed=5)
+    keys_b, images_b, _ = run_epoch(shards, seed=5)
+    assert keys_a == keys_b
+    assert all(torch.equal(a, b) for a, b in zip(images_a, images_b))
+    loader.set_epoch(1)  # persistent workers must follow
+    keys_next = [batch.keys for batch in loader.batches()]
+    assert keys_next != keys_a
+    assert keys_next == run_epoch(shards, seed=5, epoch=1)[0]
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 3 worker processes")
+def test_perturbations_do_not_depend_on_worker_count(shards):
+    def by_key(keys, images):
+        return {k: img for batch_keys, batch in zip(keys, images) for k, img in zip(batch_keys, batch)}
+
+    keys0, images0, _ = run_epoch(shards, workers=0, seed=1)
+    keys3, images3, _ = run_epoch(shards, workers=3, seed=1)
+    a, b = by_key(keys0, images0), by_key(keys3, images3)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_output_contract(shards):
+    loader = make_loader(shards, backend="cpu", preset="train", batch_size=5, rank=0, world_size=1,
+                         workers=0)
+    images, labels = next(iter(loader))
+    assert images.shape == (5, 3, 96, 96) and images.dtype == torch.float32
+    assert labels.shape == (5, 4) and labels.dtype == torch.int64
+    assert -2.2 < float(images.min()) and float(images.max()) < 2.7  # ImageNet-normalised
+    assert loader.skipped == ()
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_gives_its_size_for_any_image_size(preset):
+    spec = get_preset(preset)
+    for height, width in [(40, 30), (96, 96), (120, 300), (1100, 257)]:
+        data = encode(torch.randint(0, 256, (3, height, width), dtype=torch.uint8), "png")
+        for seed in range(4):
+            out = augment(data, spec, np.random.default_rng(seed))
+            assert out.shape == (3, spec.size, spec.size) and out.dtype == torch.uint8
+
+
+def test_bad_arguments(shards):
+    with pytest.raises(ValueError, match="backend"):
+        make_loader(shards, backend="gpu", batch_size=4)
+    with pytest.raises(ValueError, match="on_error"):
+        make_loader(shards, backend="cpu", batch_size=4, on_error="ignore", rank=0, world_size=1)
+    with pytest.raises(ValueError, match="rank 2 is not in 0..1"):
+        make_loader(shards, backend="cpu", batch_size=4, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="no batch"):
+        make_loader(shards, backend="cpu", batch_size=COUNT, rank=0, world_size=2)
+    with pytest.raises(ValueError, match="unknown preset"):
+        make_loader(shards, backend="cpu", preset="nope", batch_size=4, rank=0, world_size=1)
+
+
+TORCHRUN_SCRIPT = """
+import sys
+from pathlib import Path
+
+import torch.distributed as dist
+from imaginet_shards.loader import make_loader
+
+dist.init_process_group("gloo")
+loader = make_loader(sys.argv[1], backend="cpu", preset="train", batch_size=3, workers=1,
+                     drop_last=False)
+count = sum(1 for _ in loader)
+counts = [None] * dist.get_world_size()
+dist.all_gather_object(counts, count)
+dist.barrier()
+Path(sys.argv[2], f"rank{dist.get_rank()}.txt").write_text(f"{count} {len(loader)} {counts}")
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.timeout(180)
+def test_torchrun_two_ranks_finish_with_equal_batch_counts(shards, tmp_path):
+    script = tmp_path / "epoch.py"
+    script.write_text(textwrap.dedent(TORCHRUN_SCRIPT))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
+        str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")])),
+        "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(script), str(shards), str(tmp_path)],
+        capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = batches_per_rank(COUNT, 2, 3, drop_last=False)
+    for rank in (0, 1):  # batches seen, len(), and every rank's count as gathered by this rank
+        reported = (tmp_path / f"rank{rank}.txt").read_text()
+        assert reported == f"{expected} {expected} {[expected, expected]}", result.stderr[-2000:]

@@ -1,0 +1,216 @@
+"""The DALI backend on the CPU (device_id=None): exact geometry, the per-sample operations against
+their definitions, the loader contract, labels staying with images, and faults named by shard and
+key."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.v2.functional as tvf
+from PIL import Image
+
+pytest.importorskip("nvidia.dali")
+
+from datasets import build_shards, labels_from_images, pack_arrays, rewrite_shard  # noqa: E402
+from imaginet_shards.augment import (Blur, Compress, Crop, Flip, Noise, OneOf, PadTo,  # noqa: E402
+                                     Preset, Rot90)
+from imaginet_shards.loader import LoaderConfig, make_loader  # noqa: E402
+from imaginet_shards.loader_dali import DaliLoader, segment_index  # noqa: E402
+from imaginet_shards.manifest import load_manifest  # noqa: E402
+from imaginet_shards.shardset import ShardIndex, open_shard_set  # noqa: E402
+from imaginet_shards.world import EpochSpec, batches_per_rank, rank_batch_sizes  # noqa: E402
+
+
+def coordinate_image(height: int, width: int) -> np.ndarray:
+    """R = column, G = row, B = 255: every pixel says where it came from (sides < 256)."""
+    rows, cols = np.mgrid[0:height, 0:width]
+    return np.stack([cols, rows, np.full_like(rows, 255)], axis=-1).astype(np.uint8)
+
+
+def dali_batches(shards, preset: Preset, batch_size: int = 4, **config):
+    """All batches of one epoch of a DALI loader (single rank, no shuffle unless asked)."""
+    options = dict(preset=preset, batch_size=batch_size, rank=0, world_size=1, workers=2,
+                   shuffle=False, drop_last=False)
+    options.update(config)
+    return list(DaliLoader(open_shard_set(str(shards)), LoaderConfig(**options)).batches())
+
+
+def pixels(images: torch.Tensor) -> torch.Tensor:
+    """[0,1] float CHW images (normalize=False presets) -> uint8 HWC."""
+    return (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+@pytest.fixture(scope="module")
+def coordinate_shards(tmp_path_factory):
+    """PNG coordinate images smaller and larger than a 96 crop, in both directions."""
+    sizes = [(60, 130), (130, 60), (50, 70), (200, 240), (96, 96), (97, 150)] * 2
+    return pack_arrays(tmp_path_factory.mktemp("coords"),
+                       [(coordinate_image(h, w), "png") for h, w in sizes], max_count=5)
+
+
+@pytest.fixture(scope="module")
+def texture_shards(tmp_path_factory):
+    """Eight copies of one smooth 90x120 textured PNG (its centre 64x64 crop is known)."""
+    rng = np.random.default_rng(0)
+    coarse = rng.integers(0, 256, (9, 12, 3), dtype=np.uint8)
+    texture = np.asarray(Image.fromarray(coarse).resize((120, 90), Image.Resampling.BICUBIC))
+    shards = pack_arrays(tmp_path_factory.mktemp("texture"), [(texture, "png")] * 8, max_count=4)
+    return shards, torch.from_numpy(texture[13:77, 28:92].copy())
+
+
+@pytest.fixture(scope="module")
+def colour_shards(tmp_path_factory):
+    return build_shards(tmp_path_factory.mktemp("colour"), 30, max_count=7, seed=3)
+
+
+def test_pad_and_random_crop_are_exact(coordinate_shards):
+    preset = Preset("crop", 96, (PadTo(96), Crop(96, random=True)), normalize=False)
+    tops, lefts = [], []
+    for batch in dali_batches(coordinate_shards, preset, batch_size=5):
+        for image in pixels(batch.images):
+            image = image.numpy().astype(int)
+            left, top = image[0, 0, 0], image[0, 0, 1]
+            valid = image[:, :, 2] == 255
+            rows, cols = valid[:, 0].sum(), valid[0].sum()
+            expected = np.zeros((96, 96, 3), dtype=int)
+            expected[:rows, :cols] = coordinate_image(top + rows, left + cols)[top:, left:]
+            np.testing.assert_array_equal(image, expected)  # a window, zero-padded bottom/right
+            tops.append(top), lefts.append(left)
+    assert len(tops) == 12 and max(tops) > 0 and max(lefts) > 0
+
+
+def test_rot90_and_flip_match_torch(texture_shards):
+    shards, crop = texture_shards
+    preset = Preset("turn", 64, (PadTo(64), Crop(64, random=False), Rot90(1.0), Flip(1.0)),
+                    normalize=False)
+    seen = set()
+    for batch in dali_batches(shards, preset, batch_size=8, seed=5):
+        for image, quarters, mode in zip(pixels(batch.images), batch.decisions["2.Rot90"],
+                                         batch.decisions["3.Flip"]):
+            expected = torch.rot90(crop, int(quarters), dims=(0, 1))
+            dims = {0: [1], 1: [0], 2: [0, 1]}[int(mode)]  # horizontal, vertical, both
+            assert torch.equal(image, torch.flip(expected, dims))
+            seen.add((int(quarters), int(mode)))
+    assert all(q in (1, 2, 3) for q, _ in seen) and len(seen) > 2
+
+
+@pytest.mark.parametrize("option", [Blur(), Noise(), Compress()], ids=lambda o: type(o).__name__)
+def test_degradations(texture_shards, option):
+    shards, crop = texture_shards
+    preset = Preset("degrade", 64, (PadTo(64), Crop(64, random=False), OneOf(1.0, (option,))),
+                    normalize=False)
+    for batch in dali_batches(shards, preset, batch_size=8, seed=2):
+        assert (batch.decisions["2.OneOf"] == 0).all()
+        for image in pixels(batch.images):
+            difference = image.float() - crop.float()
+            if isinstance(option, Blur):  # one of the kernels, sigma as torchvision's default
+                errors = [(image.float() - tvf.gaussian_blur(crop.permute(2, 0, 1), [k, k])
+                           .permute(1, 2, 0).float()).abs().max() for k in option.kernels]
+                assert min(errors) <= 1 and difference.abs().max() > 2
+            elif isinstance(option, Noise):  # std within sqrt of the variance range (+ rounding)
+                assert 1.5 < difference.std() < 3.5 and abs(difference.mean()) < 0.5
+            else:  # JPEG at quality 50-95: changed, but close
+                assert 0 < difference.abs().mean() < 8
+
+
+def test_contract_over_ranks(colour_shards):
+    total = open_shard_set(str(colour_shards)).manifest.samples
+    for world_size, drop_last in [(1, True), (3, True), (2, False)]:
+        keys, counts = [], set()
+        for rank in range(world_size):
+            loader = make_loader(colour_shards, backend="dali", preset="train", batch_size=4,
+                                 rank=rank, world_size=world_size, seed=1, workers=2,
+                                 drop_last=drop_last, shuffle_buffer=8, device="cpu")
+            batches = list(loader.batches())
+            assert len(batches) == len(loader) == batches_per_rank(total, world_size, 4, drop_last)
+            spec = EpochSpec(world_size, rank, 4, 1, 0, drop_last)
+            assert [len(b.keys) for b in batches] == list(rank_batch_sizes(total, spec))
+            for batch in batches:
+                assert batch.images.dtype == torch.float32 and batch.labels.dtype == torch.int64
+                assert batch.images.shape[1:] == (3, 96, 96) and batch.labels.shape[1:] == (4,)
+            keys += [k for b in batches for k in b.keys]
+            counts.add(len(batches))
+        assert len(keys) == len(set(keys))  # never twice in an epoch, across ranks
+        expected = total if not drop_last else total - total % (world_size * 4)
+        assert len(keys) == expected and len(counts) == 1
+
+
+def test_deterministic_and_reshuffled_each_epoch(colour_shards):
+    def run(epoch):
+        loader = make_loader(colour_shards, backend="dali", preset="train", batch_size=4,
+                             rank=0, world_size=1, seed=7, workers=2, shuffle_buffer=8,
+                             device="cpu")
+        loader.set_epoch(epoch)
+        batches = list(loader.batches())
+        return [k for b in batches for k in b.keys], torch.cat([b.images for b in batches])
+
+    first, again, other = run(0), run(0), run(1)
+    assert first[0] == again[0] and torch.equal(first[1], again[1])
+    assert first[0] != other[0]
+
+
+def test_labels_follow_images(colour_shards):
+    for rank in range(2):
+        loader = make_loader(colour_shards, backend="dali", preset="calibration", batch_size=4,
+                             rank=rank, world_size=2, seed=3, workers=2, device="cpu")
+        for images, labels in loader:
+            assert torch.equal(labels_from_images(images, loader.config.preset.mean,
+                                                  loader.config.preset.std), labels)
+
+
+def test_segment_index_keeps_absolute_offsets(colour_shards):
+    entry = load_manifest(str(colour_shards)).shards[0]
+    index = ShardIndex(entry, (colour_shards / entry.index).read_text())
+    lines = segment_index(index, 2, 5).splitlines()
+    assert lines[0] == "v1.2 3" and len(lines) == 4
+    ext, offset, _, name = lines[1].split()[:4]
+    image = index.samples[2][0]
+    assert (ext, int(offset), name) == (image.ext, image.offset, image.name)
+
+
+def _drop_labels(key, members):
+    return [(e, d) for e, d in members if not (key == "000000010" and e == "labels")]
+
+
+def _garbage_image(key, members):
+    return [(e, b"\xff\xd8\xff garbage" if key == "000000010" and e in ("png", "jpg") else d)
+            for e, d in members]
+
+
+def _truncate(tar):
+    entry = load_manifest(str(tar.parent)).shards[1]
+    image = ShardIndex(entry, tar.with_suffix(".idx").read_text()).samples[2][0]
+    with open(tar, "r+b") as stream:
+        stream.truncate(image.offset + image.size // 2)
+
+
+@pytest.mark.parametrize("inject,message", [
+    (_truncate, "truncated shard"),
+    (lambda tar: rewrite_shard(tar, _drop_labels), "Underful sample"),
+    (lambda tar: rewrite_shard(tar, _garbage_image), "undecodable JPEG"),
+], ids=["truncated", "missing-labels", "corrupt-image"])
+def test_faults_name_shard_and_key(tmp_path_factory, inject, message):
+    pristine = build_shards(tmp_path_factory.mktemp("faults"), 16, max_count=8,
+                            formats=("png", "jpg"))
+    dest = pristine.parent / "broken"
+    shutil.copytree(pristine, dest)
+    inject(dest / "imaginet-000001.tar")
+    loader = make_loader(dest, backend="dali", preset="eval", batch_size=3, rank=0, world_size=1,
+                         workers=1, drop_last=False, device="cpu")
+    with pytest.raises(ValueError, match=rf"imaginet-000001\.tar: sample 000000010: .*{message}"):
+        for _ in loader:
+            pass
+
+
+def test_unsupported_options_are_refused(colour_shards):
+    with pytest.raises(NotImplementedError, match="on_error='skip'"):
+        make_loader(colour_shards, backend="dali", batch_size=4, rank=0, world_size=1,
+                    on_error="skip", device="cpu")
+    with pytest.raises(NotImplementedError, match="per-sample seeds"):
+        make_loader(colour_shards, backend="dali", preset="social", batch_size=4, rank=0,
+                    world_size=1, device="cpu")
+    with pytest.raises(ValueError, match="'cpu' or 'cuda"):
+        make_loader(colour_shards, backend="dali", batch_size=4, rank=0, world_size=1,
+                    device="mps")

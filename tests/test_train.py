@@ -1,0 +1,175 @@
+"""The trainer: a 2-rank torchrun SelfCon epoch on uneven shards, exact resumption, config checks,
+objectives and the learning-rate schedule. Tiny images, the small arch, one thread per process."""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from datasets import build_shards
+from imaginet_train import runlog, train as train_module
+from imaginet_train.checkpoint import load_checkpoint
+from imaginet_train.model import build_model
+from imaginet_train.objectives import Classifier, CrossEntropyObjective, HeadsObjective
+from imaginet_train.runlog import read_records
+from imaginet_train.train import TrainConfig, train, warmup_cosine
+from servers import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT_S = 150
+TIMING_FIELDS = {"seconds", "images_per_s", "data_fraction"}
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """20 small images in shards of 7, 7 and 6: neither shards nor samples divide evenly over 2 ranks."""
+    return build_shards(tmp_path_factory.mktemp("train"), 20, max_count=7, sizes=(36, 48))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _config(shards: Path, out: Path, **overrides) -> TrainConfig:
+    options = dict(data=str(shards), out=str(out), arch="small", feat_dim=16, epochs=2, batch_size=4,
+                   crop=32, backend="cpu", workers=0, warmup_epochs=0.5, log_every=1, progress=False)
+    return TrainConfig(**{**options, **overrides})
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_train_selfcon_on_uneven_shards(shards, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+           "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "imaginet_train", "selfcon",
+           str(shards), "--out", str(out), "--arch", "small", "--epochs", "1", "--batch-size", "8",
+           "--crop", "32", "--backend", "cpu", "--workers", "0", "--threads", "1", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"torchrun did not finish in {TIMEOUT_S} s (a rank hung?):\n{output[-4000:]}")
+    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{output[-4000:]}"
+    assert output.count("trained 1 epoch(s)") == 1, output[-2000:]  # rank 0 reports, rank 1 does not
+    [epoch] = read_records(out, "epoch")
+    # 20 samples, 2 ranks x 4 per rank: 2 batches per rank, 16 images in all, 4 dropped.
+    assert (epoch["epoch"], epoch["steps"], epoch["images"]) == (0, 2, 16)
+    assert math.isfinite(epoch["loss"]) and 0 <= epoch["data_fraction"] <= 1
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert (state["epoch"], state["loader"]["epoch"], state["config"]["kind"]) == (1, 1, "selfcon")
+
+
+def _losses(folder: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in read_records(folder)]
+
+
+@pytest.mark.slow
+def test_interrupted_and_resumed_run_reproduces_the_uninterrupted_losses(shards, tmp_path, monkeypatch):
+    straight = _config(shards, tmp_path / "straight")
+    train(straight)
+
+    # Crash in the middle of epoch 1, after its first step was logged (and after epoch 0's checkpoint).
+    interrupted = _config(shards, tmp_path / "resumed")
+    write = runlog.RunLog.write
+
+    def crash(self, record, **kwargs):
+        if record["kind"] == "step" and record["epoch"] == 1 and record["step"] > 5:
+            raise KeyboardInterrupt("simulated preemption")
+        write(self, record, **kwargs)
+
+    monkeypatch.setattr(runlog.RunLog, "write", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(interrupted)
+    monkeypatch.setattr(runlog.RunLog, "write", write)
+    assert load_checkpoint(interrupted.checkpoint_path)["loader"]["epoch"] == 1
+    assert read_records(interrupted.out)[-1]["epoch"] == 1  # the crashed epoch's records, dropped on resume
+
+    result = train(replace(interrupted, resume=True))
+    assert result.epochs_trained == 1
+    expected, got = _losses(Path(straight.out)), _losses(Path(interrupted.out))
+    assert [r["kind"] for r in expected] == ["step"] * 5 + ["epoch"] + ["step"] * 5 + ["epoch"]
+    assert got == expected  # exact: same steps, same data, same arithmetic
+    final = [load_checkpoint(c.checkpoint_path)["model"] for c in (straight, interrupted)]
+    for name, tensor in final[0].items():
+        torch.testing.assert_close(final[1][name], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_resume_refuses_changed_options(shards, tmp_path):
+    config = _config(shards, tmp_path / "run", epochs=1)
+    train(config)
+    with pytest.raises(ValueError, match=r"options differ from the checkpoint's: lr"):
+        train(replace(config, lr=0.1, resume=True))
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        train(replace(config, out=str(tmp_path / "empty"), resume=True))
+
+
+def test_ce_trains_on_the_family_track(shards, tmp_path):
+    result = train(_config(shards, tmp_path / "ce", objective="ce", track="family", epochs=1, batch_size=8))
+    state = load_checkpoint(result.checkpoint)
+    assert state["config"]["kind"] == "ce" and state["model"]["fc.weight"].shape[0] == 4
+    assert math.isfinite(result.last.loss)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"objective": "byol"}, "objective must be one of selfcon, ce"),
+    ({"track": "content"}, "track must be one of origin, family"),
+    ({"arch": "vit"}, "unknown arch 'vit'"),
+    ({"epochs": 0}, "epochs must be >= 1"),
+    ({"lr": 0.0}, "lr must be > 0"),
+    ({"warmup_epochs": -1}, "warmup_epochs must be >= 0"),
+])
+def test_config_rejects_bad_options(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(data="d", out="o", **overrides)
+
+
+def test_batch_must_split_over_ranks(shards, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module.dist, "init_distributed",
+                        lambda: train_module.dist.DistEnv(rank=0, world_size=3))
+    with pytest.raises(ValueError, match="batch_size 4 is not divisible by the world size 3"):
+        train(_config(shards, tmp_path / "run"))
+
+
+def test_warmup_then_cosine():
+    factors = [warmup_cosine(s, warmup=4, total=20) for s in range(20)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert all(a >= b for a, b in zip(factors[3:], factors[4:]))  # non-increasing after warm-up
+    assert warmup_cosine(20, warmup=4, total=20) == pytest.approx(train_module.MIN_LR_FACTOR)
+    assert warmup_cosine(0, warmup=0, total=10) == 1.0
+
+
+def _labels(origin, family):
+    origin, family = torch.tensor(origin), torch.tensor(family)
+    zeros = torch.zeros_like(origin)
+    return torch.stack([origin, zeros, family, zeros], 1)
+
+
+def test_family_objectives_ignore_real_rows_and_survive_batches_without_synthetic_ones():
+    torch.manual_seed(0)
+    model = Classifier(build_model("small", feat_dim=8).encoder, 4).eval()
+    images = torch.randn(4, 3, 16, 16)
+    family = CrossEntropyObjective("family")
+    mixed = _labels([1, 0, 1, 0], [2, 4, 3, 4])
+    logits = model(images)
+    expected = torch.nn.functional.cross_entropy(logits[[0, 2]], torch.tensor([2, 3]))
+    torch.testing.assert_close(family(model, images, mixed), expected)
+    real_only = family(model, images, _labels([0] * 4, [4] * 4))
+    assert real_only.item() == 0.0 and real_only.requires_grad
+    heads = HeadsObjective()
+    both = lambda x: (model(x)[:, 0], model(x))  # noqa: E731  (origin logit, family logits)
+    assert math.isfinite(heads(both, images, _labels([0] * 4, [4] * 4)).item())

@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""CPU-backend images/s reading the same shard set from a local S3-compatible server and from local
+disk, side by side in one run.
+
+    python tools/bench_remote.py                     # sample at realistic sizes (max side 1024)
+    python tools/bench_remote.py --shards DIR        # an existing local shard set
+
+The S3 server (moto, from the `test` extra) runs on 127.0.0.1 for the duration; the shard set is
+uploaded with `pack --out s3://…`'s upload path. Loopback has no real network cost, so this measures
+the streaming, retrying reader's overhead, not a network.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from imaginet_shards import storage
+from imaginet_shards.bench import BenchOptions, run_bench
+from imaginet_shards.s3local import moto_server
+
+
+def _sample_shards(work: Path, count: int) -> Path:
+    from imaginet_shards.pack import PackOptions, pack
+    from imaginet_shards.sample import SampleOptions, write_sample
+
+    sample = work / "sample"
+    write_sample(sample, SampleOptions(count=count, max_side=1024, formats="realistic"), progress=False)
+    everything = work / "all.txt"
+    everything.write_text("".join((sample / f"{s}.txt").read_text() for s in ("train", "calibration", "test")))
+    pack(PackOptions(root=sample, annotations=everything,
+                     out=work / "shards", max_count=50, progress=False))
+    return work / "shards"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shards", type=Path, help="local shard set (default: generate the sample)")
+    parser.add_argument("--count", type=int, default=300)
+    parser.add_argument("--preset", default="train")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batches", type=int, default=15)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-remote-"))
+    try:
+        local = args.shards or _sample_shards(work, args.count)
+        with moto_server():
+            fs, _ = storage.filesystem("s3://imaginet-bench")
+            fs.mkdir("imaginet-bench")
+            remote = "s3://imaginet-bench/shards"
+            for path in sorted(Path(local).iterdir()):
+                if path.is_file():
+                    storage.write_bytes(f"{remote}/{path.name}", path.read_bytes())
+            results = {}
+            for name, source in (("local disk", str(local)), ("local S3", remote)):
+                result = run_bench(BenchOptions(backend="cpu", shards=source, preset=args.preset,
+                                                threads=args.threads, batches=args.batches))
+                results[name] = result
+                print(f"{name:>10}: {result.summary()}", flush=True)
+        ratio = results["local S3"].images_per_sec / results["local disk"].images_per_sec
+        print(f"S3 / local: {ratio:.2f}x")
+        if args.json:
+            args.json.write_text(json.dumps({k: json.loads(v.to_json()) for k, v in results.items()}
+                                            | {"ratio": round(ratio, 3)}, indent=1) + "\n")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
