@@ -1,0 +1,169 @@
+"""Process-group plumbing: the torchrun environment (read here and nowhere else), init, gathers.
+
+One code path for one process, CPU tests (`torchrun --nproc_per_node=2`, gloo) and GPU clusters (nccl):
+`init_distributed()` starts a process group only when WORLD_SIZE > 1.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Mapping, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """This process's place in the job: torchrun's RANK, WORLD_SIZE and LOCAL_RANK."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    def __post_init__(self) -> None:
+        if self.world_size < 1:
+            raise ValueError(f"WORLD_SIZE must be >= 1, got {self.world_size}")
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"RANK {self.rank} is not in 0..{self.world_size - 1} "
+                             f"(WORLD_SIZE {self.world_size})")
+        if not 0 <= self.local_rank <= self.rank:
+            raise ValueError(f"LOCAL_RANK {self.local_rank} is not in 0..RANK ({self.rank})")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> DistEnv:
+        """Read torchrun's variables (default: os.environ); all absent means a single process."""
+        environ = os.environ if environ is None else environ
+        names = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+        present = [n for n in names if n in environ]
+        if not present:
+            return cls()
+        if "WORLD_SIZE" not in environ or "RANK" not in environ:
+            raise ValueError(f"found {', '.join(present)} but not all of RANK and WORLD_SIZE; launch with "
+                             "torchrun or set RANK and WORLD_SIZE (and LOCAL_RANK) together")
+        values = {n: _int_var(environ, n) for n in present}
+        return cls(rank=values["RANK"], world_size=values["WORLD_SIZE"],
+                   local_rank=values.get("LOCAL_RANK", values["RANK"]))
+
+    @property
+    def distributed(self) -> bool:
+        """True when this job has more than one process."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0, the rank that logs, writes checkpoints and shows progress."""
+        return self.rank == 0
+
+
+def _int_var(environ: Mapping[str, str], name: str) -> int:
+    try:
+        return int(environ[name])
+    except ValueError:
+        raise ValueError(f"environment variable {name}={environ[name]!r} is not an integer") from None
+
+
+def device_for(env: DistEnv) -> torch.device:
+    """cuda:LOCAL_RANK when CUDA is available, else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    if env.local_rank >= torch.cuda.device_count():
+        raise ValueError(f"LOCAL_RANK {env.local_rank} but only {torch.cuda.device_count()} CUDA devices "
+                         "are visible")
+    return torch.device("cuda", env.local_rank)
+
+
+def init_distributed(env: DistEnv | None = None, *, timeout: timedelta = timedelta(minutes=30)) -> DistEnv:
+    """Start the process group when WORLD_SIZE > 1 (nccl with CUDA, gloo without); return the env.
+
+    Rendezvous uses torchrun's MASTER_ADDR / MASTER_PORT (`env://`). A no-op for a single process or
+    when a group already exists.
+    """
+    env = DistEnv.from_env() if env is None else env
+    if not env.distributed or dist.is_initialized():
+        return env
+    device = device_for(env)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", rank=env.rank, world_size=env.world_size, timeout=timeout,
+                                device_id=device)
+    else:
+        dist.init_process_group("gloo", rank=env.rank, world_size=env.world_size, timeout=timeout)
+    return env
+
+
+def cleanup() -> None:
+    """Destroy the process group if one exists."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op for a single process)."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def is_main() -> bool:
+    """True on global rank 0: of the process group when there is one, else of the environment."""
+    return group_rank() == 0 if dist.is_initialized() else DistEnv.from_env().is_main
+
+
+def group_size() -> int:
+    """Size of the current process group (1 without one)."""
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def group_rank() -> int:
+    """Rank in the current process group (0 without one)."""
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def all_gather_sizes(n: int, device: torch.device) -> list[int]:
+    """Every rank's `n` (e.g. its batch size), in rank order."""
+    if group_size() == 1:
+        return [n]
+    sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(group_size())]
+    dist.all_gather(sizes, torch.tensor([n], dtype=torch.int64, device=device))
+    return [int(s.item()) for s in sizes]
+
+
+def all_gather_with_grad(tensor: Tensor, sizes: Sequence[int] | None = None) -> Tensor:
+    """Concatenate every rank's `tensor` along dim 0 in rank order, differentiably.
+
+    Ranks may hold different numbers of rows (`sizes`, from `all_gather_sizes`; gathered when None).
+    Backward all-reduces (sums) the gradient of the gathered tensor and returns this rank's rows: every
+    rank's loss may depend on every rank's rows, so each rank's inputs receive the gradient of the
+    *sum* of all ranks' losses. Works for any dtype; gradients flow for floating tensors.
+    """
+    if group_size() == 1:
+        return tensor
+    if sizes is None:
+        sizes = all_gather_sizes(tensor.shape[0], tensor.device)
+    if len(sizes) != group_size() or sizes[group_rank()] != tensor.shape[0]:
+        raise ValueError(f"sizes {list(sizes)} do not match world size {group_size()} and this rank's "
+                         f"{tensor.shape[0]} rows")
+    return _AllGatherWithGrad.apply(tensor, tuple(sizes))
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tensor: Tensor, sizes: tuple[int, ...]) -> Tensor:
+        ctx.sizes = sizes
+        longest = max(sizes)
+        padded = tensor.contiguous()
+        if tensor.shape[0] < longest:
+            padded = tensor.new_zeros((longest, *tensor.shape[1:]))
+            padded[: tensor.shape[0]] = tensor
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded)
+        return torch.cat([p[:n] for p, n in zip(parts, sizes)])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        start = sum(ctx.sizes[: dist.get_rank()])
+        return grad[start: start + ctx.sizes[dist.get_rank()]], None
