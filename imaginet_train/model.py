@@ -19,10 +19,13 @@ from torchvision.models.resnet import BasicBlock
 ARCHS = ("resnet50nodown", "resnet50", "small")
 IMAGENET = "imagenet"
 
-# The small encoder: a stride-2 stem, then four single-BasicBlock stages of these widths (layer1 keeps
-# the stem's resolution, layers 2-4 halve it). Sized to train 96x96 crops at well over 100 images/s on
-# two CPU cores; its layer2 (32 channels) feeds the sub-network and its pooled output is 128-d.
+# The small encoder: a stride-2 stem on the image's high-pass residual, then four single-BasicBlock
+# stages of these widths (layer1 keeps the stem's resolution, layers 2-4 halve it). Sized to train
+# 96x96 crops at well over 100 images/s on two CPU cores; its layer2 (32 channels) feeds the
+# sub-network and its pooled output is 128-d.
 SMALL_WIDTHS = (16, 32, 64, 128)
+# Side of the box filter whose output the small stem subtracts from the image (see ResidualConv2d).
+RESIDUAL_BOX = 3
 
 
 class Encoder(nn.Module):
@@ -50,6 +53,20 @@ class Encoder(nn.Module):
         mid = self.layer2(self.layer1(self.stem(x)))
         out = self.layer4(self.layer3(mid))
         return mid, torch.flatten(self.avgpool(out), 1)
+
+
+class ResidualConv2d(nn.Conv2d):
+    """A Conv2d applied to the high-pass residual x - box(x) (a fixed, parameter-free filter).
+
+    Generator traces are faint high-frequency patterns under much stronger image content. Starting
+    from the residual, as forensic detectors often do (e.g. SRM filters), lets a tiny network trained
+    from scratch find them within a few CPU epochs; measured on the embedded sample, SelfCon + heads
+    went from chance to well above it. The ResNet-50 archs keep torchvision's stem (ImageNet weights).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x - F.avg_pool2d(x, RESIDUAL_BOX, stride=1, padding=RESIDUAL_BOX // 2,
+                                                count_include_pad=False))
 
 
 class ProjectionHead(nn.Sequential):
@@ -194,7 +211,7 @@ def _resnet50_encoder(nodown: bool) -> Encoder:
 def _small_encoder() -> Encoder:
     """A tiny BasicBlock ResNet (widths SMALL_WIDTHS) for CPU tests and the demo."""
     w1, w2, w3, w4 = SMALL_WIDTHS
-    conv1 = nn.Conv2d(3, w1, kernel_size=3, stride=2, padding=1, bias=False)
+    conv1 = ResidualConv2d(3, w1, kernel_size=3, stride=2, padding=1, bias=False)
     layers = (_basic_stage(w1, w1, stride=1), _basic_stage(w1, w2, stride=2),
               _basic_stage(w2, w3, stride=2), _basic_stage(w3, w4, stride=2))
     encoder = Encoder(conv1, nn.Identity(), layers, sub_channels=w2, out_dim=w4)

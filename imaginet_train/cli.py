@@ -1,0 +1,142 @@
+"""`imaginet-train`: thin click commands over the trainer's library functions.
+
+Each command parses its options into a frozen config dataclass, calls one function and prints a
+summary. `selfcon` and `ce` run under `torchrun` as they are.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import click
+
+from .model import ARCHS
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def _apply(*decorators: Decorator) -> Decorator:
+    def wrap(function: Callable[..., Any]) -> Callable[..., Any]:
+        for decorator in reversed(decorators):
+            function = decorator(function)
+        return function
+    return wrap
+
+
+runtime_options = _apply(
+    click.option("--backend", type=click.Choice(["auto", "dali", "cpu"]), default="auto", show_default=True,
+                 help="Loader backend (auto: DALI when usable, else CPU)."),
+    click.option("--workers", default=4, show_default=True, help="Loader worker processes / threads."),
+    click.option("--amp", type=click.Choice(["auto", "bf16", "off"]), default="auto", show_default=True,
+                 help="bf16 autocast (auto: on CUDA only)."),
+    click.option("--channels-last/--no-channels-last", default=True, show_default=True,
+                 help="channels_last memory format for model and batches."),
+    click.option("--threads", default=0, show_default=True, help="torch intra-op threads (0: torch's default)."),
+    click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar and per-epoch lines."),
+)
+
+training_options = _apply(
+    click.argument("data"),
+    click.option("--out", required=True, help="Run folder (checkpoint.pt, metrics.jsonl)."),
+    click.option("--arch", type=click.Choice(ARCHS), default="resnet50nodown", show_default=True),
+    click.option("--pretrained", default=None,
+                 help="torchvision resnet50 state_dict file, or 'imagenet' to download (resnet50 archs)."),
+    click.option("--epochs", default=30, show_default=True),
+    click.option("--batch-size", default=200, show_default=True, help="Global batch (split over ranks)."),
+    click.option("--lr", default=0.005, show_default=True),
+    click.option("--momentum", default=0.9, show_default=True),
+    click.option("--weight-decay", default=1e-4, show_default=True),
+    click.option("--warmup-epochs", default=1.0, show_default=True, help="Linear warm-up, then cosine."),
+    click.option("--crop", default=96, show_default=True, help="Training crop side (train preset)."),
+    click.option("--seed", default=0, show_default=True),
+    click.option("--checkpoint-every", default=1, show_default=True, help="Epochs between checkpoints."),
+    click.option("--log-every", default=10, show_default=True, help="Steps between metrics.jsonl step records."),
+    click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt (same options)."),
+    runtime_options,
+)
+
+
+@click.group()
+def main() -> None:
+    """Train and evaluate synthetic-image detectors on imaginet shards."""
+
+
+@main.command()
+@training_options
+@click.option("--feat-dim", default=128, show_default=True, help="Projection head output size.")
+@click.option("--temperature", default=0.07, show_default=True)
+def selfcon(**options: Any) -> None:
+    """SelfCon pre-training (origin + family supervised contrastive loss) on DATA shards."""
+    _train(objective="selfcon", **options)
+
+
+@main.command()
+@training_options
+@click.option("--track", type=click.Choice(["origin", "family"]), default="origin", show_default=True,
+              help="origin: real vs synthetic; family: 4 generator families (synthetic rows).")
+def ce(**options: Any) -> None:
+    """Cross-entropy baseline on the same encoder, on DATA shards."""
+    _train(objective="ce", **options)
+
+
+def _train(**options: Any) -> None:
+    from .dist import DistEnv
+    from .train import TrainConfig, train
+    result = train(TrainConfig(**options))
+    if DistEnv.from_env().is_main:
+        click.echo(result.summary())
+
+
+@main.command()
+@click.argument("checkpoint")
+@click.argument("data")
+@click.option("--out", required=True, help="Output folder (heads.pt, metrics.jsonl).")
+@click.option("--epochs", default=5, show_default=True)
+@click.option("--lr", default=1e-4, show_default=True)
+@click.option("--weight-decay", default=1e-3, show_default=True)
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--size", default=256, show_default=True, help="Calibration preset output side.")
+@click.option("--seed", default=0, show_default=True)
+@runtime_options
+def linear(**options: Any) -> None:
+    """Train the origin and family heads on a frozen encoder (CHECKPOINT) with calibration shards (DATA)."""
+    from .linear import LinearConfig, train_heads
+    result = train_heads(LinearConfig(**options))
+    click.echo(f"heads trained for {len(result.epochs)} epoch(s), last loss {result.epochs[-1].loss:.4f} -> "
+               f"{result.heads}")
+
+
+def _numbers(kind: type) -> Callable[[click.Context, click.Parameter, str], tuple]:
+    """A click callback parsing 'a,b,c' or 'start:stop:step' (inclusive) into a tuple; 'none' is empty."""
+    def parse(ctx: click.Context, param: click.Parameter, text: str) -> tuple:
+        text = text.strip()
+        if text.lower() == "none":
+            return ()
+        try:
+            if ":" in text:
+                start, stop, step = (kind(p) for p in text.split(":"))
+                if step <= 0:
+                    raise ValueError("step must be > 0")
+                count = int((stop - start) / step + 1e-9) + 1
+                return tuple(kind(round(start + i * step, 9)) for i in range(max(count, 0)))
+            return tuple(kind(p) for p in text.split(","))
+        except ValueError as exc:
+            raise click.BadParameter(f"{text!r}: expected 'a,b,c', 'start:stop:step' or 'none' ({exc})") from None
+    return parse
+
+
+@main.command()
+@click.argument("checkpoint")
+@click.argument("data")
+@click.option("--out", required=True, help="Output folder (evaluation.json, CSVs, PNG plots).")
+@click.option("--preset", type=click.Choice(["eval", "social"]), default="eval", show_default=True)
+@click.option("--size", default=256, show_default=True, help="Preset output side.")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--jpeg-qualities", default="40:100:5", show_default=True, callback=_numbers(int),
+              help="JPEG sweep qualities: 'a,b,c', 'start:stop:step' or 'none'.")
+@click.option("--resize-scales", default="0.5,0.75,1,1.25,1.5", show_default=True, callback=_numbers(float),
+              help="Resize sweep factors: 'a,b,c', 'start:stop:step' or 'none'.")
+@runtime_options
+def evaluate(**options: Any) -> None:
+    """Evaluate a detector (CHECKPOINT = heads.pt from `linear`) on test shards (DATA)."""
+    from .evaluate import EvalConfig, evaluate as run
+    click.echo(run(EvalConfig(**options)).summary())

@@ -1,0 +1,160 @@
+"""The loops, split as in torchvision's references/classification: `train_one_epoch` here, the
+evaluation pass in `evaluate.py`; `Runtime` holds the per-device choices both share.
+
+`train_one_epoch` times every step and splits it into waiting for the loader and the rest, sums
+(loss, images, waiting, step time) over ranks with one small all-reduce a step, and reports global
+figures: the loss of the global batch, images/s of the whole job, the fraction of step time spent
+waiting for data (averaged over ranks).
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Literal
+
+import torch
+import torch.distributed as tdist
+from torch import Tensor, nn
+from tqdm import tqdm
+
+Objective = Callable[[nn.Module, Tensor, Tensor], Tensor]
+Amp = Literal["auto", "bf16", "off"]
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how tensors run: device, bf16 autocast, channels_last memory format."""
+
+    device: torch.device
+    bf16: bool = False
+    channels_last: bool = False
+
+    @classmethod
+    def for_device(cls, device: torch.device | str, amp: Amp = "auto", channels_last: bool = True) -> Runtime:
+        """`amp="auto"` means bf16 autocast on CUDA and float32 elsewhere (CPU bf16 is slow)."""
+        device = torch.device(device)
+        if amp not in ("auto", "bf16", "off"):
+            raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {amp!r}")
+        bf16 = amp == "bf16" or (amp == "auto" and device.type == "cuda")
+        return cls(device=device, bf16=bf16, channels_last=channels_last)
+
+    def autocast(self) -> AbstractContextManager:
+        """Device-agnostic bf16 autocast (disabled when `bf16` is off)."""
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Move `model` to the device, in channels_last when asked."""
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return model.to(self.device, memory_format=fmt)
+
+    def prepare_images(self, images: Tensor) -> Tensor:
+        """Move a batch to the device, in channels_last when asked."""
+        images = images.to(self.device, non_blocking=True)
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """One epoch on all ranks: mean loss, images, wall time, time waiting for data, last lr."""
+
+    epoch: int
+    steps: int
+    loss: float
+    images: int
+    seconds: float
+    data_fraction: float
+    lr: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else math.nan
+
+    def record(self) -> dict[str, Any]:
+        """The epoch's JSON-lines record."""
+        return {"kind": "epoch", "epoch": self.epoch, "steps": self.steps, "loss": self.loss,
+                "images": self.images, "seconds": round(self.seconds, 3),
+                "images_per_s": round(self.images_per_s, 2), "data_fraction": round(self.data_fraction, 4),
+                "lr": self.lr}
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One optimizer step, as every rank sees it after the all-reduce."""
+
+    epoch: int
+    step: int  # global step, counted from the start of the run
+    loss: float
+    lr: float
+
+    def record(self) -> dict[str, Any]:
+        return {"kind": "step", "epoch": self.epoch, "step": self.step, "loss": self.loss, "lr": self.lr}
+
+
+def train_one_epoch(model: nn.Module, objective: Objective, loader: Iterable[tuple[Tensor, Tensor]],
+                    optimizer: torch.optim.Optimizer, *, runtime: Runtime, epoch: int, first_step: int = 0,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                    on_step: Callable[[StepRecord], None] | None = None,
+                    progress: bool = False) -> EpochStats:
+    """One pass over `loader`: forward under autocast, backward, optimizer (and per-step scheduler) step.
+
+    `first_step` is the global step number of this epoch's first batch (for logging); `on_step` is
+    called after every step. A non-finite loss raises FloatingPointError before the weights change.
+    """
+    model.train()
+    world = tdist.get_world_size() if tdist.is_initialized() else 1
+    totals = torch.zeros(4, dtype=torch.float64)  # loss sum, images, data seconds, step seconds
+    steps = 0
+    bar = tqdm(total=_length(loader), desc=f"epoch {epoch}", unit="batch", disable=not progress,
+               dynamic_ncols=True, leave=False)
+    started = time.perf_counter()
+    ready = started
+    for images, labels in loader:
+        fetched = time.perf_counter()
+        images, labels = runtime.prepare_images(images), labels.to(runtime.device, non_blocking=True)
+        with runtime.autocast():
+            loss = objective(model, images, labels)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"epoch {epoch} step {first_step + steps}: loss is {loss.item()}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        lr = optimizer.param_groups[0]["lr"]
+        if scheduler is not None:
+            scheduler.step()
+        done = time.perf_counter()
+        step = _all_reduce_sum(torch.tensor([loss.item(), len(images), fetched - ready, done - ready],
+                                            dtype=torch.float64), runtime.device)
+        totals += step
+        ready = done
+        record = StepRecord(epoch, first_step + steps, float(step[0]) / world, lr)
+        steps += 1
+        if on_step is not None:
+            on_step(record)
+        bar.update()
+        bar.set_postfix(loss=f"{record.loss:.4f}", img_s=f"{totals[1] / (done - started):.0f}",
+                        data=f"{totals[2] / max(float(totals[3]), 1e-9):.0%}")
+    bar.close()
+    if steps == 0:
+        raise ValueError(f"epoch {epoch}: the loader yielded no batch")
+    return EpochStats(epoch=epoch, steps=steps, loss=float(totals[0]) / world / steps, images=int(totals[1]),
+                      seconds=time.perf_counter() - started,
+                      data_fraction=float(totals[2] / totals[3]) if totals[3] > 0 else 0.0,
+                      lr=optimizer.param_groups[0]["lr"])
+
+
+def _all_reduce_sum(values: Tensor, device: torch.device) -> Tensor:
+    """Sum a small float64 tensor over ranks (identity without a process group); returns it on the CPU."""
+    if not tdist.is_initialized() or tdist.get_world_size() == 1:
+        return values
+    values = values.to(device)
+    tdist.all_reduce(values)
+    return values.cpu()
+
+
+def _length(loader: Iterable) -> int | None:
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return None
