@@ -32,7 +32,7 @@ class Encoder(nn.Module):
     """A ResNet trunk under torchvision's names; forward returns (layer2 map, pooled features)."""
 
     def __init__(self, conv1: nn.Conv2d, maxpool: nn.Module, layers: tuple[nn.Sequential, ...],
-                 sub_channels: int, out_dim: int) -> None:
+                 sub_channels: int, out_dim: int, head_batch_norm: bool = False) -> None:
         super().__init__()
         if len(layers) != 4:
             raise ValueError(f"Encoder needs exactly 4 stages (layer1..layer4), got {len(layers)}")
@@ -44,6 +44,7 @@ class Encoder(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.sub_channels = sub_channels
         self.out_dim = out_dim
+        self.head_batch_norm = head_batch_norm  # projection heads built on this encoder use BN
 
     def stem(self, x: Tensor) -> Tensor:
         """conv1 - bn1 - relu - maxpool."""
@@ -70,10 +71,13 @@ class ResidualConv2d(nn.Conv2d):
 
 
 class ProjectionHead(nn.Sequential):
-    """Linear(D, D) - ReLU - Linear(D, feat_dim), the SupCon/SelfCon MLP head."""
+    """Linear(D, D) - ReLU - Linear(D, feat_dim), the SupCon/SelfCon MLP head; with `batch_norm`,
+    BatchNorm1d after the first Linear (the `small` arch: without it, its projections start almost
+    identical and SupCon stalls at the collapsed solution)."""
 
-    def __init__(self, dim: int, feat_dim: int) -> None:
-        super().__init__(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, feat_dim))
+    def __init__(self, dim: int, feat_dim: int, batch_norm: bool = False) -> None:
+        norm = [nn.BatchNorm1d(dim)] if batch_norm else []
+        super().__init__(nn.Linear(dim, dim), *norm, nn.ReLU(inplace=True), nn.Linear(dim, feat_dim))
 
 
 class SelfConModel(nn.Module):
@@ -90,8 +94,8 @@ class SelfConModel(nn.Module):
         self.encoder = encoder
         self.sub_pool = nn.AdaptiveAvgPool2d(1)
         self.sub_fc = nn.Linear(encoder.sub_channels, encoder.out_dim)
-        self.sub_head = ProjectionHead(encoder.out_dim, feat_dim)
-        self.head = ProjectionHead(encoder.out_dim, feat_dim)
+        self.sub_head = ProjectionHead(encoder.out_dim, feat_dim, encoder.head_batch_norm)
+        self.head = ProjectionHead(encoder.out_dim, feat_dim, encoder.head_batch_norm)
 
     @property
     def out_dim(self) -> int:
@@ -214,7 +218,7 @@ def _small_encoder() -> Encoder:
     conv1 = ResidualConv2d(3, w1, kernel_size=3, stride=2, padding=1, bias=False)
     layers = (_basic_stage(w1, w1, stride=1), _basic_stage(w1, w2, stride=2),
               _basic_stage(w2, w3, stride=2), _basic_stage(w3, w4, stride=2))
-    encoder = Encoder(conv1, nn.Identity(), layers, sub_channels=w2, out_dim=w4)
+    encoder = Encoder(conv1, nn.Identity(), layers, sub_channels=w2, out_dim=w4, head_batch_norm=True)
     for m in encoder.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
