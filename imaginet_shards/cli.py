@@ -163,32 +163,55 @@ def perturb(src: str, dest: Path, preset: str, seed: int, workers: int, overwrit
 
 
 @main.command()
-@click.argument("shards", required=False)
-@click.option("--backend", type=click.Choice(["dali", "cpu", "files"]), required=True,
-              help="Shard loaders (dali, cpu) or the per-file PIL baseline (files).")
+@click.argument("shards")
+@click.option("--backend", "backends", type=click.Choice(["dali", "cpu", "files"]), multiple=True,
+              required=True,
+              help="Shard loaders (dali, cpu) or the per-file PIL baseline (files); repeatable.")
 @click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="files: dataset root the annotation paths are relative to.")
 @click.option("--annotations", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="files: annotation file of the images to read.")
-@click.option("--preset", default="train", show_default=True, help="Perturbation preset.")
+@click.option("--threads", multiple=True, type=int, default=(2,), show_default=True,
+              help="DALI threads or DataLoader workers; repeatable.")
+@click.option("--preset", "presets", multiple=True, default=("train",), show_default=True,
+              help="Perturbation preset; repeatable.")
+@click.option("--crop", "crops", multiple=True, type=int,
+              help="Crop (train) or output size (other presets); repeatable. Default: the preset's.")
+@click.option("--device", "devices", multiple=True, default=("cpu",), show_default=True,
+              help="Where batches are delivered (cpu, cuda); repeatable.")
+@click.option("--stage", "stages", multiple=True, type=click.Choice(["tar", "decode", "full"]),
+              default=("tar", "decode", "full"), show_default=True,
+              help="Stages timed: tar read only, decode only (per format), full pipeline.")
 @click.option("--batch-size", default=64, show_default=True)
-@click.option("--threads", default=2, show_default=True, help="DALI threads or DataLoader workers.")
-@click.option("--batches", default=30, show_default=True, help="Batches timed.")
+@click.option("--batches", default=30, show_default=True, help="Batches timed per repeat.")
 @click.option("--warmup", default=3, show_default=True, help="Batches drawn before timing.")
+@click.option("--repeats", default=3, show_default=True, help="Timed repeats (figures are medians).")
+@click.option("--decode-images", default=64, show_default=True, help="Decode-only: images per format.")
+@click.option("--model", type=click.Choice(["small", "resnet50", "resnet50nodown"]),
+              help="Also run the trainer's step on the loader's batches: is training input-bound?")
+@click.option("--model-steps", default=10, show_default=True, help="Timed model steps.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the result as JSON.")
-def bench(shards: str | None, backend: str, root: Path | None, annotations: Path | None, preset: str,
-          batch_size: int, threads: int, batches: int, warmup: int, seed: int,
-          json_out: Path | None) -> None:
-    """Loader throughput: images/s, MB/s and peak memory over BATCHES batches after a warm-up."""
-    from .bench import BenchOptions, run_bench, write_result
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the results as JSON.")
+def bench(shards: str, backends: tuple[str, ...], root: Path | None, annotations: Path | None,
+          threads: tuple[int, ...], presets: tuple[str, ...], crops: tuple[int, ...],
+          devices: tuple[str, ...], stages: tuple[str, ...], batch_size: int, batches: int,
+          warmup: int, repeats: int, decode_images: int, model: str | None, model_steps: int,
+          seed: int, json_out: Path | None) -> None:
+    """Loader throughput matrix: images/s, MB/s, CPU time and peak memory of each backend x device
+    x threads x preset x crop, with the tar-read and decode-only stages, medians over repeats."""
+    import json
+
+    from .bench import BenchOptions
+    from .bench_matrix import MatrixOptions, run_matrix
     try:
-        result = run_bench(BenchOptions(backend=backend, shards=shards, root=root,
-                                        annotations=annotations, preset=preset,
-                                        batch_size=batch_size, threads=threads, batches=batches,
-                                        warmup=warmup, seed=seed))
+        base = BenchOptions(backend=backends[0], shards=shards, root=root, annotations=annotations,
+                            batch_size=batch_size, batches=batches, warmup=warmup,
+                            repeats=repeats, seed=seed)
+        options = MatrixOptions(base, backends, threads, presets, crops or (None,), devices,
+                                stages, decode_images, model, model_steps)
+        report = run_matrix(options, log=click.echo)
     except (OSError, ValueError, NotImplementedError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(result.summary())
     if json_out is not None:
-        write_result(result, json_out)
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=1) + "\n")

@@ -27,12 +27,13 @@ def test_cli_writes_json(dataset, tmp_path, backend):
     shards, root, annotations = dataset
     out = tmp_path / "result.json"
     args = [str(shards), "--backend", backend, "--batch-size", "4", "--batches", "4",
-            "--warmup", "1", "--threads", "2", "--json", str(out)]
+            "--warmup", "1", "--threads", "2", "--repeats", "1", "--stage", "full",
+            "--json", str(out)]
     if backend == "files":
         args += ["--root", str(root), "--annotations", str(annotations)]
     result = CliRunner().invoke(main, ["bench", *args])
     assert result.exit_code == 0, result.output
-    data = json.loads(out.read_text())
+    data = json.loads(out.read_text())["full"][0]
     assert data["backend"] == backend and data["images"] == 16  # 4 timed batches of 4
     assert data["images_per_sec"] > 0 and data["mb_per_sec"] > 0
     assert data["cpu_ms_per_image"] >= 0  # 0 when the workers had every timed batch ready

@@ -39,11 +39,12 @@ def bench(backend: str, root: Path, annotations: Path, shards: Path, args: argpa
     command = [sys.executable, "-m", "imaginet_shards", "bench", str(shards), "--backend", backend,
                "--preset", args.preset, "--batch-size", str(args.batch_size),
                "--threads", str(args.threads), "--batches", str(args.batches),
-               "--warmup", str(args.warmup), "--json", str(result)]
+               "--warmup", str(args.warmup), "--repeats", "1", "--stage", "full",
+               "--json", str(result)]
     if backend == "files":
         command += ["--root", str(root), "--annotations", str(annotations)]
     subprocess.run(command, check=True)
-    return json.loads(result.read_text())
+    return json.loads(result.read_text())["full"][0]
 
 
 def table(results: list[dict]) -> str:

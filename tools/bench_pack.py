@@ -42,9 +42,10 @@ def main() -> None:
             from imaginet_shards.sample import SampleOptions, write_sample
 
             args.root = work / "sample"
-            write_sample(args.root, SampleOptions(count=args.count, max_side=1024,
-                                                  formats="realistic", splits=(1.0, 0.0, 0.0)))
-            args.annotations = args.root / "train.txt"
+            write_sample(args.root, SampleOptions(count=args.count, max_side=1024, formats="realistic"))
+            args.annotations = work / "all.txt"
+            args.annotations.write_text("".join((args.root / f"{split}.txt").read_text()
+                                                for split in ("train", "calibration", "test")))
         paths = list(read_annotations(args.annotations)["path"])
         source_bytes = sum((args.root / p).stat().st_size for p in paths)
         listing = work / "files.txt"

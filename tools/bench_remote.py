@@ -63,7 +63,7 @@ def main() -> None:
         ratio = results["local S3"].images_per_sec / results["local disk"].images_per_sec
         print(f"S3 / local: {ratio:.2f}x")
         if args.json:
-            args.json.write_text(json.dumps({k: json.loads(v.to_json()) for k, v in results.items()}
+            args.json.write_text(json.dumps({k: v.record() for k, v in results.items()}
                                             | {"ratio": round(ratio, 3)}, indent=1) + "\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)
