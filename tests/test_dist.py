@@ -3,10 +3,6 @@ give the loss and gradients of one process with batch 2b.
 
 This file is also the torchrun worker script (see `_worker`, run when executed as __main__).
 """
-import os
-import signal
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +14,7 @@ from imaginet_train import dist
 from imaginet_train.dist import DistEnv
 from imaginet_train.losses import gathered_imaginet_selfcon_loss, imaginet_selfcon_loss
 from imaginet_train.model import build_model
+from torchrun import run_torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2
@@ -111,26 +108,8 @@ def _worker(out_dir: str) -> None:
     dist.cleanup()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun(out_dir: Path) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={WORLD}", "--nnodes=1",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", __file__, str(out_dir)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"torchrun did not finish in {TIMEOUT_S} s:\n{output[-4000:]}")
-    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{output[-4000:]}"
+    run_torchrun([__file__, str(out_dir)], nproc=WORLD, timeout=TIMEOUT_S)
 
 
 @pytest.mark.slow

@@ -1,9 +1,6 @@
 """The CPU backend against the loader contract (DESIGN §5), ranks run in-process, plus torchrun."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -16,6 +13,7 @@ from imaginet_shards.augment import PRESETS, get_preset
 from imaginet_shards.loader import make_loader
 from imaginet_shards.transforms_cpu import augment, encode
 from imaginet_shards.world import batches_per_rank, dropped_samples
+from torchrun import run_torchrun
 
 COUNT = 26  # shards of 7, 7, 7, 5
 
@@ -128,15 +126,8 @@ dist.destroy_process_group()
 def test_torchrun_two_ranks_finish_with_equal_batch_counts(shards, tmp_path):
     script = tmp_path / "epoch.py"
     script.write_text(textwrap.dedent(TORCHRUN_SCRIPT))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
-        str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")])),
-        "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(script), str(shards), str(tmp_path)],
-        capture_output=True, text=True, timeout=120, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
+    output = run_torchrun([str(script), str(shards), str(tmp_path)], timeout=120)
     expected = batches_per_rank(COUNT, 2, 3, drop_last=False)
     for rank in (0, 1):  # batches seen, len(), and every rank's count as gathered by this rank
         reported = (tmp_path / f"rank{rank}.txt").read_text()
-        assert reported == f"{expected} {expected} {[expected, expected]}", result.stderr[-2000:]
+        assert reported == f"{expected} {expected} {[expected, expected]}", output[-2000:]

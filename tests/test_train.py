@@ -3,10 +3,6 @@ objectives and the learning-rate schedule. Tiny images, the small arch, one thre
 from __future__ import annotations
 
 import math
-import os
-import signal
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +16,7 @@ from imaginet_train.model import build_model
 from imaginet_train.objectives import Classifier, CrossEntropyObjective, HeadsObjective
 from imaginet_train.runlog import read_records
 from imaginet_train.train import TrainConfig, train, warmup_cosine
-from servers import free_port
+from torchrun import run_torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 150
@@ -50,21 +46,9 @@ def _config(shards: Path, out: Path, **overrides) -> TrainConfig:
 @pytest.mark.slow
 def test_torchrun_two_ranks_train_selfcon_on_uneven_shards(shards, tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-           "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "imaginet_train", "selfcon",
-           str(shards), "--out", str(out), "--arch", "small", "--epochs", "1", "--batch-size", "8",
-           "--crop", "32", "--backend", "cpu", "--workers", "0", "--threads", "1", "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"torchrun did not finish in {TIMEOUT_S} s (a rank hung?):\n{output[-4000:]}")
-    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{output[-4000:]}"
+    output = run_torchrun(["-m", "imaginet_train", "selfcon", str(shards), "--out", str(out), "--arch",
+                           "small", "--epochs", "1", "--batch-size", "8", "--crop", "32", "--backend",
+                           "cpu", "--workers", "0", "--threads", "1", "--no-progress"], timeout=TIMEOUT_S)
     assert output.count("trained 1 epoch(s)") == 1, output[-2000:]  # rank 0 reports, rank 1 does not
     [epoch] = read_records(out, "epoch")
     # 20 samples, 2 ranks x 4 per rank: 2 batches per rank, 16 images in all, 4 dropped.
