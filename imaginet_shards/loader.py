@@ -4,13 +4,14 @@ from __future__ import annotations
 import importlib.util
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterator, Literal, Protocol
 
 import torch
 
 from .augment import Preset, get_preset
 from .cache import DEFAULT_CACHE_BYTES
+from .world import batches_per_rank
 from .world import EpochSpec
 
 Backend = Literal["auto", "dali", "cpu"]
@@ -60,6 +61,29 @@ class Loader(Protocol):
     def __len__(self) -> int: ...
 
     def set_epoch(self, epoch: int) -> None: ...
+
+
+class EpochLoader:
+    """What both backends share: the shard set, the config, `len()` and `set_epoch`."""
+
+    def __init__(self, shards, config: LoaderConfig):
+        self.shards, self.config = shards, config
+        self._total = sum(shards.counts)
+        if batches_per_rank(self._total, config.world_size, config.batch_size, config.drop_last) == 0:
+            raise ValueError(f"{shards.root}: {self._total} samples give no batch of "
+                             f"{config.batch_size} on each of {config.world_size} rank(s) "
+                             f"with drop_last=True")
+
+    def __len__(self) -> int:
+        """Batches per epoch, the same on every rank."""
+        return batches_per_rank(self._total, self.config.world_size, self.config.batch_size,
+                                self.config.drop_last)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use `epoch`'s shard order, shuffle and perturbations from the next iteration on."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self.config = replace(self.config, epoch=epoch)
 
 
 def env_world(rank: int | None, world_size: int | None) -> tuple[int, int]:

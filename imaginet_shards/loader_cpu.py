@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import multiprocessing
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from itertools import chain, islice
 from typing import Iterable, Iterator, NamedTuple
 
@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .loader import LoaderConfig
+from .loader import EpochLoader, LoaderConfig
 from .shardset import Record, ShardSet, load_index, read_samples
 from .transforms_cpu import augment, normalize
-from .world import WorkerPlan, batches_per_rank, sample_rng, stream_rng, worker_plan
+from .world import WorkerPlan, sample_rng, stream_rng, worker_plan
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ class _EpochStream(IterableDataset):
         return worker_batches(self.shards, self.config, plan, epoch, worker)
 
 
-class CpuLoader:
+class CpuLoader(EpochLoader):
     """Iterates (images float32 [N,3,S,S] normalised, labels int64 [N,4]) on `config.device`.
 
     `len()` is the batch count of every rank; `set_epoch` reshuffles; `skipped` lists the samples
@@ -154,28 +154,16 @@ class CpuLoader:
     """
 
     def __init__(self, shards: ShardSet, config: LoaderConfig):
-        total = sum(shards.counts)
-        if batches_per_rank(total, config.world_size, config.batch_size, config.drop_last) == 0:
-            raise ValueError(f"{shards.root}: {total} samples give no batch of {config.batch_size} "
-                             f"on each of {config.world_size} rank(s) with drop_last=True")
-        self.shards, self.config = shards, config
-        self._total = total
+        super().__init__(shards, config)
         self._epoch = multiprocessing.get_context().RawValue("q", config.epoch)
         self._skipped: list[SkippedSample] = []
         self._loader = DataLoader(
             _EpochStream(shards, config, self._epoch), batch_size=None, num_workers=config.workers,
             persistent_workers=config.workers > 0, pin_memory=config.device.startswith("cuda"))
 
-    def __len__(self) -> int:
-        return batches_per_rank(self._total, self.config.world_size, self.config.batch_size,
-                                self.config.drop_last)
-
     def set_epoch(self, epoch: int) -> None:
-        """Use `epoch`'s shard order, shuffle and perturbations from the next iteration on."""
-        if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
-        self.config = replace(self.config, epoch=epoch)
-        self._epoch.value = epoch
+        super().set_epoch(epoch)
+        self._epoch.value = epoch  # read by the persistent workers
 
     @property
     def skipped(self) -> tuple[SkippedSample, ...]:

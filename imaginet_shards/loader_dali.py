@@ -52,7 +52,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
@@ -65,10 +65,10 @@ from nvidia.dali.pipeline import Pipeline
 from . import storage
 from .dali_faults import check_complete, dali_reason, describe_failure, find_unusable
 from .dali_graph import build_graph
-from .loader import LoaderConfig
+from .loader import EpochLoader, LoaderConfig
 from .shardset import ShardIndex, ShardSet, load_index, open_shard_set
 from .tarfmt import IMAGE_EXTENSIONS as IMAGE_EXTENSIONS_TUPLE, INDEX_VERSION, format_index_line
-from .world import EpochSpec, WorkerPlan, batches_per_rank, derive_seed, worker_plan
+from .world import EpochSpec, WorkerPlan, derive_seed, worker_plan
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def _key(source_info: np.ndarray) -> str:
     return bytes(source_info).decode().rsplit(":", 1)[-1].split(".", 1)[0]
 
 
-class DaliLoader:
+class DaliLoader(EpochLoader):
     """Iterates (images float32 [N,3,S,S] normalised, labels int64 [N,4]) on `config.device`.
 
     `len()` is the batch count of every rank (`world.batches_per_rank`); `set_epoch` reshuffles;
@@ -197,23 +197,8 @@ class DaliLoader:
             raise NotImplementedError(f"preset {config.preset.name!r} needs per-sample seeds, which "
                                       "DALI's generators cannot key by sample; use backend='cpu'")
         device_ids(config.device)
-        self._total = sum(shards.counts)
-        self.shards, self.config = shards, config
-        if len(self) == 0:
-            raise ValueError(f"{shards.root}: {self._total} samples give no batch of "
-                             f"{config.batch_size} on each of {config.world_size} rank(s) "
-                             f"with drop_last=True")
+        super().__init__(shards, config)
         self._indexes: dict[int, ShardIndex] = {}
-
-    def __len__(self) -> int:
-        return batches_per_rank(self._total, self.config.world_size, self.config.batch_size,
-                                self.config.drop_last)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Use `epoch`'s shard order, shuffle and perturbations from the next iteration on."""
-        if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
-        self.config = replace(self.config, epoch=epoch)
 
     def plan(self) -> WorkerPlan:
         """This rank's samples and batch sizes for the current epoch (one DALI "worker")."""
