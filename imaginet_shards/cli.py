@@ -53,6 +53,28 @@ def check_annotations(files: tuple[Path, ...], all_errors: bool) -> None:
     sys.exit(1 if failed else 0)
 
 
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--count", default=1000, show_default=True, help="Images in all three splits together.")
+@click.option("--seed", default=0, show_default=True, help="Fixes every byte of the dataset.")
+@click.option("--max-side", default=384, show_default=True,
+              help="Scale of the sources' typical sizes (1024: realistic sizes).")
+@click.option("--formats", type=click.Choice(["balanced", "realistic"]), default="balanced",
+              show_default=True,
+              help="balanced: format, quality and size independent of the class; realistic: each "
+                   "source's own format and size (every WebP image is synthetic).")
+@click.option("--workers", default=1, show_default=True, help="Processes rendering images.")
+def sample(out: Path, count: int, seed: int, max_side: int, formats: str, workers: int) -> None:
+    """Write the embedded stand-in ImagiNet dataset under OUT, with train/calibration/test.txt."""
+    from .sample import SampleOptions, write_sample
+    try:
+        summary = write_sample(out, SampleOptions(count=count, seed=seed, max_side=max_side,
+                                                  formats=formats, workers=workers))
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(str(summary))
+
+
 def parse_size(text: str) -> int:
     """'512MB', '1.5GiB', '1000000' → bytes."""
     units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
