@@ -126,6 +126,17 @@ SOURCES: tuple[Source, ...] = (
 )
 
 
+def _group(origin: int, content: int) -> list[int]:
+    """Indexes of the sources of one class and content type."""
+    return [i for i, s in enumerate(SOURCES) if s.labels[:2] == (origin, content)]
+
+
+CONTENTS = range(len(VOCABULARIES["content"]))
+# Images each content type needs in each class: 3 (one per split) for each of its sources.
+CONTENT_FLOORS = [MIN_PER_SOURCE * max(len(_group(o, c)) for o in (0, 1)) for c in CONTENTS]
+MIN_COUNT = 2 * sum(CONTENT_FLOORS)
+
+
 # Peak geometries as multiples (a, b) of the base frequency 1/period; each pair also stands for its
 # mirror (b, a), so every pattern is invariant under 90° rotations and flips up to a shift.
 GEOMETRIES: dict[str, tuple[tuple[int, int], ...]] = {
@@ -277,17 +288,6 @@ def allocate(total: int, weights: list[float], floor: int = 0) -> list[int]:
     for i in by_remainder[:rest - sum(parts)]:
         parts[i] += 1
     return [p + floor for p in parts]
-
-
-def _group(origin: int, content: int) -> list[int]:
-    """Indexes of the sources of one class and content type."""
-    return [i for i, s in enumerate(SOURCES) if s.labels[:2] == (origin, content)]
-
-
-CONTENTS = range(len(VOCABULARIES["content"]))
-# Images each content type needs in each class: 3 (one per split) for each of its sources.
-CONTENT_FLOORS = [MIN_PER_SOURCE * max(len(_group(o, c)) for o in (0, 1)) for c in CONTENTS]
-MIN_COUNT = 2 * sum(CONTENT_FLOORS)
 
 
 def source_counts(count: int) -> list[int]:
