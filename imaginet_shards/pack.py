@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from . import __version__, storage
 from .annotations import LABEL_COLUMNS, read_annotations, resolve_inside
-from .images import ImageCheckError, check_image
+from .images import ImageCheckError, ImageInfo, check_image
 from .manifest import (FORMAT_VERSION, MANIFEST_NAME, Manifest, ShardEntry, Skipped, label_histogram,
                        merge_histograms)
 from .tarfmt import ShardWriter
@@ -162,12 +162,15 @@ def plan_shards(frame: pd.DataFrame, options: PackOptions) -> list[ShardPlan]:
     return plans
 
 
-def sample_members(key: str, data: bytes, info, sample: PlannedSample) -> list[tuple[str, bytes]]:
-    """The tar members of one sample, in order: image, .cls, .labels, .json."""
+def sample_members(key: str, data: bytes, info: ImageInfo, sample: PlannedSample,
+                   extra_meta: dict | None = None) -> list[tuple[str, bytes]]:
+    """The tar members of one sample, in order: image, .cls, .labels, .json (with `extra_meta`
+    merged into the .json, e.g. what `perturb` applied)."""
     meta = {"key": key, "path": sample.path, "line": sample.line,
             "labels": dict(zip(LABEL_COLUMNS, sample.labels)),
             "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
-            "width": info.width, "height": info.height, "format": info.format}
+            "width": info.width, "height": info.height, "format": info.format,
+            **(extra_meta or {})}
     return [
         (info.extension, data),
         ("cls", str(sample.labels[0]).encode()),

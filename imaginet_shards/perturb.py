@@ -88,13 +88,11 @@ def perturb_shard(shards: ShardSet, number: int, out: str, preset: Preset, seed:
                 sample_labels = tuple(int(v) for v in record.labels)
                 planned = PlannedSample(record.key, source.get("path", ""), int(source.get("line", 0)),
                                         sample_labels, len(data))
+                extra = {"source": {"key": record.key, "shard": entry.name,
+                                    "sha256": hashlib.sha256(record.image).hexdigest()},
+                         "perturbation": {"preset": preset.name, "seed": seed, "ops": ops_to_json(ops)}}
                 members = sample_members(record.key, data, ImageInfo(fmt, preset.size, preset.size),
-                                         planned)
-                meta = json.loads(members[-1][1])
-                meta["source"] = {"key": record.key, "shard": entry.name,
-                                  "sha256": hashlib.sha256(record.image).hexdigest()}
-                meta["perturbation"] = {"preset": preset.name, "seed": seed, "ops": ops_to_json(ops)}
-                members[-1] = ("json", json.dumps(meta, sort_keys=True).encode())
+                                         planned, extra)
                 writer.add_sample(record.key, members)
                 labels.append(sample_labels)
             size, digest, index = writer.close()
