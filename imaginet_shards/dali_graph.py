@@ -20,6 +20,7 @@ from nvidia.dali import fn, types
 
 from .augment import Blur, Branch, Compress, Crop, Degradation, Flip, Noise, OneOf, PadTo, Preset, \
     Rot90, SquareResize, Step
+from .windows import WindowDecoder
 
 DataNode = Any  # nvidia.dali.pipeline.DataNode (or a Python int where a value is static)
 
@@ -79,7 +80,9 @@ def _pair(a: DataNode, b: DataNode) -> DataNode:
 class _Builder:
     """Interprets steps for one pipeline; `decisions` collects per-sample draws of top-level steps."""
 
-    def __init__(self, decode_device: str):
+    def __init__(self, decode_device: str, threads: int):
+        # on the CPU, PNG and WebP windows skip DALI's whole-image decoding (windows.py)
+        self.windows = WindowDecoder(threads) if decode_device == "cpu" else None
         self.decoder = {"device": decode_device, "adjust_orientation": False,
                         "output_type": types.RGB}
         if decode_device == "mixed":  # nvJPEG with libjpeg-turbo's chroma upsampling
@@ -109,14 +112,31 @@ class _Builder:
         right = dmath.clamp(view.left + view.width, left + 1, view.src_w)
         start, shape = _pair(top, left), _pair(bottom - top, right - left)
         if view.encoded:
-            image = fn.decoders.image_slice(view.source, start=start, shape=shape, axis_names="HW",
-                                            **self.decoder)
+            image = self.decode_window(view.source, start, shape)
         else:
             image = fn.slice(view.source, start=start, shape=shape, axis_names="HW")
         if view.padded:
             image = fn.slice(image, start=_pair(view.top - top, view.left - left),
                              shape=_pair(view.height, view.width), axis_names="HW",
                              out_of_bounds_policy="pad", fill_values=0)
+        return image
+
+    def decode_window(self, encoded: DataNode, start: DataNode, shape: DataNode) -> DataNode:
+        """The window `start` + `shape` (HW) of encoded images: PNGs and WebPs through windows.py
+        where it applies, everything else through DALI's ROI decoder."""
+        if self.windows is None:
+            return fn.decoders.image_slice(encoded, start=start, shape=shape, axis_names="HW",
+                                           **self.decoder)
+        start, shape = (types.Constant(v, dtype=types.INT32) if isinstance(v, list) else v
+                        for v in (start, shape))
+        window, done = fn.python_function(encoded, start, shape, function=self.windows, num_outputs=2,
+                                          output_layouts=["HWC", ""],
+                                          batch_processing=True)
+        if done:
+            image = window
+        else:
+            image = fn.decoders.image_slice(encoded, start=start, shape=shape, axis_names="HW",
+                                            **self.decoder)
         return image
 
     # -- steps -------------------------------------------------------------------------------
@@ -247,7 +267,7 @@ class _Builder:
         return image
 
 
-def build_graph(encoded: DataNode, preset: Preset, decode_device: str = "cpu"
+def build_graph(encoded: DataNode, preset: Preset, decode_device: str = "cpu", threads: int = 1
                 ) -> tuple[DataNode, dict[str, DataNode]]:
     """(images float32 CHW normalised, per-sample decisions of the top-level steps) for `preset`.
 
@@ -260,7 +280,7 @@ def build_graph(encoded: DataNode, preset: Preset, decode_device: str = "cpu"
     """
     if decode_device not in ("cpu", "mixed"):
         raise ValueError(f"decode_device must be 'cpu' or 'mixed', got {decode_device!r}")
-    builder = _Builder(decode_device)
+    builder = _Builder(decode_device, threads)
     image = builder.pixels(builder.run(preset.steps, builder.encoded_view(encoded), record=True))
     mean = [255.0 * m for m in preset.mean] if preset.normalize else [0.0, 0.0, 0.0]
     std = [255.0 * s for s in preset.std] if preset.normalize else [255.0, 255.0, 255.0]

@@ -132,7 +132,8 @@ def build_pipeline(files: EpochFiles, config: LoaderConfig, epoch: int, depth: i
             dtypes=[types.UINT8, types.INT32], missing_component_behavior="error",
             random_shuffle=shuffle, initial_fill=max(config.shuffle_buffer, 1),
             pad_last_batch=True)
-        images, decisions = build_graph(encoded, config.preset, decode_device)
+        images, decisions = build_graph(encoded, config.preset, decode_device,
+                                          threads=max(config.workers, 1))
         names.extend(decisions)
         return (images, labels, fn.get_property(encoded, key="source_info"), *decisions.values())
 

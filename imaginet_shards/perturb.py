@@ -24,13 +24,13 @@ from tqdm import tqdm
 
 from . import __version__, storage
 from .augment import Preset, get_preset
-from .decisions import CompressOp, Op, draw_params, ops_to_json
+from .decisions import CompressOp, Op, ops_to_json
 from .images import ImageInfo
 from .manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest, ShardEntry, label_histogram, merge_histograms
 from .pack import PlannedSample, sample_members
 from .shardset import ShardSet, load_index, open_shard_set, read_samples
 from .tarfmt import ShardWriter
-from .transforms_cpu import apply_ops, decode, encode
+from .transforms_cpu import apply_ops, decode_for, encode
 from .world import sample_rng
 
 
@@ -58,12 +58,11 @@ def render(data: bytes, preset: Preset, rng: np.random.Generator
            ) -> tuple[bytes, str, tuple[Op, ...]]:
     """(encoded bytes, format, operations) of one image perturbed by `preset` with decisions
     drawn from `rng`."""
-    image = decode(data)
-    ops = draw_params(preset, rng, image.shape[1], image.shape[2])
-    if ops and isinstance(ops[-1], CompressOp):
-        last = ops[-1]
-        return encode(apply_ops(image, ops[:-1]), last.format, last.quality), last.format, ops
-    return encode(apply_ops(image, ops), "png"), "png", ops
+    image, ops, remaining = decode_for(data, preset, rng)
+    if remaining and isinstance(remaining[-1], CompressOp):
+        last = remaining[-1]
+        return encode(apply_ops(image, remaining[:-1]), last.format, last.quality), last.format, ops
+    return encode(apply_ops(image, remaining), "png"), "png", ops
 
 
 def perturb_shard(shards: ShardSet, number: int, out: str, preset: Preset, seed: int) -> dict:

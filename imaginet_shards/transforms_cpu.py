@@ -2,8 +2,9 @@
 
 Images are uint8 tensors [3, H, W] until `normalize`, which runs on whole batches (on the training
 device), so workers ship 4x fewer bytes than float32 would take. Decoding is torchvision's
-(libjpeg-turbo, libpng, libwebp; measured faster than PIL here for all three formats); the crop is
-the first operation of the `train` preset, so nothing runs on the full image except the decoder.
+(libjpeg-turbo, libpng, libwebp; measured faster than PIL here for all three formats). When the
+operations start with a crop, as in `train`, PNGs and WebPs decode only what the crop needs
+(windows.py) and JPEGs decode whole, then get cropped: nothing else runs on the full image.
 Encoding (JPEG, WebP, PNG) is PIL's: torchvision has no WebP encoder, and one encoder for both
 formats keeps the loader and `perturb` byte-identical.
 """
@@ -23,6 +24,7 @@ from .augment import Preset
 from .decisions import (BlurOp, CompressOp, CropOp, FlipOp, NoiseOp, Op, PadOp, ResizeOp, RotOp,
                         draw_params)
 from .images import check_image
+from .windows import decode_window
 
 _PIL_FORMATS = {"jpeg": "JPEG", "webp": "WEBP", "png": "PNG"}
 
@@ -32,6 +34,10 @@ def decode(data: bytes) -> torch.Tensor:
     non-images, truncated images and images above `images.MAX_PIXELS` (checked on the header,
     before anything is decoded: decompression bombs), ValueError for other decoder failures."""
     check_image(data)
+    return _decode_checked(data)
+
+
+def _decode_checked(data: bytes) -> torch.Tensor:
     try:
         image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8),
                              mode=ImageReadMode.RGB)
@@ -87,10 +93,27 @@ def apply_ops(image: torch.Tensor, ops: tuple[Op, ...]) -> torch.Tensor:
     return image.contiguous()
 
 
+def decode_for(data: bytes, preset: Preset, rng: np.random.Generator
+               ) -> tuple[torch.Tensor, tuple[Op, ...], tuple[Op, ...]]:
+    """(image, the operations `preset` draws from `rng` for it, those still to apply): a leading
+    crop is done by decoding only its window where the format allows. Errors as `decode`."""
+    info = check_image(data)
+    ops = draw_params(preset, rng, info.height, info.width)
+    if ops and isinstance(ops[0], CropOp):
+        crop = ops[0]
+        try:
+            window = decode_window(data, crop.top, crop.left, crop.height, crop.width)
+        except ValueError as exc:
+            raise ValueError(f"corrupt image: {exc}") from None
+        if window is not None:
+            return torch.from_numpy(window).permute(2, 0, 1), ops, ops[1:]
+    return _decode_checked(data), ops, ops
+
+
 def augment(data: bytes, preset: Preset, rng: np.random.Generator) -> torch.Tensor:
     """Decode one image and apply `preset` with decisions drawn from `rng`: uint8 [3, S, S]."""
-    image = decode(data)
-    return apply_ops(image, draw_params(preset, rng, image.shape[1], image.shape[2]))
+    image, _, remaining = decode_for(data, preset, rng)
+    return apply_ops(image, remaining)
 
 
 def normalize(images: torch.Tensor, preset: Preset) -> torch.Tensor:

@@ -177,8 +177,10 @@ def markdown(report: dict, command: str, bench: str, plot_name: str) -> str:
         full_table(report),
         "\"vs files\" is the speed-up over the per-file PIL baseline at the same thread count; "
         "\"of decode-only bound\" compares with the backend's own decode-only rate on the same "
-        "format mix. DALI's decode-only stage decodes whole frames, while its `train` pipeline "
-        "decodes only the crop of JPEGs (ROI decoding), so it can exceed 100 %.",
+        "format mix. The decode-only stage decodes whole frames, while the `train` pipelines "
+        "decode little more than the crop: PNGs and WebPs stop at the crop's last row in both "
+        "backends (windows.py), and DALI decodes JPEG crops alone (ROI decoding), so they can "
+        "exceed 100 %.",
         f"![images/s against threads]({plot_name})",
         "## Stages",
         f"Tar read only (raw sample bytes through `shardset.read_samples`, one thread): "

@@ -1,0 +1,55 @@
+"""Window decoding: the pixels of a crop, decoding as little of the image as each format allows.
+
+`decode_window` serves PNG (png_window.py) and WebP (webp_window.py) and returns None for other
+formats (JPEG: DALI decodes JPEG windows itself, and a full libjpeg-turbo decode is cheap on the
+CPU backend) and for the rare PNGs and WebPs outside the fast paths. Both loaders crop through it,
+so they decode the same pixels, which are exactly those of a full decode.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from . import png_window, webp_window
+from .images import sniff_format
+
+_DECODERS = {"png": png_window.decode_window, "webp": webp_window.decode_window}
+
+
+def decode_window(data, top: int, left: int, height: int, width: int) -> np.ndarray | None:
+    """RGB uint8 (height, width, 3) of the window, or None when the format has no window decoder
+    here; ValueError for corrupt data or a window outside the image."""
+    decoder = _DECODERS.get(sniff_format(bytes(memoryview(data)[:12])))
+    return None if decoder is None else decoder(data, top, left, height, width)
+
+
+class WindowDecoder:
+    """Batch form of `decode_window` for DALI's `python_function`: decodes a batch on `threads`
+    threads (the decoders release the GIL) and flags each sample it decoded. The others (JPEG,
+    images outside the fast paths, corrupt images) come back empty and False, for the pipeline's
+    own decoder, which then reports corrupt data as it always does."""
+
+    def __init__(self, threads: int):
+        self.threads = max(int(threads), 1)
+        self._pool: tuple[int, ThreadPoolExecutor] | None = None
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None or self._pool[0] != os.getpid():  # threads do not survive a fork
+            self._pool = (os.getpid(), ThreadPoolExecutor(self.threads, "imaginet-window"))
+        return self._pool[1]
+
+    @staticmethod
+    def _one(data: np.ndarray, start: np.ndarray, shape: np.ndarray) -> np.ndarray | None:
+        try:
+            return decode_window(data, int(start[0]), int(start[1]), int(shape[0]), int(shape[1]))
+        except ValueError:
+            return None
+
+    def __call__(self, encoded: list[np.ndarray], starts: list[np.ndarray],
+                 shapes: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        images = list(self._executor().map(self._one, encoded, starts, shapes))
+        empty = np.zeros((0, 0, 3), dtype=np.uint8)
+        return ([empty if image is None else image for image in images],
+                [np.array(image is not None) for image in images])

@@ -1,0 +1,207 @@
+"""Window decoding (windows.py, png_window.py, webp_window.py): every window equals the same window
+of a full decode, nothing below a window is read, and bad data gets a clear error or a fallback."""
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_image
+
+from imaginet_shards import png_window, webp_window
+from imaginet_shards.windows import WindowDecoder, decode_window
+
+COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type
+
+
+def _chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def _filter_row(kind: int, row: np.ndarray, up: np.ndarray, bpp: int) -> np.ndarray:
+    """PNG filter `kind` applied to one row (the encoder side, written from the specification)."""
+    x, b = row.astype(np.int32), up.astype(np.int32)
+    a = np.concatenate([np.zeros(bpp, np.int32), x[:-bpp]])
+    c = np.concatenate([np.zeros(bpp, np.int32), b[:-bpp]])
+    if kind == 0:
+        pred = np.zeros_like(x)
+    elif kind == 1:
+        pred = a
+    elif kind == 2:
+        pred = b
+    elif kind == 3:
+        pred = (a + b) // 2
+    else:
+        p = a + b - c
+        pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - c)
+        pred = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
+    return ((x - pred) % 256).astype(np.uint8)
+
+
+def encode_png(pixels: np.ndarray, filters=(0, 1, 2, 3, 4), idat_size: int = 997,
+               depth: int = 8, colour: int | None = None, interlace: int = 0) -> bytes:
+    """A PNG of HWC uint8 `pixels` whose rows cycle through `filters`, its zlib stream split into
+    IDAT chunks of `idat_size` bytes (so windows end inside chunks and across them)."""
+    height, width, bpp = pixels.shape
+    flat = pixels.reshape(height, width * bpp)
+    rows, up = [], np.zeros(width * bpp, np.uint8)
+    for y in range(height):
+        kind = filters[y % len(filters)]
+        rows.append(bytes([kind]) + _filter_row(kind, flat[y], up, bpp).tobytes())
+        up = flat[y]
+    stream = zlib.compress(b"".join(rows), 6)
+    header = struct.pack(">IIBBBBB", width, height, depth,
+                         COLOUR_TYPES[bpp] if colour is None else colour, 0, 0, interlace)
+    idat = b"".join(_chunk(b"IDAT", stream[i:i + idat_size]) for i in range(0, len(stream), idat_size))
+    return png_window.SIGNATURE + _chunk(b"IHDR", header) + idat + _chunk(b"IEND", b"")
+
+
+def as_rgb(pixels: np.ndarray) -> np.ndarray:
+    """What full decoders give for RGB output: grey replicated, alpha dropped."""
+    if pixels.shape[2] <= 2:
+        return np.repeat(pixels[:, :, :1], 3, axis=2)
+    return pixels[:, :, :3]
+
+
+def random_windows(rng: np.random.Generator, height: int, width: int, count: int):
+    yield 0, 0, height, width
+    yield height - 1, width - 1, 1, 1
+    for _ in range(count):
+        top, left = int(rng.integers(0, height)), int(rng.integers(0, width))
+        yield top, left, int(rng.integers(1, height - top + 1)), int(rng.integers(1, width - left + 1))
+
+
+@pytest.mark.parametrize("bpp", [1, 2, 3, 4])
+def test_png_windows_equal_the_pixels_for_every_filter_type(bpp):
+    rng = np.random.default_rng(bpp)
+    smooth = np.cumsum(rng.integers(0, 3, (37, 41, bpp)), axis=1)  # filters predict, noise does not
+    pixels = ((smooth + rng.integers(0, 256, (37, 41, bpp)) * (rng.random((37, 41, 1)) < 0.3))
+              % 256).astype(np.uint8)
+    data = encode_png(pixels)
+    expected = as_rgb(pixels)
+    for top, left, height, width in random_windows(rng, 37, 41, 40):
+        window = png_window.decode_window(data, top, left, height, width)
+        assert window.dtype == np.uint8 and window.shape == (height, width, 3)
+        np.testing.assert_array_equal(window, expected[top:top + height, left:left + width],
+                                      err_msg=f"window {top},{left} {height}x{width}")
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA"])
+def test_png_windows_match_pillow_on_its_own_files(mode):
+    rng = np.random.default_rng(7)
+    pixels = rng.integers(0, 256, (53, 64, len(mode)), dtype=np.uint8)
+    image = Image.fromarray(pixels[:, :, 0] if mode == "L" else pixels, mode)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", compress_level=9)
+    expected = np.asarray(image.convert("RGB"))
+    for top, left, height, width in random_windows(rng, 53, 64, 20):
+        np.testing.assert_array_equal(decode_window(buffer.getvalue(), top, left, height, width),
+                                      expected[top:top + height, left:left + width])
+
+
+def test_png_window_reads_nothing_below_it():
+    """The rows after the window sit in a later IDAT chunk whose bytes are garbage: the window
+    still decodes, a window reaching into them is reported as corrupt."""
+    pixels = np.random.default_rng(3).integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    data = bytearray(encode_png(pixels, idat_size=200))
+    last_idat = data.rindex(b"IDAT")
+    data[last_idat + 4:last_idat + 20] = bytes(16)
+    np.testing.assert_array_equal(png_window.decode_window(bytes(data), 2, 3, 5, 6),
+                                  pixels[2:7, 3:9])
+    with pytest.raises(png_window.PngError, match="CRC mismatch in the IDAT chunk"):
+        png_window.decode_window(bytes(data), 0, 0, 40, 30)
+
+
+@pytest.mark.parametrize("kwargs", [{"depth": 16}, {"colour": 3}, {"interlace": 1}])
+def test_png_outside_the_fast_path_is_left_to_full_decoders(kwargs):
+    data = encode_png(np.zeros((4, 4, 3), np.uint8), **kwargs)
+    assert png_window.read_layout(data) is None
+    assert decode_window(data, 0, 0, 2, 2) is None
+
+
+def test_png_errors_name_the_problem():
+    pixels = np.zeros((8, 8, 3), np.uint8)
+    data = encode_png(pixels)
+    with pytest.raises(png_window.PngError, match="bad signature"):
+        png_window.decode_window(b"GIF89a" + data[6:], 0, 0, 1, 1)
+    with pytest.raises(png_window.PngError, match="CRC mismatch in the IHDR"):
+        png_window.decode_window(data[:23] + b"\x09" + data[24:], 0, 0, 1, 1)
+    with pytest.raises(png_window.PngError, match="truncated"):
+        png_window.decode_window(data[:-12], 0, 0, 1, 1)
+    with pytest.raises(png_window.PngError, match="unknown filter type 9"):
+        png_window.decode_window(encode_png(pixels, filters=(0, 9)), 0, 0, 8, 8)
+    bomb = png_window.SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2,
+                                                              0, 0, 0))
+    with pytest.raises(png_window.PngError, match="pixel limit"):
+        png_window.decode_window(bomb + _chunk(b"IDAT", b"") + _chunk(b"IEND", b""), 0, 0, 1, 1)
+    with pytest.raises(ValueError, match="not inside the 8x8 image"):
+        png_window.decode_window(data, 4, 4, 5, 2)
+    short = png_window.SIGNATURE + _chunk(b"IHDR", data[16:29]) + _chunk(
+        b"IDAT", zlib.compress(b"\x00" * 25 * 3)) + _chunk(b"IEND", b"")
+    with pytest.raises(png_window.PngError, match="ends after 3 of 8 rows"):
+        png_window.decode_window(short, 0, 0, 8, 8)
+
+
+def _webp(pixels: np.ndarray, **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "WEBP", **options)
+    return buffer.getvalue()
+
+
+def _full_decode(data: bytes) -> np.ndarray:
+    """torchvision's full decode (the CPU backend's decoder) as HWC."""
+    return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                        mode=ImageReadMode.RGB).permute(1, 2, 0).numpy()
+
+
+@pytest.mark.parametrize("options", [{"quality": 80}, {"quality": 30}, {"lossless": True}])
+@pytest.mark.parametrize("channels", [3, 4])
+def test_webp_windows_equal_a_full_decode(options, channels):
+    """Odd and even offsets, edges and corners: libwebp's cropping with our margins is exact."""
+    rng = np.random.default_rng(channels)
+    smooth = np.asarray(Image.fromarray(rng.integers(0, 256, (6, 7, channels), dtype=np.uint8))
+                        .resize((83, 71), Image.Resampling.BICUBIC))
+    data = _webp(smooth, **options)
+    expected = _full_decode(data)
+    for top, left, height, width in random_windows(rng, 71, 83, 40):
+        np.testing.assert_array_equal(webp_window.decode_window(data, top, left, height, width),
+                                      expected[top:top + height, left:left + width],
+                                      err_msg=f"window {top},{left} {height}x{width}")
+
+
+def test_webp_animations_and_corrupt_data():
+    frames = [Image.fromarray(np.full((16, 16, 3), v, np.uint8)) for v in (0, 255)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "WEBP", save_all=True, append_images=frames[1:], duration=10)
+    assert webp_window.decode_window(buffer.getvalue(), 0, 0, 4, 4) is None
+    data = _webp(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    with pytest.raises(webp_window.WebpError, match="corrupt WebP image: truncated data"):
+        webp_window.decode_window(data[:len(data) // 2], 0, 0, 4, 4)
+    with pytest.raises(webp_window.WebpError, match="not a decodable WebP image: bitstream error"):
+        webp_window.decode_window(data[:12] + bytes(len(data) - 12), 0, 0, 4, 4)
+    with pytest.raises(ValueError, match="not inside the 32x32 image"):
+        webp_window.decode_window(data, 30, 0, 4, 4)
+
+
+def test_window_decoder_flags_what_it_decoded():
+    """A DALI batch: JPEG and corrupt PNGs come back unflagged for DALI's own decoder."""
+    rng = np.random.default_rng(5)
+    pixels = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    jpeg = io.BytesIO()
+    Image.fromarray(pixels).save(jpeg, "JPEG")
+    png = encode_png(pixels)
+    corrupt = png[:60] + bytes(8) + png[68:]
+    encoded = [np.frombuffer(blob, np.uint8) for blob in
+               (jpeg.getvalue(), png, _webp(pixels, lossless=True), corrupt)]
+    starts = [np.array([3, 4], np.int32)] * 4
+    shapes = [np.array([10, 12], np.int32)] * 4
+    decoder = WindowDecoder(threads=2)
+    images, done = decoder(encoded, starts, shapes)
+    assert [bool(flag) for flag in done] == [False, True, True, False]
+    assert [image.shape for image in images] == [(0, 0, 3), (10, 12, 3), (10, 12, 3), (0, 0, 3)]
+    np.testing.assert_array_equal(images[1], pixels[3:13, 4:16])
+    np.testing.assert_array_equal(images[2], pixels[3:13, 4:16])
