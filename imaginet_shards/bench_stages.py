@@ -3,8 +3,9 @@ through `shardset.read_samples`, nothing decoded) and decoding (full-frame, per 
 each backend's decoder and parallelism: PIL in DataLoader workers for `files`, torchvision in
 DataLoader workers for `cpu`, `fn.decoders.image` on `threads` DALI threads for `dali`).
 
-Decode-only is the physical bound of a backend: its full pipeline also crops, perturbs, batches
-and normalises. Every stage makes one untimed pass first (page cache, worker and pipeline start),
+Decode-only is the physical bound of a backend that decodes whole images; its full pipeline also
+crops, perturbs, batches and normalises. Pipelines that start with a crop decode less than a whole
+image (PNG/WebP windows in both backends, JPEG ROI in DALI: windows.py), so they can beat it. Every stage makes one untimed pass first (page cache, worker and pipeline start),
 then `repeats` timed passes; figures are medians over the passes.
 """
 from __future__ import annotations

@@ -16,6 +16,16 @@ from . import png_window, webp_window
 from .images import sniff_format
 
 _DECODERS = {"png": png_window.decode_window, "webp": webp_window.decode_window}
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}  # (pid, threads): one per process and size
+
+
+def _executor(threads: int) -> ThreadPoolExecutor:
+    """A shared pool (pipelines are rebuilt every epoch; their pools would pile up), per process
+    because threads do not survive a fork."""
+    key = (os.getpid(), threads)
+    if key not in _POOLS:
+        _POOLS[key] = ThreadPoolExecutor(threads, "imaginet-window")
+    return _POOLS[key]
 
 
 def decode_window(data, top: int, left: int, height: int, width: int) -> np.ndarray | None:
@@ -33,12 +43,6 @@ class WindowDecoder:
 
     def __init__(self, threads: int):
         self.threads = max(int(threads), 1)
-        self._pool: tuple[int, ThreadPoolExecutor] | None = None
-
-    def _executor(self) -> ThreadPoolExecutor:
-        if self._pool is None or self._pool[0] != os.getpid():  # threads do not survive a fork
-            self._pool = (os.getpid(), ThreadPoolExecutor(self.threads, "imaginet-window"))
-        return self._pool[1]
 
     @staticmethod
     def _one(data: np.ndarray, start: np.ndarray, shape: np.ndarray) -> np.ndarray | None:
@@ -49,7 +53,12 @@ class WindowDecoder:
 
     def __call__(self, encoded: list[np.ndarray], starts: list[np.ndarray],
                  shapes: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        images = list(self._executor().map(self._one, encoded, starts, shapes))
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # longest first
+        decoded = _executor(self.threads).map(self._one, *([column[i] for i in order]
+                                                     for column in (encoded, starts, shapes)))
+        images: list[np.ndarray | None] = [None] * len(encoded)
+        for i, image in zip(order, decoded):
+            images[i] = image
         empty = np.zeros((0, 0, 3), dtype=np.uint8)
         return ([empty if image is None else image for image in images],
                 [np.array(image is not None) for image in images])
