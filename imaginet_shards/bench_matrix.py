@@ -23,7 +23,7 @@ from .bench_stages import decode_only, format_counts, read_images, tar_read
 
 STAGES = ("tar", "decode", "full")
 PACKAGES = ("torch", "torchvision", "nvidia-dali-cuda120", "nvidia-dali-cuda110", "webdataset",
-            "numpy", "pillow")
+            "numpy", "pillow", "numba", "zlib-ng", "webp")
 
 
 @dataclass(frozen=True)

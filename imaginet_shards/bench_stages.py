@@ -1,7 +1,8 @@
 """The stages under a loader, timed alone (issue 6, item 1): reading the tars (raw sample bytes
 through `shardset.read_samples`, nothing decoded) and decoding (full-frame, per image format, with
-each backend's decoder and parallelism: PIL in DataLoader workers for `files`, torchvision in
-DataLoader workers for `cpu`, `fn.decoders.image` on `threads` DALI threads for `dali`).
+each backend's decoder and parallelism: PIL in DataLoader workers for `files`, the CPU backend's
+`transforms_cpu.decode` in DataLoader workers for `cpu` (torchvision for JPEG, windows.py for PNG
+and WebP), `fn.decoders.image` on `threads` DALI threads for `dali`).
 
 Decode-only is the physical bound of a backend that decodes whole images; its full pipeline also
 crops, perturbs, batches and normalises. Pipelines that start with a crop decode less than a whole
@@ -113,7 +114,7 @@ def _decode_pil(data: bytes) -> int:
         return np.array(image.convert("RGB")).size
 
 
-def _decode_torchvision(data: bytes) -> int:
+def _decode_cpu_backend(data: bytes) -> int:
     from .transforms_cpu import decode
     return decode(data).numel()
 
@@ -175,7 +176,7 @@ def decode_only(backend: str, fmt: str, blobs: list[bytes], threads: int, repeat
     if backend == "dali":
         run_pass = _dali_pass(blobs, threads, device)
     elif backend in ("cpu", "files"):
-        run_pass = _worker_pass(blobs, _decode_torchvision if backend == "cpu" else _decode_pil,
+        run_pass = _worker_pass(blobs, _decode_cpu_backend if backend == "cpu" else _decode_pil,
                                 threads)
     else:
         raise ValueError(f"decode-only backend must be 'dali', 'cpu' or 'files', got {backend!r}")

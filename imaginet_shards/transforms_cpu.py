@@ -2,9 +2,9 @@
 
 Images are uint8 tensors [3, H, W] until `normalize`, which runs on whole batches (on the training
 device), so workers ship 4x fewer bytes than float32 would take. Decoding is torchvision's
-(libjpeg-turbo, libpng, libwebp; measured faster than PIL here for all three formats). When the
-operations start with a crop, as in `train`, PNGs and WebPs decode only what the crop needs
-(windows.py) and JPEGs decode whole, then get cropped: nothing else runs on the full image.
+for JPEG (libjpeg-turbo, faster than PIL here) and for the rare PNGs outside windows.py's fast path;
+other PNGs and WebPs go through windows.py, which decodes only what a leading crop needs (as in
+`train`); JPEGs decode whole, then get cropped: nothing else runs on the full image.
 Encoding (JPEG, WebP, PNG) is PIL's: torchvision has no WebP encoder, and one encoder for both
 formats keeps the loader and `perturb` byte-identical.
 """
@@ -33,11 +33,23 @@ def decode(data: bytes) -> torch.Tensor:
     """JPEG/PNG/WebP bytes -> uint8 RGB [3, H, W]. Raises ValueError (`images.ImageCheckError`) for
     non-images, truncated images and images above `images.MAX_PIXELS` (checked on the header,
     before anything is decoded: decompression bombs), ValueError for other decoder failures."""
-    check_image(data)
-    return _decode_checked(data)
+    info = check_image(data)
+    image = _window(data, CropOp(0, 0, info.height, info.width))
+    return _decode_torchvision(data) if image is None else image
 
 
-def _decode_checked(data: bytes) -> torch.Tensor:
+def _window(data: bytes, crop: CropOp) -> torch.Tensor | None:
+    """The pixels of `crop` through windows.py (PNG, WebP), None for the formats it leaves to
+    torchvision. This also keeps corrupt PNGs away from torchvision's libpng binding, which
+    crashes the process on some (a bad IDAT checksum) instead of raising."""
+    try:
+        window = decode_window(data, crop.top, crop.left, crop.height, crop.width)
+    except ValueError as exc:
+        raise ValueError(f"corrupt image: {exc}") from None
+    return None if window is None else torch.from_numpy(window).permute(2, 0, 1)
+
+
+def _decode_torchvision(data: bytes) -> torch.Tensor:
     try:
         image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8),
                              mode=ImageReadMode.RGB)
@@ -99,15 +111,11 @@ def decode_for(data: bytes, preset: Preset, rng: np.random.Generator
     crop is done by decoding only its window where the format allows. Errors as `decode`."""
     info = check_image(data)
     ops = draw_params(preset, rng, info.height, info.width)
-    if ops and isinstance(ops[0], CropOp):
-        crop = ops[0]
-        try:
-            window = decode_window(data, crop.top, crop.left, crop.height, crop.width)
-        except ValueError as exc:
-            raise ValueError(f"corrupt image: {exc}") from None
-        if window is not None:
-            return torch.from_numpy(window).permute(2, 0, 1), ops, ops[1:]
-    return _decode_checked(data), ops, ops
+    cropped = bool(ops) and isinstance(ops[0], CropOp)
+    image = _window(data, ops[0] if cropped else CropOp(0, 0, info.height, info.width))
+    if image is None:
+        return _decode_torchvision(data), ops, ops
+    return image, ops, ops[1:] if cropped else ops
 
 
 def augment(data: bytes, preset: Preset, rng: np.random.Generator) -> torch.Tensor:

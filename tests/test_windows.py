@@ -12,7 +12,11 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_image
 
+from datasets import pack_arrays, rewrite_shard
 from imaginet_shards import png_window, webp_window
+from imaginet_shards.augment import get_preset
+from imaginet_shards.loader import make_loader
+from imaginet_shards.transforms_cpu import decode
 from imaginet_shards.windows import WindowDecoder, decode_window
 
 COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type
@@ -205,3 +209,42 @@ def test_window_decoder_flags_what_it_decoded():
     assert [image.shape for image in images] == [(0, 0, 3), (10, 12, 3), (10, 12, 3), (0, 0, 3)]
     np.testing.assert_array_equal(images[1], pixels[3:13, 4:16])
     np.testing.assert_array_equal(images[2], pixels[3:13, 4:16])
+
+
+@pytest.mark.parametrize("backend", ["cpu", "dali"])
+def test_loaders_decode_windows(tmp_path, backend):
+    """Both loaders crop PNGs through windows.py: with the last IDAT chunk of a PNG overwritten
+    (rows far below its centre crop), the `eval` crop still comes out exactly. A whole-image
+    decode fails on it with a clear error (torchvision's libpng binding used to crash the process
+    on this very PNG)."""
+    if backend == "dali":
+        pytest.importorskip("nvidia.dali")
+    pixels = np.random.default_rng(4).integers(0, 256, (700, 300, 3), dtype=np.uint8)
+    shards = pack_arrays(tmp_path, [(pixels, "png")])
+
+    damaged = []
+
+    def damage(key, members):
+        edited = []
+        for ext, payload in members:
+            if ext == "png":
+                last = payload.rindex(b"IDAT")
+                assert last > len(payload) // 2  # several chunks: the damage is far below the crop
+                payload = payload[:last + 4] + bytes(64) + payload[last + 68:]
+                damaged.append(payload)
+            edited.append((ext, payload))
+        return edited
+
+    rewrite_shard(next(shards.glob("*.tar")), damage)
+    with pytest.raises(ValueError, match="corrupt image"):
+        decode(damaged[0])
+    preset = get_preset("eval", size=128)
+    loader = make_loader(shards, backend=backend, preset=preset, batch_size=1, workers=1,
+                         shuffle=False, device="cpu")
+    images, _ = next(iter(loader))
+    top, left = (700 - 128) // 2, (300 - 128) // 2
+    expected = torch.from_numpy(pixels[top:top + 128, left:left + 128]).permute(2, 0, 1).float()
+    mean = torch.tensor(preset.mean).view(3, 1, 1) * 255
+    std = torch.tensor(preset.std).view(3, 1, 1) * 255
+    torch.testing.assert_close(images[0], (expected - mean) / std, atol=1e-4, rtol=0)
+
