@@ -211,11 +211,12 @@ def main() -> None:
     parser.add_argument("--backends", default="files,cpu,dali")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--batches", type=int, default=8,
+    parser.add_argument("--batches", type=int, default=12,
                         help="Batches per timed repeat: several per worker, or bursts skew it.")
     parser.add_argument("--warmup", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--decode-images", type=int, default=24)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--decode-images", type=int, default=128,
+                        help="Decode-only images per format (128: all of them in the 300-image sample).")
     parser.add_argument("--model", default="small", help="Model in the loop ('' for none).")
     parser.add_argument("--model-steps", type=int, default=8)
     args = parser.parse_args()
