@@ -6,8 +6,9 @@ and WebP), `fn.decoders.image` on `threads` DALI threads for `dali`).
 
 Decode-only is the physical bound of a backend that decodes whole images; its full pipeline also
 crops, perturbs, batches and normalises. Pipelines that start with a crop decode less than a whole
-image (PNG/WebP windows in both backends, JPEG ROI in DALI: windows.py), so they can beat it. Every stage makes one untimed pass first (page cache, worker and pipeline start),
-then `repeats` timed passes; figures are medians over the passes.
+image (PNG/WebP windows in both backends, JPEG ROI in DALI: windows.py), so they can beat it.
+Every stage makes one untimed pass first (page cache, worker and pipeline start), then `repeats`
+timed passes; figures are medians over the passes.
 """
 from __future__ import annotations
 

@@ -3,8 +3,9 @@
 `build_graph` turns encoded images into normalised CHW float images inside a DALI pipeline defined
 with `enable_conditionals=True`. Geometry is lazy: `PadTo`, `Crop` and the crop of `SquareResize`
 only move a window over the encoded image, and the first step that needs pixels decodes just that
-window (`fn.decoders.image_slice`, a true ROI decode for JPEG), then zero-pads what lies outside
-the image, which is exactly pad-then-crop. Per-sample choices are random draws on the CPU and
+window (`fn.decoders.image_slice`, a true ROI decode for JPEG; on the CPU, PNG and WebP windows
+come from windows.py through `fn.python_function`), then zero-pads what lies outside the image,
+which is exactly pad-then-crop. Per-sample choices are random draws on the CPU and
 `if` statements on them (DALI splits the batch, runs each branch on its samples, merges).
 
 The same graph runs on the CPU (`decode_device="cpu"`) and on a GPU (`decode_device="mixed"`):
@@ -81,7 +82,8 @@ class _Builder:
     """Interprets steps for one pipeline; `decisions` collects per-sample draws of top-level steps."""
 
     def __init__(self, decode_device: str, threads: int):
-        # on the CPU, PNG and WebP windows skip DALI's whole-image decoding (windows.py)
+        # on the CPU, PNG and WebP windows skip DALI's whole-image decoding (windows.py); with
+        # "mixed", nvImageCodec decodes them on the CPU too, but that route is untested: off
         self.windows = WindowDecoder(threads) if decode_device == "cpu" else None
         self.decoder = {"device": decode_device, "adjust_orientation": False,
                         "output_type": types.RGB}
@@ -129,8 +131,8 @@ class _Builder:
                                            **self.decoder)
         start, shape = (types.Constant(v, dtype=types.INT32) if isinstance(v, list) else v
                         for v in (start, shape))
-        window, done = fn.python_function(encoded, start, shape, function=self.windows, num_outputs=2,
-                                          output_layouts=["HWC", ""],
+        window, done = fn.python_function(encoded, start, shape, function=self.windows,
+                                          num_outputs=2, output_layouts=["HWC", ""],
                                           batch_processing=True)
         if done:
             image = window
