@@ -117,17 +117,24 @@ def _paeth(a, b, c):
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
-def _unfilter(src, dst, stride, bpp):  # pragma: no cover - compiled; tested through decode_window
-    """Reverse the PNG row filters of `dst.shape[0]` rows of `src` (rows of `stride` bytes, filter
-    byte first) into `dst`, only its `dst.shape[1]` leftmost bytes per row. Returns the index of
-    the first row with an unknown filter type, or -1."""
+def _unfilter(src, dst, stride, bpp, top):  # pragma: no cover - compiled; tested through callers
+    """Reverse the PNG row filters of the rows of `src` (rows of `stride` bytes, filter byte first)
+    down to row `top + dst.shape[0]`, only the `dst.shape[1]` leftmost bytes of each; rows from
+    `top` on land in `dst`, the rows above pass through a two-row buffer (each row needs only the
+    one above it). Returns the index of the first row with an unknown filter type, or -1."""
     n = dst.shape[1]
     zero = np.zeros(n, np.uint8)
-    for r in range(dst.shape[0]):
+    above = np.empty((2, n), np.uint8)
+    for r in range(top + dst.shape[0]):
         kind = src[r * stride]
         s = src[r * stride + 1:r * stride + 1 + n]
-        d = dst[r]
-        u = dst[r - 1] if r > 0 else zero
+        d = dst[r - top] if r >= top else above[r & 1]
+        if r == 0:
+            u = zero
+        elif r > top:
+            u = dst[r - 1 - top]
+        else:
+            u = above[(r - 1) & 1]
         if kind == 0:
             for i in range(n):
                 d[i] = s[i]
@@ -178,11 +185,11 @@ def decode_window(data, top: int, left: int, height: int, width: int) -> np.ndar
                          f"the {layout.width}x{layout.height} image")
     rows = _inflate_rows(memoryview(data).cast("B"), layout, bottom)
     bpp = layout.channels
-    pixels = np.empty((bottom, right * bpp), dtype=np.uint8)
-    bad = _unfilter(rows, pixels, layout.stride, bpp)
+    pixels = np.empty((height, right * bpp), dtype=np.uint8)
+    bad = _unfilter(rows, pixels, layout.stride, bpp, top)
     if bad >= 0:
         raise PngError(f"row {bad} has unknown filter type {rows[bad * layout.stride]}")
-    window = pixels[top:].reshape(height, right, bpp)[:, left:]
+    window = pixels.reshape(height, right, bpp)[:, left:]
     if bpp <= 2:  # grey (+ alpha)
         return np.repeat(window[:, :, :1], 3, axis=2)
     return np.ascontiguousarray(window[:, :, :3])
