@@ -127,8 +127,7 @@ class _Builder:
         """The window `start` + `shape` (HW) of encoded images: PNGs and WebPs through windows.py
         where it applies, everything else through DALI's ROI decoder."""
         if self.windows is None:
-            return fn.decoders.image_slice(encoded, start=start, shape=shape, axis_names="HW",
-                                           **self.decoder)
+            return self.decode_slice(encoded, start, shape)
         start, shape = (types.Constant(v, dtype=types.INT32) if isinstance(v, list) else v
                         for v in (start, shape))
         window, done = fn.python_function(encoded, start, shape, function=self.windows,
@@ -137,9 +136,13 @@ class _Builder:
         if done:
             image = window
         else:
-            image = fn.decoders.image_slice(encoded, start=start, shape=shape, axis_names="HW",
-                                            **self.decoder)
+            image = self.decode_slice(encoded, start, shape)
         return image
+
+    def decode_slice(self, encoded: DataNode, start: DataNode, shape: DataNode) -> DataNode:
+        """DALI's own decoder on the window (a true ROI decode for JPEG)."""
+        return fn.decoders.image_slice(encoded, start=start, shape=shape, axis_names="HW",
+                                       **self.decoder)
 
     # -- steps -------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from PIL import Image
 MAX_PIXELS = 128 * 1024 * 1024  # larger images are refused (decompression bombs)
 MAX_FILE_BYTES = 256 * 1024 * 1024
 
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 EXTENSION = {"jpeg": "jpg", "png": "png", "webp": "webp"}
 
@@ -37,11 +37,21 @@ def sniff_format(data: bytes) -> str | None:
     """"jpeg", "png" or "webp" from the magic bytes, else None."""
     if data[:3] == b"\xff\xd8\xff":
         return "jpeg"
-    if data[:8] == _PNG_MAGIC:
+    if data[:8] == PNG_SIGNATURE:
         return "png"
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "webp"
     return None
+
+
+def check_window(top: int, left: int, height: int, width: int, image_height: int,
+                 image_width: int) -> None:
+    """ValueError unless rows [top, top+height) x columns [left, left+width) lie inside the image
+    and are not empty (the window decoders' contract)."""
+    bottom, right = top + height, left + width
+    if not (0 <= top < bottom <= image_height and 0 <= left < right <= image_width):
+        raise ValueError(f"window rows [{top}, {bottom}) x columns [{left}, {right}) is not inside "
+                         f"the {image_width}x{image_height} image")
 
 
 def _structurally_complete(fmt: str, data: bytes) -> bool:

@@ -20,9 +20,8 @@ import numba
 import numpy as np
 from zlib_ng import zlib_ng
 
-from .images import MAX_PIXELS
+from .images import MAX_PIXELS, PNG_SIGNATURE, check_window
 
-SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # colour type -> samples per pixel (8-bit only)
 
 
@@ -45,7 +44,7 @@ class PngLayout:
 
 def _chunks(data: memoryview):
     """(type, payload offset, payload length) of each chunk up to IEND, CRCs unchecked."""
-    pos = len(SIGNATURE)
+    pos = len(PNG_SIGNATURE)
     while pos + 8 <= len(data):
         length, kind = struct.unpack_from(">I4s", data, pos)
         if pos + 12 + length > len(data):
@@ -67,7 +66,7 @@ def read_layout(data) -> PngLayout | None:
     """The layout of a PNG the fast path handles, None for any other PNG; PngError when the
     header is broken. `data` is any bytes-like object (bytes, a NumPy uint8 array)."""
     view = memoryview(data).cast("B")
-    if bytes(view[:8]) != SIGNATURE:
+    if bytes(view[:8]) != PNG_SIGNATURE:
         raise PngError("not a PNG (bad signature)")
     header, idat = None, []
     for kind, offset, length in _chunks(view):
@@ -179,12 +178,10 @@ def decode_window(data, top: int, left: int, height: int, width: int) -> np.ndar
     layout = read_layout(data)
     if layout is None:
         return None
-    bottom, right = top + height, left + width
-    if not (0 <= top < bottom <= layout.height and 0 <= left < right <= layout.width):
-        raise ValueError(f"window rows [{top}, {bottom}) x columns [{left}, {right}) is not inside "
-                         f"the {layout.width}x{layout.height} image")
-    rows = _inflate_rows(memoryview(data).cast("B"), layout, bottom)
+    check_window(top, left, height, width, layout.height, layout.width)
+    rows = _inflate_rows(memoryview(data).cast("B"), layout, top + height)
     bpp = layout.channels
+    right = left + width
     pixels = np.empty((height, right * bpp), dtype=np.uint8)
     bad = _unfilter(rows, pixels, layout.stride, bpp, top)
     if bad >= 0:

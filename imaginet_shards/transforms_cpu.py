@@ -34,19 +34,20 @@ def decode(data: bytes) -> torch.Tensor:
     non-images, truncated images and images above `images.MAX_PIXELS` (checked on the header,
     before anything is decoded: decompression bombs), ValueError for other decoder failures."""
     info = check_image(data)
-    image = _window(data, CropOp(0, 0, info.height, info.width))
-    return _decode_torchvision(data) if image is None else image
+    return _decode_checked(data, CropOp(0, 0, info.height, info.width))[0]
 
 
-def _window(data: bytes, crop: CropOp) -> torch.Tensor | None:
-    """The pixels of `crop` through windows.py (PNG, WebP), None for the formats it leaves to
-    torchvision. This also keeps corrupt PNGs away from torchvision's libpng binding, which
-    crashes the process on some (a bad IDAT checksum) instead of raising."""
+def _decode_checked(data: bytes, crop: CropOp) -> tuple[torch.Tensor, bool]:
+    """(pixels, whether they are `crop`'s): the window through windows.py (PNG, WebP), else the
+    whole image through torchvision. windows.py also keeps corrupt PNGs away from torchvision's
+    libpng binding, which crashes the process on some (a bad IDAT checksum) instead of raising."""
     try:
         window = decode_window(data, crop.top, crop.left, crop.height, crop.width)
     except ValueError as exc:
         raise ValueError(f"corrupt image: {exc}") from None
-    return None if window is None else torch.from_numpy(window).permute(2, 0, 1)
+    if window is None:
+        return _decode_torchvision(data), False
+    return torch.from_numpy(window).permute(2, 0, 1), True
 
 
 def _decode_torchvision(data: bytes) -> torch.Tensor:
@@ -111,11 +112,9 @@ def decode_for(data: bytes, preset: Preset, rng: np.random.Generator
     crop is done by decoding only its window where the format allows. Errors as `decode`."""
     info = check_image(data)
     ops = draw_params(preset, rng, info.height, info.width)
-    cropped = bool(ops) and isinstance(ops[0], CropOp)
-    image = _window(data, ops[0] if cropped else CropOp(0, 0, info.height, info.width))
-    if image is None:
-        return _decode_torchvision(data), ops, ops
-    return image, ops, ops[1:] if cropped else ops
+    leading = ops[0] if ops and isinstance(ops[0], CropOp) else None
+    image, cropped = _decode_checked(data, leading or CropOp(0, 0, info.height, info.width))
+    return image, ops, ops[1:] if cropped and leading else ops
 
 
 def augment(data: bytes, preset: Preset, rng: np.random.Generator) -> torch.Tensor:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from webp import ffi, lib
 
-from .images import MAX_PIXELS
+from .images import MAX_PIXELS, check_window
 
 _OPTIONS = ffi.offsetof("WebPDecoderConfig", "options")
 # WebPDecoderOptions: bypass_filtering, no_fancy_upsampling, use_cropping, crop_left, crop_top,
@@ -23,8 +23,6 @@ _OPTIONS = ffi.offsetof("WebPDecoderConfig", "options")
 _USE_CROPPING = 2
 _ABI_OK = (ffi.offsetof("struct WebPDecoderOptions", "use_threads") == 10 * ffi.sizeof("int")
            and ffi.sizeof("struct WebPDecoderOptions") == 19 * 4 and _OPTIONS % ffi.sizeof("int") == 0)
-
-
 _STATUS = {1: "out of memory", 2: "invalid parameter", 3: "bitstream error",
            4: "unsupported feature", 7: "truncated data"}  # VP8StatusCode
 
@@ -54,10 +52,8 @@ def decode_window(data, top: int, left: int, height: int, width: int) -> np.ndar
     full_h, full_w = features.height, features.width
     if full_w * full_h > MAX_PIXELS:
         raise WebpError(f"{full_w}x{full_h} is over the {MAX_PIXELS}-pixel limit")
+    check_window(top, left, height, width, full_h, full_w)
     bottom, right = top + height, left + width
-    if not (0 <= top < bottom <= full_h and 0 <= left < right <= full_w):
-        raise ValueError(f"window rows [{top}, {bottom}) x columns [{left}, {right}) is not inside "
-                         f"the {full_w}x{full_h} image")
     y0, x0 = max(top - 1, 0) & ~1, max(left - 1, 0) & ~1
     y1, x1 = min(bottom + 1, full_h), min(right + 1, full_w)
     options = ffi.cast("int*", config) + _OPTIONS // ffi.sizeof("int") + _USE_CROPPING

@@ -15,6 +15,7 @@ from torchvision.io import ImageReadMode, decode_image
 from datasets import pack_arrays, rewrite_shard
 from imaginet_shards import png_window, webp_window
 from imaginet_shards.augment import get_preset
+from imaginet_shards.images import PNG_SIGNATURE
 from imaginet_shards.loader import make_loader
 from imaginet_shards.transforms_cpu import decode
 from imaginet_shards.windows import WindowDecoder, decode_window
@@ -61,7 +62,7 @@ def encode_png(pixels: np.ndarray, filters=(0, 1, 2, 3, 4), idat_size: int = 997
     header = struct.pack(">IIBBBBB", width, height, depth,
                          COLOUR_TYPES[bpp] if colour is None else colour, 0, 0, interlace)
     idat = b"".join(_chunk(b"IDAT", stream[i:i + idat_size]) for i in range(0, len(stream), idat_size))
-    return png_window.SIGNATURE + _chunk(b"IHDR", header) + idat + _chunk(b"IEND", b"")
+    return PNG_SIGNATURE + _chunk(b"IHDR", header) + idat + _chunk(b"IEND", b"")
 
 
 def as_rgb(pixels: np.ndarray) -> np.ndarray:
@@ -138,13 +139,13 @@ def test_png_errors_name_the_problem():
         png_window.decode_window(data[:-12], 0, 0, 1, 1)
     with pytest.raises(png_window.PngError, match="unknown filter type 9"):
         png_window.decode_window(encode_png(pixels, filters=(0, 9)), 0, 0, 8, 8)
-    bomb = png_window.SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2,
+    bomb = PNG_SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2,
                                                               0, 0, 0))
     with pytest.raises(png_window.PngError, match="pixel limit"):
         png_window.decode_window(bomb + _chunk(b"IDAT", b"") + _chunk(b"IEND", b""), 0, 0, 1, 1)
     with pytest.raises(ValueError, match="not inside the 8x8 image"):
         png_window.decode_window(data, 4, 4, 5, 2)
-    short = png_window.SIGNATURE + _chunk(b"IHDR", data[16:29]) + _chunk(
+    short = PNG_SIGNATURE + _chunk(b"IHDR", data[16:29]) + _chunk(
         b"IDAT", zlib.compress(b"\x00" * 25 * 3)) + _chunk(b"IEND", b"")
     with pytest.raises(png_window.PngError, match="ends after 3 of 8 rows"):
         png_window.decode_window(short, 0, 0, 8, 8)
