@@ -1,16 +1,45 @@
-"""imaginet_shards: pack ImagiNet into WebDataset shards, verify and inspect them, and load them fast."""
-from importlib.metadata import PackageNotFoundError, version as _version
+"""imaginet_shards: pack ImagiNet into WebDataset shards, verify and inspect them, and load them fast.
+
+The public API is what `__all__` names; subpackages: `format` (annotations, tar members, manifest,
+image checks), `io` (storage, cache, shard-set reading), `ops` (pack, perturb, verify, stats),
+`augment` (the perturbation spec and its CPU and DALI interpreters), `codecs` (window decoding),
+`loaders` (`make_loader` and both backends), `sample` (the embedded stand-in dataset) and `bench`
+(throughput). See docs/architecture.md.
+"""
+from __future__ import annotations
+
+from importlib import import_module
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
+from typing import Any
 
 try:
     __version__ = _version("imaginet")
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0+local"
 
+# name -> module; imported on first use, so that commands that do not load never import torch.
+_EXPORTS = {
+    "make_loader": "imaginet_shards.loaders", "Loader": "imaginet_shards.loaders",
+    "LoaderConfig": "imaginet_shards.loaders", "SkippedSample": "imaginet_shards.loaders",
+    "Preset": "imaginet_shards.augment.spec", "get_preset": "imaginet_shards.augment.spec",
+    "PRESETS": "imaginet_shards.augment.spec",
+    "PackOptions": "imaginet_shards.ops.pack", "pack": "imaginet_shards.ops.pack",
+    "PerturbOptions": "imaginet_shards.ops.perturb", "perturb": "imaginet_shards.ops.perturb",
+    "verify": "imaginet_shards.ops.verify", "inspect": "imaginet_shards.ops.stats",
+    "open_shard_set": "imaginet_shards.io.shardset", "load_manifest": "imaginet_shards.format.manifest",
+    "read_annotations": "imaginet_shards.format.annotations",
+    "SampleOptions": "imaginet_shards.sample", "write_sample": "imaginet_shards.sample",
+}
 
-def __getattr__(name: str):
-    """`imaginet_shards.make_loader` without importing torch for the commands that do not load."""
-    if name == "make_loader":
-        from .loader import make_loader
+__all__ = ["__version__", *_EXPORTS]
 
-        return make_loader
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'imaginet_shards' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,3 +1,3 @@
-from .cli import main
+from imaginet_shards.cli import main
 
 main()

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from . import __version__
+from imaginet_shards import __version__
+from imaginet_shards.bench.cli import bench_options, run_bench_command
 
 
 @click.group()
@@ -17,7 +19,7 @@ def main(endpoint_url: str | None) -> None:
     """Pack ImagiNet into WebDataset shards with DALI indexes, verify, inspect and load them.
 
     Shard sets are local directories or s3://, gs://, http(s):// URLs (read-only for http)."""
-    from .storage import set_endpoint_url
+    from imaginet_shards.io.storage import set_endpoint_url
     set_endpoint_url(endpoint_url)
 
 
@@ -26,7 +28,7 @@ def main(endpoint_url: str | None) -> None:
               help="Write the schema here instead of printing it.")
 def schema(out: Path | None) -> None:
     """Print the label schema (columns, vocabularies, tracks) as JSON."""
-    from .annotations import schema_json
+    from imaginet_shards.format.annotations import schema_json
     text = schema_json()
     if out is None:
         click.echo(text, nl=False)
@@ -39,7 +41,7 @@ def schema(out: Path | None) -> None:
 @click.option("--all-errors", is_flag=True, help="Report every bad line, not just the first.")
 def check_annotations(files: tuple[Path, ...], all_errors: bool) -> None:
     """Validate annotation files and print their label counts."""
-    from .annotations import AnnotationError, read_annotations
+    from imaginet_shards.format.annotations import AnnotationError, read_annotations
     failed = False
     for path in files:
         try:
@@ -66,7 +68,7 @@ def check_annotations(files: tuple[Path, ...], all_errors: bool) -> None:
 @click.option("--workers", default=1, show_default=True, help="Processes rendering images.")
 def sample(out: Path, count: int, seed: int, max_side: int, formats: str, workers: int) -> None:
     """Write the embedded stand-in ImagiNet dataset under OUT, with train/calibration/test.txt."""
-    from .sample import SampleOptions, write_sample
+    from imaginet_shards.sample import SampleOptions, write_sample
     try:
         summary = write_sample(out, SampleOptions(count=count, seed=seed, max_side=max_side,
                                                   formats=formats, workers=workers))
@@ -106,8 +108,9 @@ def pack(root: Path, annotations: Path, out: str, prefix: str, max_count: int, m
     """Pack annotated images into WebDataset shards with DALI indexes and a manifest."""
     import time
 
-    from .pack import PackError, PackOptions, pack as run_pack
-    from .annotations import AnnotationError
+    from imaginet_shards.format.annotations import AnnotationError
+    from imaginet_shards.ops.pack import PackError, PackOptions
+    from imaginet_shards.ops.pack import pack as run_pack
     started = time.monotonic()
     try:
         options = PackOptions(root=root, annotations=annotations, out=out, prefix=prefix,
@@ -134,7 +137,7 @@ def pack(root: Path, annotations: Path, out: str, prefix: str, max_count: int, m
 @click.option("--workers", default=2, show_default=True, help="Shards checked in parallel.")
 def verify(dest: str, decode: bool, workers: int) -> None:
     """Check a shard set against its manifest; exit 1 listing every problem."""
-    from .verify import verify as run_verify
+    from imaginet_shards.ops.verify import verify as run_verify
     try:
         report = run_verify(dest, decode=decode, workers=workers)
     except (OSError, ValueError) as exc:
@@ -154,7 +157,8 @@ def inspect(dest: str, json_out: Path | None) -> None:
     """Label, format and size statistics of a shard set, and the confounds a detector could learn."""
     import json
 
-    from .inspect import format_report, inspect as run_inspect
+    from imaginet_shards.ops.stats import format_report
+    from imaginet_shards.ops.stats import inspect as run_inspect
     try:
         report = run_inspect(dest)
     except (OSError, ValueError) as exc:
@@ -173,7 +177,8 @@ def inspect(dest: str, json_out: Path | None) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace a shard set already at DEST.")
 def perturb(src: str, dest: Path, preset: str, seed: int, workers: int, overwrite: bool) -> None:
     """Write a copy of the shard set SRC at DEST with a preset applied once per sample."""
-    from .perturb import PerturbOptions, perturb as run_perturb
+    from imaginet_shards.ops.perturb import PerturbOptions
+    from imaginet_shards.ops.perturb import perturb as run_perturb
     try:
         manifest = run_perturb(PerturbOptions(source=src, out=dest, preset=preset, seed=seed,
                                               workers=workers, overwrite=overwrite))
@@ -185,55 +190,14 @@ def perturb(src: str, dest: Path, preset: str, seed: int, workers: int, overwrit
 
 
 @main.command()
-@click.argument("shards")
-@click.option("--backend", "backends", type=click.Choice(["dali", "cpu", "files"]), multiple=True,
-              required=True,
-              help="Shard loaders (dali, cpu) or the per-file PIL baseline (files); repeatable.")
-@click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="files: dataset root the annotation paths are relative to.")
-@click.option("--annotations", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="files: annotation file of the images to read.")
-@click.option("--threads", multiple=True, type=int, default=(2,), show_default=True,
-              help="DALI threads or DataLoader workers; repeatable.")
-@click.option("--preset", "presets", multiple=True, default=("train",), show_default=True,
-              help="Perturbation preset; repeatable.")
-@click.option("--crop", "crops", multiple=True, type=int,
-              help="Crop (train) or output size (other presets); repeatable. Default: the preset's.")
-@click.option("--device", "devices", multiple=True, default=("cpu",), show_default=True,
-              help="Where batches are delivered (cpu, cuda); repeatable.")
-@click.option("--stage", "stages", multiple=True, type=click.Choice(["tar", "decode", "full"]),
-              default=("tar", "decode", "full"), show_default=True,
-              help="Stages timed: tar read only, decode only (per format), full pipeline.")
-@click.option("--batch-size", default=64, show_default=True)
-@click.option("--batches", default=30, show_default=True, help="Batches timed per repeat.")
-@click.option("--warmup", default=3, show_default=True, help="Batches drawn before timing.")
-@click.option("--repeats", default=3, show_default=True, help="Timed repeats (figures are medians).")
-@click.option("--decode-images", default=64, show_default=True, help="Decode-only: images per format.")
-@click.option("--model", type=click.Choice(["small", "resnet50", "resnet50nodown"]),
-              help="Also run the trainer's step on the loader's batches: is training input-bound?")
-@click.option("--model-steps", default=10, show_default=True, help="Timed model steps.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the results as JSON.")
-def bench(shards: str, backends: tuple[str, ...], root: Path | None, annotations: Path | None,
-          threads: tuple[int, ...], presets: tuple[str, ...], crops: tuple[int, ...],
-          devices: tuple[str, ...], stages: tuple[str, ...], batch_size: int, batches: int,
-          warmup: int, repeats: int, decode_images: int, model: str | None, model_steps: int,
-          seed: int, json_out: Path | None) -> None:
+@bench_options
+@click.option("--model", hidden=True, help="Moved: `imaginet-train bench --model ARCH`.")
+def bench(model: str | None, **options: Any) -> None:
     """Loader throughput matrix: images/s, MB/s, CPU time and peak memory of each backend x device
-    x threads x preset x crop, with the tar-read and decode-only stages, medians over repeats."""
-    import json
+    x threads x preset x crop, with the tar-read and decode-only stages, medians over repeats.
 
-    from .bench import BenchOptions
-    from .bench_matrix import MatrixOptions, run_matrix
-    try:
-        base = BenchOptions(backend=backends[0], shards=shards, root=root, annotations=annotations,
-                            batch_size=batch_size, batches=batches, warmup=warmup,
-                            repeats=repeats, seed=seed)
-        options = MatrixOptions(base, backends, threads, presets, crops or (None,), devices,
-                                stages, decode_images, model, model_steps)
-        report = run_matrix(options, log=click.echo)
-    except (OSError, ValueError, NotImplementedError) as exc:
-        raise click.ClickException(str(exc)) from None
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report, indent=1) + "\n")
+    The model-in-the-loop diagnosis (is training input-bound?) is `imaginet-train bench --model`."""
+    if model is not None:
+        raise click.UsageError("--model moved to the trainer: `imaginet-train bench SHARDS "
+                               f"--model {model} ...` (same options)")
+    run_bench_command(options)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from imaginet_shards.inspect import load_metadata
+from imaginet_shards.ops.stats import load_metadata
 
 from .metrics import roc_auc
 

@@ -5,9 +5,12 @@ summary. `selfcon` and `ce` run under `torchrun` as they are.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
+
+from imaginet_shards.bench.cli import bench_options, run_bench_command
 
 from .model import ARCHS
 
@@ -138,5 +141,18 @@ def _numbers(kind: type) -> Callable[[click.Context, click.Parameter, str], tupl
 @runtime_options
 def evaluate(**options: Any) -> None:
     """Evaluate a detector (CHECKPOINT = heads.pt from `linear`) on test shards (DATA)."""
-    from .evaluate import EvalConfig, evaluate as run
+    from .evaluate import EvalConfig
+    from .evaluate import evaluate as run
     click.echo(run(EvalConfig(**options)).summary())
+
+
+@main.command()
+@bench_options
+@click.option("--model", type=click.Choice(ARCHS), required=True,
+              help="Run this model's SelfCon step on the loader's batches: is training input-bound?")
+@click.option("--model-steps", default=10, show_default=True, help="Timed model steps.")
+def bench(model: str, model_steps: int, **options: Any) -> None:
+    """The loader bench matrix (as `imaginet-shards bench`) with the model in the loop: how much of a
+    training step's time goes to waiting for input, and how many loader threads the model needs."""
+    from .bench import selfcon_step
+    run_bench_command(options, model, model_steps, selfcon_step)

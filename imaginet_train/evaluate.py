@@ -18,9 +18,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -28,10 +29,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from imaginet_shards.annotations import VOCABULARIES
-from imaginet_shards.augment import Preset, get_preset
-from imaginet_shards.loader import Backend, make_loader
-from imaginet_shards.transforms_cpu import decode, encode
+from imaginet_shards.augment.cpu import decode, encode
+from imaginet_shards.augment.spec import Preset, get_preset
+from imaginet_shards.format.annotations import VOCABULARIES
+from imaginet_shards.loaders import Backend, make_loader
 
 from . import dist, plots
 from .engine import Amp, Runtime

@@ -7,15 +7,16 @@ with the encoder's training config, which `evaluate` loads.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from imaginet_shards.augment import get_preset
-from imaginet_shards.loader import Backend, make_loader
+from imaginet_shards.augment.spec import get_preset
+from imaginet_shards.loaders import Backend, make_loader
 
 from . import dist
 from .checkpoint import build_checkpoint, load_checkpoint, save_checkpoint

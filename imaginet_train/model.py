@@ -7,8 +7,8 @@ backbone and the sub-network each get their own projection head, and both output
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 import torch.nn.functional as F

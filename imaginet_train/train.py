@@ -19,8 +19,8 @@ from typing import Any, Literal
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from imaginet_shards.augment import get_preset
-from imaginet_shards.loader import Backend, make_loader
+from imaginet_shards.augment.spec import get_preset
+from imaginet_shards.loaders import Backend, make_loader
 
 from . import dist
 from .checkpoint import build_checkpoint, load_checkpoint, restore_checkpoint, save_checkpoint

@@ -3,8 +3,14 @@ from pathlib import Path
 
 import pytest
 
-from imaginet_shards.annotations import (AnnotationError, parse_lines, read_annotations,
-                                         resolve_inside, schema_json, select_track)
+from imaginet_shards.format.annotations import (
+    AnnotationError,
+    parse_lines,
+    read_annotations,
+    resolve_inside,
+    schema_json,
+    select_track,
+)
 
 GOOD = "./imagenet/a.JPEG,0,0,4,8\n./progan_val/b.png,1,0,0,0\n./journeydb/c.jpg,1,3,2,6\n"
 

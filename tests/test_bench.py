@@ -8,10 +8,10 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from datasets import build_shards
-from imaginet_shards.bench import BenchOptions, run_bench
+from helpers.shardsets import build_shards
+from imaginet_shards.bench.resources import tree_memory
+from imaginet_shards.bench.run import BenchOptions, run_bench
 from imaginet_shards.cli import main
-from imaginet_shards.procmem import tree_memory
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from datasets import build_shards
-from imaginet_shards.bench import BenchOptions
-from imaginet_shards.bench_matrix import MatrixOptions
+from helpers.shardsets import build_shards
+from imaginet_shards.bench.matrix import MatrixOptions
+from imaginet_shards.bench.run import BenchOptions
 from imaginet_shards.cli import main
+from imaginet_train.cli import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,7 +27,7 @@ def shards(tmp_path_factory) -> Path:
 
 def test_matrix_json(shards, tmp_path):
     out = tmp_path / "matrix.json"
-    result = CliRunner().invoke(main, [
+    result = CliRunner().invoke(train_main, [
         "bench", str(shards), "--backend", "cpu", "--threads", "1", "--crop", "64",
         "--crop", "32", "--batch-size", "4", "--batches", "2", "--warmup", "1", "--repeats", "2",
         "--decode-images", "4", "--model", "small", "--model-steps", "2", "--json", str(out)])
@@ -48,6 +49,12 @@ def test_matrix_json(shards, tmp_path):
     assert 0 <= model["input_bound_fraction"] <= 1 and 0 <= model["wait_fraction"] <= 1
     assert model["model_images_per_sec"] > 0 and model["arch"] == "small"
     assert "lost to input" in result.output
+
+
+def test_shards_bench_points_model_to_the_trainer(shards):
+    """`imaginet-shards bench --model` is a usage error naming the trainer's command."""
+    result = CliRunner().invoke(main, ["bench", str(shards), "--backend", "cpu", "--model", "small"])
+    assert result.exit_code == 2 and "imaginet-train bench" in result.output
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -82,6 +89,6 @@ def test_gpu_check_without_cuda(tmp_path):
     modules = json.loads(done.stdout.split("MODULES", 1)[1])
     ours = {m for m in modules if m.startswith("imaginet")}
     assert ours == {"imaginet_train", "imaginet_train.model", "imaginet_train.losses",
-                    "imaginet_train.dist"}
+                    "imaginet_train.dist", "imaginet_shards", "imaginet_shards.env"}
     assert not {"webdataset", "nvidia"} & {m.split(".")[0] for m in modules}
     assert not (tmp_path / "g.json").exists()

@@ -3,9 +3,8 @@ import time
 
 import pytest
 
-from imaginet_shards.cache import ShardCache
-
-from servers import Faults, http_server
+from helpers.servers import Faults, http_server
+from imaginet_shards.io.cache import ShardCache
 
 
 def test_cache_downloads_once_and_evicts_least_recently_used(tmp_path):

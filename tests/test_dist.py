@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.distributed
 
+from helpers.torchrun import run_torchrun
 from imaginet_train import dist
 from imaginet_train.dist import DistEnv
 from imaginet_train.losses import gathered_imaginet_selfcon_loss, imaginet_selfcon_loss
 from imaginet_train.model import build_model
-from torchrun import run_torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2

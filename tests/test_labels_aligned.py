@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from datasets import build_shards, labels_from_images
-from imaginet_shards.loader import make_loader
+from helpers.shardsets import build_shards, labels_from_images
+from imaginet_shards.loaders import make_loader
 
 
 @pytest.fixture(scope="module")

@@ -13,15 +13,23 @@ from click.testing import CliRunner
 from sklearn.metrics import average_precision_score, balanced_accuracy_score, roc_auc_score
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
-from datasets import build_shards
+from helpers.shardsets import build_shards
+from imaginet_shards.augment.spec import get_preset
 from imaginet_train.checkpoint import build_checkpoint, load_checkpoint, save_checkpoint
 from imaginet_train.cli import main
-from imaginet_train.evaluate import METRIC_KEYS, Condition, EvalConfig, Predictions, evaluate, per_group, score
+from imaginet_train.evaluate import (
+    METRIC_KEYS,
+    Condition,
+    EvalConfig,
+    Predictions,
+    evaluate,
+    per_group,
+    score,
+)
 from imaginet_train.linear import LinearConfig, load_detector, train_heads
 from imaginet_train.metrics import average_precision, balanced_accuracy, confusion_matrix, roc_auc
 from imaginet_train.model import build_model
 from imaginet_train.train import TrainConfig
-from imaginet_shards.augment import get_preset
 
 RUNTIME = dict(backend="cpu", workers=0, threads=1, progress=False)
 

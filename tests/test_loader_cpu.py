@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from datasets import build_shards
-from imaginet_shards.augment import PRESETS, get_preset
-from imaginet_shards.loader import make_loader
-from imaginet_shards.transforms_cpu import augment, encode
-from imaginet_shards.world import batches_per_rank, dropped_samples
-from torchrun import run_torchrun
+from helpers.shardsets import build_shards
+from helpers.torchrun import run_torchrun
+from imaginet_shards.augment.cpu import augment, encode
+from imaginet_shards.augment.spec import PRESETS, get_preset
+from imaginet_shards.loaders import make_loader
+from imaginet_shards.loaders.world import batches_per_rank, dropped_samples
 
 COUNT = 26  # shards of 7, 7, 7, 5
 
@@ -108,7 +108,7 @@ import sys
 from pathlib import Path
 
 import torch.distributed as dist
-from imaginet_shards.loader import make_loader
+from imaginet_shards.loaders import make_loader
 
 dist.init_process_group("gloo")
 loader = make_loader(sys.argv[1], backend="cpu", preset="train", batch_size=3, workers=1,

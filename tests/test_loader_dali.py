@@ -13,14 +13,13 @@ from PIL import Image
 
 pytest.importorskip("nvidia.dali")
 
-from datasets import build_shards, labels_from_images, pack_arrays, rewrite_shard  # noqa: E402
-from imaginet_shards.augment import (Blur, Compress, Crop, Flip, Noise, OneOf, PadTo,  # noqa: E402
-                                     Preset, Rot90)
-from imaginet_shards.loader import LoaderConfig, make_loader  # noqa: E402
-from imaginet_shards.loader_dali import DaliLoader, segment_index  # noqa: E402
-from imaginet_shards.manifest import load_manifest  # noqa: E402
-from imaginet_shards.shardset import ShardIndex, open_shard_set  # noqa: E402
-from imaginet_shards.world import EpochSpec, batches_per_rank, rank_batch_sizes  # noqa: E402
+from helpers.shardsets import build_shards, labels_from_images, pack_arrays, rewrite_shard  # noqa: E402
+from imaginet_shards.augment.spec import Blur, Compress, Crop, Flip, Noise, OneOf, PadTo, Preset, Rot90  # noqa: E402
+from imaginet_shards.format.manifest import load_manifest  # noqa: E402
+from imaginet_shards.io.shardset import ShardIndex, open_shard_set  # noqa: E402
+from imaginet_shards.loaders import LoaderConfig, make_loader  # noqa: E402
+from imaginet_shards.loaders.dali import DaliLoader, segment_index  # noqa: E402
+from imaginet_shards.loaders.world import EpochSpec, batches_per_rank, rank_batch_sizes  # noqa: E402
 
 
 def coordinate_image(height: int, width: int) -> np.ndarray:

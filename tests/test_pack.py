@@ -1,5 +1,4 @@
 import hashlib
-import io
 import json
 import os
 import signal
@@ -12,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imaginet_shards.annotations import LABEL_COLUMNS
-from imaginet_shards.manifest import load_manifest
-from imaginet_shards.pack import PackError, PackOptions, pack, split_shards, stratified_order
-from imaginet_shards.tarfmt import parse_index
-
-from conftest import make_dataset
+from helpers.trees import make_dataset
+from imaginet_shards.format.annotations import LABEL_COLUMNS
+from imaginet_shards.format.manifest import load_manifest
+from imaginet_shards.format.tar import parse_index
+from imaginet_shards.ops.pack import PackError, PackOptions, pack, split_shards, stratified_order
 
 
 def _pack(root, annotations, out, **kw):
@@ -150,7 +148,7 @@ def test_killed_pack_leaves_no_manifest_and_rerun_completes_identically(tmp_path
     reference = tmp_path / "reference"
     _pack(root, annotations, reference, max_count=4, workers=1)
     out = tmp_path / "out"
-    code = ("import sys; from pathlib import Path; from imaginet_shards.pack import PackOptions, pack; "
+    code = ("import sys; from pathlib import Path; from imaginet_shards.ops.pack import PackOptions, pack; "
             f"pack(PackOptions(root=Path({str(root)!r}), annotations=Path({str(annotations)!r}), "
             f"out=Path({str(out)!r}), max_count=4, workers=1, progress=False))")
     process = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
@@ -203,7 +201,8 @@ def test_bad_input_raises_with_path_and_reason(tiny_dataset, tmp_path, victim):
     problems = list(_corrupt_inputs(root, annotations).items())
     path, reason = problems[victim]
     lines = annotations.read_text().splitlines()
-    keep = [l for l in lines if l.split(",")[0][2:] not in dict(problems) or l.split(",")[0][2:] == path]
+    keep = [line for line in lines
+            if line.split(",")[0][2:] not in dict(problems) or line.split(",")[0][2:] == path]
     annotations.write_text("\n".join(keep) + "\n")
     with pytest.raises((PackError, ValueError)) as info:  # ValueError: AnnotationError
         _pack(root, annotations, tmp_path / "out")

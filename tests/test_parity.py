@@ -20,13 +20,12 @@ from PIL import Image
 
 pytest.importorskip("nvidia.dali")
 
-from datasets import pack_arrays  # noqa: E402
-from imaginet_shards.augment import get_preset  # noqa: E402
-from imaginet_shards.decisions import (BlurOp, CompressOp, FlipOp, NoiseOp, RotOp,  # noqa: E402
-                                       draw_params)
-from imaginet_shards.loader import make_loader  # noqa: E402
-from imaginet_shards.shardset import load_index, open_shard_set, read_samples  # noqa: E402
-from imaginet_shards.world import sample_rng  # noqa: E402
+from helpers.shardsets import pack_arrays  # noqa: E402
+from imaginet_shards.augment.decisions import BlurOp, CompressOp, FlipOp, NoiseOp, RotOp, draw_params  # noqa: E402
+from imaginet_shards.augment.spec import get_preset  # noqa: E402
+from imaginet_shards.io.shardset import load_index, open_shard_set, read_samples  # noqa: E402
+from imaginet_shards.loaders import make_loader  # noqa: E402
+from imaginet_shards.loaders.world import sample_rng  # noqa: E402
 
 DECODER_TOLERANCE = {"jpg": 1, "png": 0, "webp": 0}  # 0-255 levels
 KINDS = {CompressOp: 0, BlurOp: 1, NoiseOp: 2}  # the order of the train preset's OneOf options

@@ -8,12 +8,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from datasets import build_shards
+from helpers.shardsets import build_shards
 from imaginet_shards.cli import main
-from imaginet_shards.loader import make_loader
-from imaginet_shards.manifest import load_manifest
-from imaginet_shards.perturb import PerturbOptions, perturb
-from imaginet_shards.verify import verify
+from imaginet_shards.format.manifest import load_manifest
+from imaginet_shards.loaders import make_loader
+from imaginet_shards.ops.perturb import PerturbOptions, perturb
+from imaginet_shards.ops.verify import verify
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,11 @@ import time
 import pytest
 import torch
 
-from imaginet_shards import storage
-from imaginet_shards.augment import get_preset
-from imaginet_shards.loader import make_loader
-
-from datasets import build_shards, labels_from_images
-from servers import Faults, free_port, http_server, moto_server
+from helpers.servers import Faults, http_server, moto_server
+from helpers.shardsets import build_shards, labels_from_images
+from imaginet_shards.augment.spec import get_preset
+from imaginet_shards.io import storage
+from imaginet_shards.loaders import make_loader
 
 BUCKET = "imaginet-remote"
 

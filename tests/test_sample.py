@@ -10,10 +10,17 @@ from click.testing import CliRunner
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from imaginet_shards import sample as sample_module
-from imaginet_shards.annotations import GENERATOR_FAMILY, REAL_GENERATOR, VOCABULARIES, read_annotations
-from imaginet_shards.sample import (MIN_COUNT, SOURCES, SPLITS, TRACES, SampleOptions, TraceComponent,
-                                    _pattern, generator_trace, plan_sample, scaled_size, write_sample)
+from imaginet_shards.format.annotations import (
+    GENERATOR_FAMILY,
+    REAL_GENERATOR,
+    VOCABULARIES,
+    read_annotations,
+)
+from imaginet_shards.sample import write as sample_module
+from imaginet_shards.sample.plan import SampleOptions, plan_sample, scaled_size
+from imaginet_shards.sample.render import _pattern, generator_trace
+from imaginet_shards.sample.sources import MIN_COUNT, SOURCES, SPLITS, TRACES, TraceComponent
+from imaginet_shards.sample.write import write_sample
 
 SMALL = SampleOptions(count=120, max_side=96, seed=0)
 

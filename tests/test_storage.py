@@ -1,15 +1,13 @@
 import time
-from pathlib import Path
 
 import pytest
 
-from imaginet_shards import storage
-from imaginet_shards.inspect import inspect
-from imaginet_shards.manifest import load_manifest
-from imaginet_shards.pack import PackError, PackOptions, pack
-from imaginet_shards.verify import verify
-
-from servers import Faults, free_port, http_server, moto_server
+from helpers.servers import Faults, free_port, http_server, moto_server
+from imaginet_shards.format.manifest import load_manifest
+from imaginet_shards.io import storage
+from imaginet_shards.ops.pack import PackError, PackOptions, pack
+from imaginet_shards.ops.stats import inspect
+from imaginet_shards.ops.verify import verify
 
 BUCKET = "imaginet-test"
 

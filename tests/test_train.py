@@ -9,14 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from datasets import build_shards
-from imaginet_train import runlog, train as train_module
+from helpers.shardsets import build_shards
+from helpers.torchrun import run_torchrun
+from imaginet_train import runlog
+from imaginet_train import train as train_module
 from imaginet_train.checkpoint import load_checkpoint
 from imaginet_train.model import build_model
 from imaginet_train.objectives import Classifier, CrossEntropyObjective, HeadsObjective
 from imaginet_train.runlog import read_records
 from imaginet_train.train import TrainConfig, train, warmup_cosine
-from torchrun import run_torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 150

@@ -5,11 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from imaginet_shards.inspect import format_report, inspect
-from imaginet_shards.pack import PackOptions, pack
-from imaginet_shards.verify import verify
-
-from conftest import make_dataset
+from helpers.trees import make_dataset
+from imaginet_shards.ops.pack import PackOptions, pack
+from imaginet_shards.ops.stats import format_report, inspect
+from imaginet_shards.ops.verify import verify
 
 
 @pytest.fixture
@@ -81,7 +80,7 @@ def test_missing_manifest_is_a_clear_error(tmp_path):
 
 def test_inspect_counts_and_flags_format_confound(tmp_path):
     root = tmp_path / "root"
-    annotations = make_dataset(root, 48)  # every .webp in conftest.SOURCES is synthetic
+    annotations = make_dataset(root, 48)  # every .webp in helpers.trees.SOURCES is synthetic
     pack(PackOptions(root=root, annotations=annotations, out=tmp_path / "out", progress=False))
     report = inspect(str(tmp_path / "out"))
     assert report.counts["origin"] == {"real": 16, "synthetic": 32}

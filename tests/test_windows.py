@@ -12,13 +12,14 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_image
 
-from datasets import pack_arrays, rewrite_shard
-from imaginet_shards import png_window, webp_window
-from imaginet_shards.augment import get_preset
-from imaginet_shards.images import PNG_SIGNATURE
-from imaginet_shards.loader import make_loader
-from imaginet_shards.transforms_cpu import decode
-from imaginet_shards.windows import WindowDecoder, decode_window
+from helpers.shardsets import pack_arrays, rewrite_shard
+from imaginet_shards.augment.cpu import decode
+from imaginet_shards.augment.spec import get_preset
+from imaginet_shards.codecs import png as png_window
+from imaginet_shards.codecs import webp as webp_window
+from imaginet_shards.codecs.windows import WindowDecoder, decode_window
+from imaginet_shards.format.images import PNG_SIGNATURE
+from imaginet_shards.loaders import make_loader
 
 COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type
 

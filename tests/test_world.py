@@ -5,8 +5,15 @@ import itertools
 
 import pytest
 
-from imaginet_shards.world import (EpochSpec, batches_per_rank, derive_seed, dropped_samples,
-                                   sample_rng, shard_order, worker_plan)
+from imaginet_shards.loaders.world import (
+    EpochSpec,
+    batches_per_rank,
+    derive_seed,
+    dropped_samples,
+    sample_rng,
+    shard_order,
+    worker_plan,
+)
 
 SHARD_COUNTS = [(7,), (5, 3), (10, 10, 3), (4, 9, 1, 6, 2), (0, 8, 0, 5), (1, 1, 1)]
 

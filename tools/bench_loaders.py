@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from imaginet_shards.pack import PackOptions, pack
+from imaginet_shards.ops.pack import PackOptions, pack
 from imaginet_shards.sample import SPLITS, SampleOptions, write_sample
 
 

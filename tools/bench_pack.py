@@ -15,10 +15,11 @@ import shutil
 import subprocess
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
-from imaginet_shards.annotations import read_annotations
-from imaginet_shards.pack import PackOptions, pack
+from imaginet_shards.format.annotations import read_annotations
+from imaginet_shards.ops.pack import PackOptions, pack
 
 
 def _timed(fn) -> float:
@@ -54,11 +55,11 @@ def main() -> None:
         tar_times, pack_times = [], []
         for repeat in range(args.repeats):
             tar_out = work / f"tar-{repeat}.tar"
-            tar_times.append(_timed(lambda: subprocess.run(
-                ["tar", "cf", str(tar_out), "-C", str(args.root), "-T", str(listing)], check=True)))
+            tar_times.append(_timed(partial(subprocess.run, [
+                "tar", "cf", str(tar_out), "-C", str(args.root), "-T", str(listing)], check=True)))
             tar_out.unlink()
             out = work / f"pack-{repeat}"
-            pack_times.append(_timed(lambda: pack(PackOptions(
+            pack_times.append(_timed(partial(pack, PackOptions(
                 root=args.root, annotations=args.annotations, out=out, workers=args.workers,
                 max_count=100, progress=False))))
             shutil.rmtree(out)

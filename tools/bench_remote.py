@@ -14,16 +14,19 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
-from imaginet_shards import storage
-from imaginet_shards.bench import BenchOptions, run_bench
-from imaginet_shards.s3local import moto_server
+from imaginet_shards.bench.run import BenchOptions, run_bench
+from imaginet_shards.io import storage
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' local S3 server
+from helpers.s3local import moto_server  # noqa: E402
 
 
 def _sample_shards(work: Path, count: int) -> Path:
-    from imaginet_shards.pack import PackOptions, pack
+    from imaginet_shards.ops.pack import PackOptions, pack
     from imaginet_shards.sample import SampleOptions, write_sample
 
     sample = work / "sample"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import requests
 
-from imaginet_shards.annotations import AnnotationError, read_annotations
+from imaginet_shards.format.annotations import AnnotationError, read_annotations
 
 BASE = "https://raw.githubusercontent.com/delyan-boychev/imaginet/{ref}/annotations/{name}"
 FILES = ("train_annotations.txt", "calibration.txt", "test_annotations.txt",

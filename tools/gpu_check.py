@@ -20,8 +20,8 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,7 @@ from torchvision.io import decode_jpeg, encode_jpeg
 
 from imaginet_train.losses import imaginet_selfcon_loss
 from imaginet_train.model import build_model
+
 
 def timed(fn: Callable[[], int], warmup: int, repeats: int) -> float:
     """Median items/s of `fn` (which returns how many items it processed) after `warmup` calls."""

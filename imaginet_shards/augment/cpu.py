@@ -1,0 +1,144 @@
+"""The CPU implementation of the perturbation spec: decode, execute `decisions.Op`s, normalise.
+
+Images are uint8 tensors [3, H, W] until `normalize`, which runs on whole batches (on the training
+device), so workers ship 4x fewer bytes than float32 would take. Decoding is torchvision's
+for JPEG (libjpeg-turbo, faster than PIL here) and for the rare PNGs outside windows.py's fast path;
+other PNGs and WebPs go through windows.py, which decodes only what a leading crop needs (as in
+`train`); JPEGs decode whole, then get cropped: nothing else runs on the full image.
+Encoding (JPEG, WebP, PNG) is PIL's: torchvision has no WebP encoder, and one encoder for both
+formats keeps the loader and `perturb` byte-identical.
+"""
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as nnf
+import torchvision.transforms.v2.functional as tvf
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_image
+
+from imaginet_shards.augment.decisions import (
+    BlurOp,
+    CompressOp,
+    CropOp,
+    FlipOp,
+    NoiseOp,
+    Op,
+    PadOp,
+    ResizeOp,
+    RotOp,
+    draw_params,
+)
+from imaginet_shards.augment.spec import Preset
+from imaginet_shards.codecs.windows import decode_window
+from imaginet_shards.format.images import check_image
+
+_PIL_FORMATS = {"jpeg": "JPEG", "webp": "WEBP", "png": "PNG"}
+
+
+def decode(data: bytes) -> torch.Tensor:
+    """JPEG/PNG/WebP bytes -> uint8 RGB [3, H, W]. Raises ValueError (`images.ImageCheckError`) for
+    non-images, truncated images and images above `images.MAX_PIXELS` (checked on the header,
+    before anything is decoded: decompression bombs), ValueError for other decoder failures."""
+    info = check_image(data)
+    return _decode_checked(data, CropOp(0, 0, info.height, info.width))[0]
+
+
+def _decode_checked(data: bytes, crop: CropOp) -> tuple[torch.Tensor, bool]:
+    """(pixels, whether they are `crop`'s): the window through windows.py (PNG, WebP), else the
+    whole image through torchvision. windows.py also keeps corrupt PNGs away from torchvision's
+    libpng binding, which crashes the process on some (a bad IDAT checksum) instead of raising."""
+    try:
+        window = decode_window(data, crop.top, crop.left, crop.height, crop.width)
+    except ValueError as exc:
+        raise ValueError(f"corrupt image: {exc}") from None
+    if window is None:
+        return _decode_torchvision(data), False
+    return torch.from_numpy(window).permute(2, 0, 1), True
+
+
+def _decode_torchvision(data: bytes) -> torch.Tensor:
+    try:
+        image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                             mode=ImageReadMode.RGB)
+    except RuntimeError as exc:
+        raise ValueError(f"corrupt image: {exc}") from None
+    if image.dtype != torch.uint8:  # 16-bit PNG
+        image = tvf.to_dtype(image, torch.uint8, scale=True)
+    return image
+
+
+def encode(image: torch.Tensor, fmt: str, quality: int | None = None) -> bytes:
+    """uint8 [3, H, W] -> `fmt` ("jpeg", "webp" or "png") bytes; `quality` for the lossy formats."""
+    if fmt not in _PIL_FORMATS:
+        raise ValueError(f"cannot encode format {fmt!r}; choose one of {sorted(_PIL_FORMATS)}")
+    out = io.BytesIO()
+    options = {} if quality is None else {"quality": int(quality)}
+    Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()).save(out, _PIL_FORMATS[fmt], **options)
+    return out.getvalue()
+
+
+def apply_op(image: torch.Tensor, op: Op) -> torch.Tensor:
+    """Execute one operation on a uint8 [3, H, W] image."""
+    if isinstance(op, PadOp):
+        return nnf.pad(image, (0, op.width - image.shape[2], 0, op.height - image.shape[1]))
+    if isinstance(op, CropOp):
+        return image[:, op.top:op.top + op.height, op.left:op.left + op.width]
+    if isinstance(op, ResizeOp):
+        if op.lanczos:
+            pil = Image.fromarray(image.permute(1, 2, 0).contiguous().numpy())
+            resized = pil.resize((op.size, op.size), Image.Resampling.LANCZOS)
+            return torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1).contiguous()
+        return tvf.resize(image, [op.size, op.size], antialias=True)
+    if isinstance(op, CompressOp):
+        return decode(encode(image, op.format, op.quality))
+    if isinstance(op, BlurOp):
+        return tvf.gaussian_blur(image, [op.kernel, op.kernel])
+    if isinstance(op, NoiseOp):
+        generator = torch.Generator().manual_seed(op.seed)
+        noise = torch.randn(image.shape, generator=generator) * math.sqrt(op.variance)
+        return (image.float() + noise).round_().clamp_(0, 255).to(torch.uint8)
+    if isinstance(op, RotOp):
+        return torch.rot90(image, op.quarters, dims=(1, 2))
+    if isinstance(op, FlipOp):
+        dims = [d for d, on in ((2, op.horizontal), (1, op.vertical)) if on]
+        return torch.flip(image, dims)
+    raise ValueError(f"unknown operation {op!r}")
+
+
+def apply_ops(image: torch.Tensor, ops: tuple[Op, ...]) -> torch.Tensor:
+    """Execute `ops` in order; the result is contiguous."""
+    for op in ops:
+        image = apply_op(image, op)
+    return image.contiguous()
+
+
+def decode_for(data: bytes, preset: Preset, rng: np.random.Generator
+               ) -> tuple[torch.Tensor, tuple[Op, ...], tuple[Op, ...]]:
+    """(image, the operations `preset` draws from `rng` for it, those still to apply): a leading
+    crop is done by decoding only its window where the format allows. Errors as `decode`."""
+    info = check_image(data)
+    ops = draw_params(preset, rng, info.height, info.width)
+    leading = ops[0] if ops and isinstance(ops[0], CropOp) else None
+    image, cropped = _decode_checked(data, leading or CropOp(0, 0, info.height, info.width))
+    return image, ops, ops[1:] if cropped and leading else ops
+
+
+def augment(data: bytes, preset: Preset, rng: np.random.Generator) -> torch.Tensor:
+    """Decode one image and apply `preset` with decisions drawn from `rng`: uint8 [3, S, S]."""
+    image, _, remaining = decode_for(data, preset, rng)
+    return apply_ops(image, remaining)
+
+
+def normalize(images: torch.Tensor, preset: Preset) -> torch.Tensor:
+    """uint8 [N, 3, H, W] -> float32, scaled to [0, 1] then standardised with the preset's mean/std
+    (on the tensor's device)."""
+    images = images.float().div_(255)
+    if not preset.normalize:
+        return images
+    mean = torch.tensor(preset.mean, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(preset.std, device=images.device).view(1, 3, 1, 1)
+    return images.sub_(mean).div_(std)

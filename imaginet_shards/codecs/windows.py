@@ -1,0 +1,65 @@
+"""Window decoding: the pixels of a crop, decoding as little of the image as each format allows.
+
+`decode_window` serves PNG (png_window.py) and WebP (webp_window.py) and returns None for other
+formats (JPEG: DALI decodes JPEG windows itself, and a full libjpeg-turbo decode is cheap on the
+CPU backend) and for the rare PNGs and WebPs outside the fast paths. Both loaders crop through it,
+so they decode the same pixels, which are exactly those of a full decode.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from imaginet_shards.codecs import png as png_window
+from imaginet_shards.codecs import webp as webp_window
+from imaginet_shards.format.images import sniff_format
+
+_DECODERS = {"png": png_window.decode_window, "webp": webp_window.decode_window}
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}  # (pid, threads): one per process and size
+
+
+def _executor(threads: int) -> ThreadPoolExecutor:
+    """A shared pool (pipelines are rebuilt every epoch; their pools would pile up), per process
+    because threads do not survive a fork."""
+    key = (os.getpid(), threads)
+    if key not in _POOLS:
+        _POOLS[key] = ThreadPoolExecutor(threads, "imaginet-window")
+    return _POOLS[key]
+
+
+def decode_window(data, top: int, left: int, height: int, width: int) -> np.ndarray | None:
+    """RGB uint8 (height, width, 3) of the window, or None when the format has no window decoder
+    here; ValueError for corrupt data or a window outside the image."""
+    decoder = _DECODERS.get(sniff_format(bytes(memoryview(data)[:12])))
+    return None if decoder is None else decoder(data, top, left, height, width)
+
+
+class WindowDecoder:
+    """Batch form of `decode_window` for DALI's `python_function`: decodes a batch on `threads`
+    threads (the decoders release the GIL) and flags each sample it decoded. The others (JPEG,
+    images outside the fast paths, corrupt images) come back empty and False, for the pipeline's
+    own decoder, which then reports corrupt data as it always does."""
+
+    def __init__(self, threads: int):
+        self.threads = max(int(threads), 1)
+
+    @staticmethod
+    def _one(data: np.ndarray, start: np.ndarray, shape: np.ndarray) -> np.ndarray | None:
+        try:
+            return decode_window(data, int(start[0]), int(start[1]), int(shape[0]), int(shape[1]))
+        except ValueError:
+            return None
+
+    def __call__(self, encoded: list[np.ndarray], starts: list[np.ndarray],
+                 shapes: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # longest first
+        decoded = _executor(self.threads).map(self._one, *([column[i] for i in order]
+                                                     for column in (encoded, starts, shapes)))
+        images: list[np.ndarray | None] = [None] * len(encoded)
+        for i, image in zip(order, decoded):
+            images[i] = image
+        empty = np.zeros((0, 0, 3), dtype=np.uint8)
+        return ([empty if image is None else image for image in images],
+                [np.array(image is not None) for image in images])

@@ -1,0 +1,122 @@
+"""Reproducible WebDataset tar members and DALI index files (DESIGN §4).
+
+Tar headers are deterministic (fixed mtime, owner, mode), so the same samples always give the same
+bytes. The DALI index (the v1.2 text format of DALI's `wds2idx`) is built while writing: first line
+`v1.2 <samples>`, then per sample, per member, `ext data_offset size name`.
+"""
+from __future__ import annotations
+
+import hashlib
+import tarfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO
+
+BLOCK = 512
+RECORD = 20 * BLOCK  # GNU tar's default record size; archives end padded to it
+INDEX_VERSION = "v1.2"
+MTIME = 946684800  # 2000-01-01T00:00:00Z: fixed so that shards are byte-reproducible
+MAX_MEMBER_BYTES = 1 << 31
+
+IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "png", "webp")
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One member in a DALI index line: extension, data offset, size, member name."""
+
+    ext: str
+    offset: int
+    size: int
+    name: str
+
+
+def member_header(name: str, size: int) -> bytes:
+    """A deterministic ustar header for a regular file."""
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = MTIME
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info.tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict")
+
+
+def padding(size: int, unit: int = BLOCK) -> int:
+    return -size % unit
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """(key, ext) split at the first dot of the base name, as WebDataset and DALI do."""
+    slash = name.rfind("/") + 1
+    dot = name.find(".", slash)
+    if dot < 0:
+        return name, ""
+    return name[:dot], name[dot + 1:]
+
+
+class ShardWriter:
+    """Writes samples as adjacent tar members to a binary stream, hashing the stream and recording
+    the DALI index as it goes. `close()` ends the archive and returns (bytes, sha256, index text)."""
+
+    def __init__(self, stream: BinaryIO):
+        self._stream = stream
+        self._hash = hashlib.sha256()
+        self._offset = 0
+        self._lines: list[str] = []
+
+    def _write(self, data: bytes) -> None:
+        self._stream.write(data)
+        self._hash.update(data)
+        self._offset += len(data)
+
+    def add_sample(self, key: str, members: Sequence[tuple[str, bytes]]) -> list[IndexEntry]:
+        """Append one sample: `members` are (extension, payload) in the order they are written."""
+        if "." in key or "/" in key or not key:
+            raise ValueError(f"invalid sample key {key!r}: keys must be non-empty, without '.' or '/'")
+        entries = []
+        for ext, payload in members:
+            name = f"{key}.{ext}"
+            self._write(member_header(name, len(payload)))
+            entries.append(IndexEntry(ext, self._offset, len(payload), name))
+            self._write(payload)
+            self._write(b"\0" * padding(len(payload)))
+        self._lines.append(format_index_line(entries))
+        return entries
+
+    @property
+    def samples(self) -> int:
+        return len(self._lines)
+
+    def close(self) -> tuple[int, str, str]:
+        end = 2 * BLOCK
+        self._write(b"\0" * (end + padding(self._offset + end, RECORD)))
+        index = f"{INDEX_VERSION} {len(self._lines)}\n" + "".join(line + "\n" for line in self._lines)
+        return self._offset, self._hash.hexdigest(), index
+
+
+def format_index_line(entries: Iterable[IndexEntry]) -> str:
+    return " ".join(f"{e.ext} {e.offset} {e.size} {e.name}" for e in entries)
+
+
+def parse_index(text: str, source: str = "<index>") -> list[list[IndexEntry]]:
+    """Parse a DALI v1.2 index into per-sample member lists; ValueError names the bad line."""
+    lines = text.splitlines()
+    if not lines:
+        raise ValueError(f"{source}: empty index")
+    head = lines[0].split()
+    if len(head) != 2 or head[0] != INDEX_VERSION or not head[1].isdigit():
+        raise ValueError(f"{source}:1: expected '{INDEX_VERSION} <samples>', got {lines[0]!r}")
+    samples: list[list[IndexEntry]] = []
+    for number, line in enumerate(lines[1:], start=2):
+        fields = line.split()
+        if not fields or len(fields) % 4:
+            raise ValueError(f"{source}:{number}: expected groups of 'ext offset size name'")
+        try:
+            samples.append([IndexEntry(fields[i], int(fields[i + 1]), int(fields[i + 2]), fields[i + 3])
+                            for i in range(0, len(fields), 4)])
+        except ValueError:
+            raise ValueError(f"{source}:{number}: non-integer offset or size") from None
+    if len(samples) != int(head[1]):
+        raise ValueError(f"{source}: header says {head[1]} samples, found {len(samples)}")
+    return samples

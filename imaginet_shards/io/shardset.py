@@ -1,0 +1,193 @@
+"""Reading a shard set: resolve a source to its manifest, open shards, and read sample ranges.
+
+`ShardSet.open` is the one place a shard's bytes are opened (streamed, or through the local cache);
+`read_samples` reads samples [start, stop) of one shard by seeking straight to the first one with
+the DALI index offsets and parsing the tar with webdataset's tar iterator (never its decoders: no
+member is unpickled or decoded here). Every failure is reported per sample, naming shard and key,
+so callers decide whether to raise or to skip without ever shifting labels.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import numpy as np
+from webdataset.tariterators import tar_file_iterator
+
+from imaginet_shards.format.images import MAX_FILE_BYTES
+from imaginet_shards.format.manifest import Manifest, ShardEntry, load_manifest, shard_set_root
+from imaginet_shards.format.tar import (
+    BLOCK,
+    IMAGE_EXTENSIONS,
+    IndexEntry,
+    padding,
+    parse_index,
+    split_member_name,
+)
+from imaginet_shards.io import storage
+from imaginet_shards.io.cache import DEFAULT_CACHE_BYTES, shared_cache
+from imaginet_shards.ops.verify import MAX_META_BYTES
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """A complete shard set: where it lives, its manifest, and the local cache remote shards go
+    through (when `cache_dir` is set)."""
+
+    root: str
+    manifest: Manifest
+    cache_dir: str | None = None
+    cache_bytes: int = DEFAULT_CACHE_BYTES
+
+    @property
+    def counts(self) -> tuple[int, ...]:
+        """Samples per shard, in manifest order (what `world.worker_plan` partitions)."""
+        return tuple(s.samples for s in self.manifest.shards)
+
+    @property
+    def cached(self) -> bool:
+        """Remote shards are read from the local cache (downloaded whole on first use)."""
+        return self.cache_dir is not None and storage.is_remote(self.root)
+
+    def location(self, name: str) -> str:
+        return storage.join(self.root, name)
+
+    def local_path(self, name: str) -> str:
+        """A path for readers that need one (DALI): the cached copy of a remote shard, or the shard
+        itself."""
+        if self.cached:
+            return str(shared_cache(self.cache_dir, self.cache_bytes).fetch(self.location(name)))
+        return self.location(name)
+
+    def prefetch(self, names: list[str]) -> None:
+        """Start filling the cache with `names`, in order (no-op without a cache)."""
+        if self.cached:
+            shared_cache(self.cache_dir, self.cache_bytes).prefetch([self.location(n) for n in names])
+
+    def open(self, name: str) -> BinaryIO:
+        """A seekable binary stream over one shard: the one place shard bytes are opened."""
+        if self.cached:
+            return open(self.local_path(name), "rb")
+        return storage.open_read(self.location(name))
+
+
+def open_shard_set(source: str, cache_dir: str | None = None,
+                   cache_bytes: int = DEFAULT_CACHE_BYTES) -> ShardSet:
+    """A shard set from its directory, its manifest.json path, or a URL of either."""
+    source = str(source)
+    return ShardSet(shard_set_root(source), load_manifest(source), cache_dir, cache_bytes)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One sample as read from a shard: its image bytes and labels, or why it is unusable."""
+
+    shard: str
+    key: str
+    image: bytes = b""
+    image_ext: str = ""
+    labels: np.ndarray | None = None
+    meta: bytes = b""
+    error: str = ""
+
+
+class ShardIndex:
+    """A shard's DALI index: members per sample and the byte span of each sample in the tar."""
+
+    def __init__(self, entry: ShardEntry, text: str):
+        self.entry = entry
+        self.samples: list[list[IndexEntry]] = parse_index(text, entry.index)
+        if len(self.samples) != entry.samples:
+            raise ValueError(f"{entry.index}: lists {len(self.samples)} samples, the manifest "
+                             f"says {entry.samples} for {entry.name}")
+        self.oversized = frozenset(
+            e.name for sample in self.samples for e in sample
+            if e.size > (MAX_FILE_BYTES if e.ext in IMAGE_EXTENSIONS else MAX_META_BYTES))
+
+    def key(self, i: int) -> str:
+        return split_member_name(self.samples[i][0].name)[0]
+
+    def begin(self, i: int) -> int:
+        """Offset of sample i's first header: the end of sample i-1 (0 for the first)."""
+        return 0 if i == 0 else self.end(i - 1)
+
+    def end(self, i: int) -> int:
+        """Offset just past sample i's last member data (padded to the tar block)."""
+        last = self.samples[i][-1]
+        return last.offset + last.size + padding(last.size, BLOCK)
+
+
+def load_index(shards: ShardSet, entry: ShardEntry) -> ShardIndex:
+    """The parsed `.idx` of one shard (through the cache, like the shard, when there is one)."""
+    with shards.open(entry.index) as stream:
+        return ShardIndex(entry, stream.read().decode("ascii"))
+
+
+class _Window:
+    """Reads bytes [begin, end) of a seekable stream: a tar parser sees only the wanted samples."""
+
+    def __init__(self, stream: BinaryIO, begin: int, end: int, name: str):
+        stream.seek(begin)
+        self._stream, self._left, self._name = stream, end - begin, name
+
+    def read(self, size: int = -1) -> bytes:
+        size = self._left if size < 0 else min(size, self._left)
+        data = self._stream.read(size)
+        self._left -= len(data)
+        return data
+
+    def __repr__(self) -> str:  # webdataset appends the stream's repr to its error messages
+        return self._name
+
+
+def read_samples(shards: ShardSet, index: ShardIndex, start: int, stop: int) -> Iterator[Record]:
+    """Records of samples [start, stop) of one shard, in order, exactly one per sample.
+
+    A sample whose members are missing, misnamed or unreadable (truncated shard, bad header) gets
+    a Record with `error` set; reading resumes at the next sample's indexed offset.
+    """
+    name = index.entry.name
+    with shards.open(name) as stream:
+        i = start
+        while i < stop:
+            window = _Window(stream, index.begin(i), index.end(stop - 1), name)
+            members = tar_file_iterator(window, skip_meta=None,
+                                        select_files=lambda n: n not in index.oversized)
+            try:
+                while i < stop:
+                    yield _record(name, index, i, members)
+                    i += 1
+            except Exception as exc:  # tarfile and webdataset raise many types for broken tars
+                yield Record(name, index.key(i),
+                             error=f"unreadable tar data (truncated or corrupt shard?): {exc}")
+                i += 1
+
+
+def _record(shard: str, index: ShardIndex, i: int, members: Iterator[dict]) -> Record:
+    """Consume sample i's members (as the index lists them; oversized ones are never read) and
+    check them."""
+    key, expected = index.key(i), index.samples[i]
+    found: dict[str, bytes] = {}
+    for entry in expected:
+        if entry.name in index.oversized:
+            continue
+        member = next(members, None)
+        if member is None:
+            return Record(shard, key, error=f"shard ends before member {entry.name} (truncated?)")
+        if member["fname"] != entry.name:
+            raise ValueError(f"tar holds {member['fname']!r} where the index says {entry.name!r}")
+        found[entry.ext] = member["data"]
+    too_big = [f"{e.name} ({e.size} bytes)" for e in expected if e.name in index.oversized]
+    if too_big:
+        return Record(shard, key, error=f"member above the size limit: {', '.join(too_big)}")
+    images = [ext for ext in found if ext in IMAGE_EXTENSIONS]
+    if len(images) != 1:
+        return Record(shard, key, error=f"expected one image member, found {len(images)}")
+    if "labels" not in found:
+        return Record(shard, key, error="missing .labels member")
+    labels = np.frombuffer(found["labels"], dtype="<i4")
+    if labels.shape != (4,):
+        return Record(shard, key, error=f".labels holds {len(found['labels'])} bytes, expected 16")
+    return Record(shard, key, found[images[0]], images[0], labels.astype(np.int64),
+                  found.get("json", b""))

@@ -1,0 +1,197 @@
+"""Who reads what: the partitioning of a shard set over ranks, workers and epochs (DESIGN §5).
+
+Pure functions of (per-shard sample counts, world size, rank, workers, worker, seed, epoch, batch
+size, drop_last, shuffle); no processes, no I/O. Both loader backends use them for `len()` and for
+sample assignment, so their contracts cannot drift apart.
+
+The scheme, for one epoch:
+
+1. **Shard order**: the shards are permuted with a generator seeded by (seed, epoch) (identity when
+   `shuffle` is off) and their samples concatenated into one epoch sequence of `total` positions.
+2. **Ranks** take contiguous, equal-sized ranges of that sequence, so each rank reads a few whole
+   shards and at most two partial ones, whatever the shard count:
+
+   - `drop_last=True` (training): every rank gets `total // (world_size * batch_size)` full batches;
+     the tail of the epoch sequence, `total % (world_size * batch_size)` samples
+     (< world_size * batch_size), is dropped. As the shard order changes each epoch, so do the dropped
+     samples.
+   - `drop_last=False` (evaluation): nothing is dropped; every sample is read exactly once across
+     ranks. Rank sizes differ by at most one sample; every rank yields the same number of batches,
+     `ceil(total / (world_size * batch_size))`, the rank's last batch being partial. A rank's final
+     batches can be smaller than `batch_size` and, only when the rank holds fewer samples than
+     batches (tiny sets: fewer samples than ranks, or batch_size 1), empty (0 samples), which keeps
+     the batch count equal on all ranks (no DDP hang).
+3. **Workers** take contiguous runs of whole batches of their rank's range (balanced, the extra batches
+   going to the first workers); each worker reads its positions in order and may mix them with a
+   shuffle buffer (seeded by (seed, epoch, rank, worker), see `stream_rng`).
+
+Batch counts, the samples of each rank and of each batch run are fixed by (counts, seed, epoch, rank,
+world size, batch size, drop_last); the order *inside* a worker's run also depends on the worker count
+and the shuffle buffer. Per-sample augmentation randomness does not (it is keyed by the sample).
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+# Domain tags keep the generators for different purposes independent for the same seed.
+_SHARD_ORDER, _STREAM, _SAMPLE = 1, 2, 3
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Samples `start` (inclusive) to `stop` (exclusive) of shard number `shard` (manifest order)."""
+
+    shard: int
+    start: int
+    stop: int
+
+    @property
+    def samples(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class EpochSpec:
+    """Everything besides the shard counts that fixes the partition of one epoch."""
+
+    world_size: int
+    rank: int
+    batch_size: int
+    seed: int = 0
+    epoch: int = 0
+    drop_last: bool = True
+    shuffle: bool = True
+
+    def __post_init__(self) -> None:
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is not in 0..{self.world_size - 1} "
+                             f"(world size {self.world_size})")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.seed < 0 or self.epoch < 0:
+            raise ValueError(f"seed and epoch must be >= 0, got seed={self.seed} epoch={self.epoch}")
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """What one worker of one rank reads in one epoch: `segments` in order, cut into batches of
+    `batch_sizes` (which sum to the segments' sample count; entries can be < batch_size or 0 at
+    the end of a `drop_last=False` epoch)."""
+
+    segments: tuple[Segment, ...]
+    batch_sizes: tuple[int, ...]
+
+    @property
+    def samples(self) -> int:
+        return sum(s.samples for s in self.segments)
+
+
+def derive_seed(*parts: int | str) -> np.random.SeedSequence:
+    """A SeedSequence from integers and strings (strings hashed with SHA-256): a stable, pure
+    function of its arguments, independent of process, platform and PYTHONHASHSEED."""
+    entropy: list[int] = []
+    for part in parts:
+        if isinstance(part, str):
+            entropy.append(int.from_bytes(hashlib.sha256(part.encode()).digest()[:16], "little"))
+        elif part < 0:
+            raise ValueError(f"seed parts must be >= 0, got {part}")
+        else:
+            entropy.append(int(part))
+    return np.random.SeedSequence(entropy)
+
+
+def shard_order(num_shards: int, seed: int, epoch: int, shuffle: bool = True) -> tuple[int, ...]:
+    """The order in which the epoch visits the shards: a permutation fixed by (seed, epoch)."""
+    if not shuffle:
+        return tuple(range(num_shards))
+    rng = np.random.default_rng(derive_seed(_SHARD_ORDER, seed, epoch))
+    return tuple(int(i) for i in rng.permutation(num_shards))
+
+
+def batches_per_rank(total: int, world_size: int, batch_size: int, drop_last: bool) -> int:
+    """The batch count of every rank (the value of `len()` on every rank)."""
+    per_round = world_size * batch_size
+    return total // per_round if drop_last else -(-total // per_round)
+
+
+def dropped_samples(total: int, world_size: int, batch_size: int, drop_last: bool) -> int:
+    """How many samples an epoch leaves out to keep ranks equal (< world_size * batch_size)."""
+    return total % (world_size * batch_size) if drop_last else 0
+
+
+def rank_span(total: int, spec: EpochSpec) -> tuple[int, int]:
+    """[start, stop) positions of `spec.rank` in the epoch sequence of `total` samples."""
+    if spec.drop_last:
+        size = batches_per_rank(total, spec.world_size, spec.batch_size, True) * spec.batch_size
+        return spec.rank * size, (spec.rank + 1) * size
+    return spec.rank * total // spec.world_size, (spec.rank + 1) * total // spec.world_size
+
+
+def rank_batch_sizes(total: int, spec: EpochSpec) -> tuple[int, ...]:
+    """The size of each batch of `spec.rank`, in order: full batches, and with drop_last=False the
+    last ones shrunk so that the rank's samples fill exactly `batches_per_rank` batches (leaving at
+    least one sample for every later batch while there are samples to share)."""
+    start, stop = rank_span(total, spec)
+    count = batches_per_rank(total, spec.world_size, spec.batch_size, spec.drop_last)
+    left, sizes = stop - start, []
+    for i in range(count):
+        size = max(0, min(spec.batch_size, left - (count - 1 - i)))
+        sizes.append(size)
+        left -= size
+    return tuple(sizes)
+
+
+def worker_batches(num_batches: int, num_workers: int, worker: int) -> tuple[int, int]:
+    """[first, stop) of the batches a worker produces: contiguous, balanced, first workers get more."""
+    if num_workers < 1 or not 0 <= worker < num_workers:
+        raise ValueError(f"worker {worker} is not in 0..{num_workers - 1} ({num_workers} workers)")
+    base, extra = divmod(num_batches, num_workers)
+    first = worker * base + min(worker, extra)
+    return first, first + base + (1 if worker < extra else 0)
+
+
+def segments(counts: Sequence[int], order: Sequence[int], start: int, stop: int
+             ) -> tuple[Segment, ...]:
+    """The shard ranges that positions [start, stop) of the sequence `order` x `counts` cover."""
+    out: list[Segment] = []
+    offset = 0
+    for shard in order:
+        lo, hi = max(start, offset), min(stop, offset + counts[shard])
+        if lo < hi:
+            out.append(Segment(shard, lo - offset, hi - offset))
+        offset += counts[shard]
+        if offset >= stop:
+            break
+    return tuple(out)
+
+
+def worker_plan(counts: Sequence[int], spec: EpochSpec, num_workers: int = 1,
+                worker: int = 0) -> WorkerPlan:
+    """What worker `worker` of `num_workers` on rank `spec.rank` reads this epoch (see module doc)."""
+    if any(c < 0 for c in counts):
+        raise ValueError(f"shard sample counts must be >= 0, got {list(counts)}")
+    total = sum(counts)
+    sizes = rank_batch_sizes(total, spec)
+    first, last = worker_batches(len(sizes), num_workers, worker)
+    rank_start, _ = rank_span(total, spec)
+    start = rank_start + sum(sizes[:first])
+    stop = start + sum(sizes[first:last])
+    order = shard_order(len(counts), spec.seed, spec.epoch, spec.shuffle)
+    return WorkerPlan(segments(counts, order, start, stop), sizes[first:last])
+
+
+def stream_rng(spec: EpochSpec, worker: int) -> np.random.Generator:
+    """The generator of one worker's shuffle buffer in one epoch."""
+    return np.random.default_rng(derive_seed(_STREAM, spec.seed, spec.epoch, spec.rank, worker))
+
+
+def sample_rng(seed: int, key: str, epoch: int | None) -> np.random.Generator:
+    """The per-sample augmentation generator: a pure function of (seed, epoch, sample key), or of
+    (seed, key) alone when `epoch` is None (presets with `per_sample_seed`, e.g. `social`), so that
+    results never depend on batch size, worker or rank count."""
+    parts: tuple[int | str, ...] = (_SAMPLE, seed, key) if epoch is None else (_SAMPLE, seed, epoch, key)
+    return np.random.default_rng(derive_seed(*parts))

@@ -1,0 +1,156 @@
+"""`perturb`: a new shard set with a preset (default `social`) applied once per sample, for testing
+detectors on "social network" images.
+
+Each sample's decisions come from `world.sample_rng(seed, key, None)`, and each output shard is made
+from one input shard alone, so the output is byte-identical whatever the number of workers. A
+trailing compression step of the preset becomes the output encoding (JPEG or WebP at the drawn
+quality); otherwise images are stored as PNG. Keys, labels and shard boundaries are the source's;
+each `.json` records the new image's sha256/size/format, the source key and sha256, and the applied
+operations.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from imaginet_shards import __version__
+from imaginet_shards.augment.cpu import apply_ops, decode_for, encode
+from imaginet_shards.augment.decisions import CompressOp, Op, ops_to_json
+from imaginet_shards.augment.spec import Preset, get_preset
+from imaginet_shards.format.images import ImageInfo
+from imaginet_shards.format.manifest import (
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    Manifest,
+    ShardEntry,
+    label_histogram,
+    merge_histograms,
+)
+from imaginet_shards.format.tar import ShardWriter
+from imaginet_shards.io import storage
+from imaginet_shards.io.shardset import ShardSet, load_index, open_shard_set, read_samples
+from imaginet_shards.loaders.world import sample_rng
+from imaginet_shards.ops.pack import PlannedSample, sample_members
+
+
+@dataclass(frozen=True)
+class PerturbOptions:
+    """What `perturb` does: `source` (a shard set directory, manifest path or URL) to the local
+    directory `out`, with `preset` and `seed`, in `workers` processes (1: in this process)."""
+
+    source: str
+    out: Path
+    preset: str = "social"
+    seed: int = 0
+    workers: int = 1
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+
+
+def render(data: bytes, preset: Preset, rng: np.random.Generator
+           ) -> tuple[bytes, str, tuple[Op, ...]]:
+    """(encoded bytes, format, operations) of one image perturbed by `preset` with decisions
+    drawn from `rng`."""
+    image, ops, remaining = decode_for(data, preset, rng)
+    if remaining and isinstance(remaining[-1], CompressOp):
+        last = remaining[-1]
+        return encode(apply_ops(image, remaining[:-1]), last.format, last.quality), last.format, ops
+    return encode(apply_ops(image, remaining), "png"), "png", ops
+
+
+def perturb_shard(shards: ShardSet, number: int, out: str, preset: Preset, seed: int) -> dict:
+    """Write the perturbed copy of shard `number` (tar under a temporary name, then renamed) and
+    return its manifest entry as a dict. Runs in a worker process."""
+    entry = shards.manifest.shards[number]
+    out_dir = Path(out)
+    tmp = out_dir / f".{entry.name}.tmp"
+    labels = []
+    try:
+        with open(tmp, "wb") as stream:
+            writer = ShardWriter(stream)
+            for record in read_samples(shards, load_index(shards, entry), 0, entry.samples):
+                if record.error:
+                    raise ValueError(f"{entry.name}: sample {record.key}: {record.error}")
+                try:
+                    data, fmt, ops = render(record.image, preset,
+                                             sample_rng(seed, record.key, None))
+                    source = json.loads(record.meta)
+                except ValueError as exc:
+                    raise ValueError(f"{entry.name}: sample {record.key}: {exc}") from None
+                sample_labels = tuple(int(v) for v in record.labels)
+                planned = PlannedSample(record.key, source.get("path", ""), int(source.get("line", 0)),
+                                        sample_labels, len(data))
+                extra = {"source": {"key": record.key, "shard": entry.name,
+                                    "sha256": hashlib.sha256(record.image).hexdigest()},
+                         "perturbation": {"preset": preset.name, "seed": seed, "ops": ops_to_json(ops)}}
+                members = sample_members(record.key, data, ImageInfo(fmt, preset.size, preset.size),
+                                         planned, extra)
+                writer.add_sample(record.key, members)
+                labels.append(sample_labels)
+            size, digest, index = writer.close()
+        storage.write_bytes(out_dir / entry.index, index.encode())
+        os.replace(tmp, out_dir / entry.name)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return asdict(ShardEntry(entry.name, entry.index, len(labels), size, digest,
+                             label_histogram(labels), entry.first_key))
+
+
+def _single_threaded() -> None:
+    # A forked child must not enter OpenMP regions that the parent's thread pool started
+    # (libgomp deadlocks); as DataLoader workers do, keep torch to one thread.
+    torch.set_num_threads(1)
+
+
+def perturb(options: PerturbOptions) -> Manifest:
+    """Write the perturbed shard set at options.out (manifest.json last) and return its manifest."""
+    shards = open_shard_set(options.source)
+    preset = get_preset(options.preset)
+    out = Path(options.out)
+    if out.resolve() == Path(shards.root).resolve():
+        raise ValueError(f"{out}: the destination must differ from the source shard set")
+    if (out / MANIFEST_NAME).exists() and not options.overwrite:
+        raise ValueError(f"{out} already holds a shard set (manifest.json); pass --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    count = len(shards.manifest.shards)
+    columns = ([shards] * count, range(count), [str(out)] * count, [preset] * count,
+               [options.seed] * count)
+    with ExitStack() as stack:
+        if options.workers == 1:
+            results = map(perturb_shard, *columns)
+        else:
+            pool = stack.enter_context(ProcessPoolExecutor(options.workers,
+                                                           initializer=_single_threaded))
+            results = pool.map(perturb_shard, *columns)
+        entries = [ShardEntry(**entry) for entry in tqdm(
+            results, total=count, desc=f"perturb {out.name}", unit="shard",
+            disable=not options.progress)]
+    source = shards.manifest
+    recipe = {"preset": preset.name, "seed": options.seed, "spec": repr(preset),
+              "source_plan_sha256": source.plan_sha256}
+    manifest = Manifest(
+        format_version=FORMAT_VERSION, tool_version=__version__, annotations=source.annotations,
+        options={**source.options, "perturb": recipe}, shards=tuple(entries),
+        totals={"shards": len(entries), "samples": sum(e.samples for e in entries),
+                "bytes": sum(e.bytes for e in entries), "skipped": len(source.skipped),
+                "histogram": merge_histograms(e.histogram for e in entries)},
+        skipped=source.skipped,
+        plan_sha256=hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest())
+    storage.write_bytes(out / MANIFEST_NAME, manifest.to_json().encode())
+    return manifest

@@ -1,0 +1,189 @@
+"""verify: check a shard set against its manifest, member by member (and optionally decode every image).
+
+Checks per shard: present, size and sha256 as recorded; a well-formed tar of regular files; samples
+complete and in order (image, .cls, .labels, .json); `.labels`, `.cls` and `.json` agree; the image's
+sha256 is the one recorded at packing; the `.idx` file lists exactly the tar's data offsets; sample
+counts and label histograms match the manifest.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import numpy as np
+from tqdm import tqdm
+
+from imaginet_shards.format.annotations import LABEL_COLUMNS
+from imaginet_shards.format.images import ImageCheckError, check_image
+from imaginet_shards.format.manifest import (
+    Manifest,
+    ShardEntry,
+    label_histogram,
+    load_manifest,
+    shard_set_root,
+)
+from imaginet_shards.format.tar import IMAGE_EXTENSIONS, IndexEntry, parse_index, split_member_name
+from imaginet_shards.io import storage
+
+MAX_META_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Problem:
+    shard: str
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.shard}:{self.key}" if self.key else self.shard
+        return f"{where}: {self.message}"
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    manifest: Manifest
+    shards_checked: int
+    samples_checked: int
+    bytes_checked: int
+    problems: tuple[Problem, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class _HashingReader:
+    """A read-only stream that hashes and counts what passes through it."""
+
+    def __init__(self, stream: BinaryIO):
+        self._stream = stream
+        self.digest = hashlib.sha256()
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self.digest.update(data)
+        self.count += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+
+def _samples(archive: tarfile.TarFile, problems: list, shard: str
+             ) -> Iterator[tuple[str, list[tuple[str, bytes, IndexEntry]]]]:
+    """Group the archive's members into samples by key (members of a sample are adjacent)."""
+    key, members = None, []
+    for info in archive:
+        if not info.isreg():
+            problems.append(Problem(shard, "", f"member {info.name!r} is not a regular file"))
+            continue
+        member_key, ext = split_member_name(info.name)
+        limit = None if ext in IMAGE_EXTENSIONS else MAX_META_BYTES
+        if limit is not None and info.size > limit:
+            problems.append(Problem(shard, member_key, f"{info.name} is {info.size} bytes, too large"))
+            continue
+        payload = archive.extractfile(info).read()
+        if member_key != key and members:
+            yield key, members
+            members = []
+        key = member_key
+        members.append((ext, payload, IndexEntry(ext, info.offset_data, info.size, info.name)))
+    if members:
+        yield key, members
+
+
+def _check_sample(shard: str, key: str, members: list, decode: bool) -> tuple[list[Problem], tuple | None]:
+    problems = []
+    exts = [m[0] for m in members]
+    if len(exts) != 4 or exts[0] not in IMAGE_EXTENSIONS or exts[1:] != ["cls", "labels", "json"]:
+        return [Problem(shard, key, f"incomplete or misordered sample: members {exts}, expected "
+                                    f"[jpg|png|webp, cls, labels, json]")], None
+    image, cls, labels_raw, meta_raw = (m[1] for m in members)
+    if len(labels_raw) != 16:
+        return [Problem(shard, key, f".labels has {len(labels_raw)} bytes, expected 16")], None
+    labels = tuple(int(v) for v in np.frombuffer(labels_raw, dtype="<i4"))
+    try:
+        meta = json.loads(meta_raw)
+        meta_labels = tuple(int(meta["labels"][c]) for c in LABEL_COLUMNS)
+    except (ValueError, KeyError, TypeError) as exc:
+        return [Problem(shard, key, f".json unreadable: {exc}")], labels
+    if meta_labels != labels:
+        problems.append(Problem(shard, key, f".labels {labels} disagree with .json {meta_labels}"))
+    if cls.strip() != str(labels[0]).encode():
+        problems.append(Problem(shard, key, f".cls {cls!r} disagrees with origin {labels[0]}"))
+    if hashlib.sha256(image).hexdigest() != meta.get("sha256"):
+        problems.append(Problem(shard, key, "image sha256 differs from the one recorded at packing"))
+    if decode:
+        try:
+            info = check_image(image, decode=True)
+            if (info.width, info.height) != (meta.get("width"), meta.get("height")):
+                problems.append(Problem(shard, key, f"decoded {info.width}x{info.height}, .json "
+                                                    f"says {meta.get('width')}x{meta.get('height')}"))
+        except ImageCheckError as exc:
+            problems.append(Problem(shard, key, f"image does not decode: {exc}"))
+    return problems, labels
+
+
+def verify_shard(root: str, entry: ShardEntry, decode: bool = False) -> tuple[list[Problem], int]:
+    """All problems of one shard, and the number of samples read."""
+    tar_url, idx_url = storage.join(root, entry.name), storage.join(root, entry.index)
+    if not storage.exists(tar_url):
+        return [Problem(entry.name, "", "shard file is missing")], 0
+    problems: list[Problem] = []
+    index_entries: list[list[IndexEntry]] = []
+    labels: list[tuple] = []
+    with storage.open_read(tar_url) as raw:
+        reader = _HashingReader(raw)
+        try:
+            with tarfile.open(fileobj=reader, mode="r|") as archive:
+                for key, members in _samples(archive, problems, entry.name):
+                    found, sample_labels = _check_sample(entry.name, key, members, decode)
+                    problems += found
+                    index_entries.append([m[2] for m in members])
+                    if sample_labels is not None:
+                        labels.append(sample_labels)
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            problems.append(Problem(entry.name, "", f"broken tar structure: {exc}"))
+        reader.drain()
+    if reader.count != entry.bytes:
+        problems.append(Problem(entry.name, "", f"size {reader.count} != manifest {entry.bytes}"))
+    elif reader.digest.hexdigest() != entry.sha256:
+        problems.append(Problem(entry.name, "", "sha256 differs from the manifest"))
+    if len(index_entries) != entry.samples:
+        problems.append(Problem(entry.name, "", f"{len(index_entries)} samples, manifest says "
+                                                f"{entry.samples}"))
+    if label_histogram(labels) != entry.histogram:
+        problems.append(Problem(entry.name, "", "label histogram differs from the manifest"))
+    try:
+        recorded = parse_index(storage.read_bytes(idx_url).decode(), entry.index)
+        if recorded != index_entries:
+            bad = next((i for i, (a, b) in enumerate(zip(recorded, index_entries)) if a != b),
+                       min(len(recorded), len(index_entries)))
+            problems.append(Problem(entry.index, "", f"index disagrees with the tar from sample "
+                                                     f"{bad} on"))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        problems.append(Problem(entry.index, "", f"unreadable index: {exc}"))
+    return problems, len(index_entries)
+
+
+def verify(dest: str, decode: bool = False, workers: int = 2, progress: bool = True) -> VerifyReport:
+    """Verify every shard of the set at `dest` (directory or URL)."""
+    manifest = load_manifest(dest)
+    root = shard_set_root(dest)
+    problems: list[Problem] = []
+    samples = 0
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = pool.map(lambda e: verify_shard(root, e, decode), manifest.shards)
+        for found, count in tqdm(results, total=len(manifest.shards), desc="verify", unit="shard",
+                                 disable=not progress):
+            problems += found
+            samples += count
+    return VerifyReport(manifest, len(manifest.shards), samples,
+                        sum(e.bytes for e in manifest.shards), tuple(problems))
