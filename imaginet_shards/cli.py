@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 
@@ -66,7 +66,8 @@ def check_annotations(files: tuple[Path, ...], all_errors: bool) -> None:
               help="balanced: format, quality and size independent of the class; realistic: each "
                    "source's own format and size (every WebP image is synthetic).")
 @click.option("--workers", default=1, show_default=True, help="Processes rendering images.")
-def sample(out: Path, count: int, seed: int, max_side: int, formats: str, workers: int) -> None:
+def sample(out: Path, count: int, seed: int, max_side: int,
+           formats: Literal["balanced", "realistic"], workers: int) -> None:
     """Write the embedded stand-in ImagiNet dataset under OUT, with train/calibration/test.txt."""
     from imaginet_shards.sample import SampleOptions, write_sample
     try:
@@ -104,7 +105,7 @@ def parse_size(text: str) -> int:
               help="Bad input file: stop with its path, or skip it and list it in the manifest.")
 @click.option("--overwrite", is_flag=True, help="Replace a different shard set already at --out.")
 def pack(root: Path, annotations: Path, out: str, prefix: str, max_count: int, max_size: str,
-         workers: int, seed: int, on_error: str, overwrite: bool) -> None:
+         workers: int, seed: int, on_error: Literal["raise", "skip"], overwrite: bool) -> None:
     """Pack annotated images into WebDataset shards with DALI indexes and a manifest."""
     import time
 

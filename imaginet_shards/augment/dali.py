@@ -13,11 +13,13 @@ every operator after the decoder follows its input's device, so nothing else cha
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import nvidia.dali.math as dmath
 from nvidia.dali import fn, types
+from nvidia.dali.data_node import DataNode as DaliNode
 
 from imaginet_shards.augment.spec import (
     Blur,
@@ -37,6 +39,13 @@ from imaginet_shards.augment.spec import (
 from imaginet_shards.codecs.windows import WindowDecoder
 
 DataNode = Any  # nvidia.dali.pipeline.DataNode (or a Python int where a value is static)
+
+
+def outputs(nodes: DaliNode | Sequence[DaliNode] | None, count: int) -> tuple[DataNode, ...]:
+    """The `count` outputs of a DALI operator called with several outputs, checked."""
+    if isinstance(nodes, DaliNode) or nodes is None or len(nodes) != count:
+        raise TypeError(f"expected {count} DALI outputs, got {nodes!r}")
+    return tuple(nodes)
 
 
 @dataclass(frozen=True)
@@ -143,9 +152,9 @@ class _Builder:
             return self.decode_slice(encoded, start, shape)
         start, shape = (types.Constant(v, dtype=types.INT32) if isinstance(v, list) else v
                         for v in (start, shape))
-        window, done = fn.python_function(encoded, start, shape, function=self.windows,
-                                          num_outputs=2, output_layouts=["HWC", ""],
-                                          batch_processing=True)
+        window, done = outputs(fn.python_function(encoded, start, shape, function=self.windows,
+                                                  num_outputs=2, output_layouts=["HWC", ""],
+                                                  batch_processing=True), 2)
         if done:
             image = window
         else:

@@ -6,6 +6,7 @@ backend each implement every step type below; nothing else describes the presets
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -162,7 +163,7 @@ def social_preset(size: int = 256, max_side: int = 1000, compress_p: float = 0.7
     return Preset("social", size, steps, per_sample_seed=True)
 
 
-PRESETS = {"train": train_preset, "eval": eval_preset, "calibration": calibration_preset,
+PRESETS: dict[str, Callable[..., Preset]] = {"train": train_preset, "eval": eval_preset, "calibration": calibration_preset,
            "social": social_preset}
 
 

@@ -27,7 +27,7 @@ from imaginet_shards.augment.spec import Preset, get_preset
 from imaginet_shards.bench.resources import PeakMemory, tree_cpu_seconds
 
 BenchBackend = Literal["dali", "cpu", "files"]
-BACKENDS: tuple[str, ...] = ("dali", "cpu", "files")
+BACKENDS: tuple[BenchBackend, ...] = ("dali", "cpu", "files")
 
 
 @dataclass(frozen=True)
@@ -127,12 +127,16 @@ def open_stream(options: BenchOptions) -> tuple[Iterable, float]:
     if options.backend == "files":
         from imaginet_shards.bench.files_baseline import FileDataset, file_loader
 
+        if options.root is None or options.annotations is None:
+            raise ValueError("the files backend needs --root and --annotations")
         dataset = FileDataset(options.root, options.annotations, options.resolved_preset())
-        loader = file_loader(dataset, options.batch_size, options.threads, options.seed)
-        return _epochs(loader, lambda epoch: None), dataset.input_bytes() / len(dataset)
+        files = file_loader(dataset, options.batch_size, options.threads, options.seed)
+        return _epochs(files, lambda epoch: None), dataset.input_bytes() / len(dataset)
     from imaginet_shards.io.shardset import open_shard_set
     from imaginet_shards.loaders import make_loader
 
+    if options.shards is None or options.backend == "files":
+        raise ValueError(f"the {options.backend} backend needs a shard set (SHARDS)")
     loader = make_loader(options.shards, backend=options.backend, preset=options.resolved_preset(),
                          batch_size=options.batch_size, rank=0, world_size=1, seed=options.seed,
                          workers=options.threads, device=options.device)

@@ -77,6 +77,8 @@ def read_layout(data) -> PngLayout | None:
             header = struct.unpack_from(">IIBBBBB", view, offset)
         elif kind == b"IDAT":
             idat.append((offset, length))
+    if header is None:
+        raise PngError("no chunks after the signature")
     width, height, depth, colour, compression, filtering, interlace = header
     if width == 0 or height == 0 or width * height > MAX_PIXELS:
         raise PngError(f"{width}x{height}: empty or over the {MAX_PIXELS}-pixel limit")
@@ -96,7 +98,7 @@ def _inflate_rows(view: memoryview, layout: PngLayout, rows: int) -> np.ndarray:
         _check_crc(view, b"IDAT", offset, length)
         try:
             part = stream.decompress(view[offset:offset + length], need - have)
-        except zlib_ng.error as error:
+        except zlib_ng.error as error:  # type: ignore[misc]  # its stub types `error` as an instance
             raise PngError(f"corrupt image data: {error}") from None
         parts.append(part)
         have += len(part)

@@ -32,7 +32,7 @@ def _executor(threads: int) -> ThreadPoolExecutor:
 def decode_window(data, top: int, left: int, height: int, width: int) -> np.ndarray | None:
     """RGB uint8 (height, width, 3) of the window, or None when the format has no window decoder
     here; ValueError for corrupt data or a window outside the image."""
-    decoder = _DECODERS.get(sniff_format(bytes(memoryview(data)[:12])))
+    decoder = _DECODERS.get(sniff_format(bytes(memoryview(data)[:12])) or "")
     return None if decoder is None else decoder(data, top, left, height, width)
 
 

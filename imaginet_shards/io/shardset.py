@@ -56,13 +56,13 @@ class ShardSet:
     def local_path(self, name: str) -> str:
         """A path for readers that need one (DALI): the cached copy of a remote shard, or the shard
         itself."""
-        if self.cached:
+        if self.cache_dir is not None and self.cached:
             return str(shared_cache(self.cache_dir, self.cache_bytes).fetch(self.location(name)))
         return self.location(name)
 
     def prefetch(self, names: list[str]) -> None:
         """Start filling the cache with `names`, in order (no-op without a cache)."""
-        if self.cached:
+        if self.cache_dir is not None and self.cached:
             shared_cache(self.cache_dir, self.cache_bytes).prefetch([self.location(n) for n in names])
 
     def open(self, name: str) -> BinaryIO:

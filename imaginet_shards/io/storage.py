@@ -145,7 +145,7 @@ class RetryingReader(io.RawIOBase):
         self._fs, self._path = filesystem(url)
         self._size = retry(lambda: self._fs.size(self._path), f"size of {url}", policy)
         self._pos = 0
-        self._stream = None
+        self._stream: BinaryIO | None = None
 
     def readable(self) -> bool:
         return True
@@ -164,9 +164,10 @@ class RetryingReader(io.RawIOBase):
     def _read_once(self, size: int) -> bytes:
         if self._stream is None:
             self._stream = self._fs.open(self._path, "rb", block_size=8 << 20)
-        if self._stream.tell() != self._pos:
-            self._stream.seek(self._pos)
-        return self._stream.read(size)
+        stream = self._stream
+        if stream.tell() != self._pos:
+            stream.seek(self._pos)
+        return stream.read(size)
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
@@ -208,7 +209,7 @@ def open_read(location: str | os.PathLike) -> BinaryIO:
     location = str(location)
     if not is_remote(location):
         return open(location, "rb")
-    return io.BufferedReader(RetryingReader(location), buffer_size=1 << 20)  # type: ignore[return-value]
+    return io.BufferedReader(RetryingReader(location), buffer_size=1 << 20)
 
 
 def read_bytes(location: str | os.PathLike) -> bytes:

@@ -73,13 +73,14 @@ def shuffled(items: Iterable, size: int, rng: np.random.Generator, initial: int 
 
 def _collate(items: list[_Item], size: int, epoch: int):
     """(uint8 images [n,3,S,S], int64 labels [n,4], keys, skipped records) of one batch."""
-    kept = [item for item in items if item.image is not None]
-    images = (torch.stack([item.image for item in kept]) if kept
+    kept = [(item.key, item.image, item.labels) for item in items
+            if item.image is not None and item.labels is not None]
+    images = (torch.stack([image for _, image, _ in kept]) if kept
               else torch.empty((0, 3, size, size), dtype=torch.uint8))
-    labels = torch.from_numpy(np.stack([item.labels for item in kept]) if kept
+    labels = torch.from_numpy(np.stack([label for _, _, label in kept]) if kept
                               else np.empty((0, 4), dtype=np.int64))
     skipped = [SkippedSample(i.shard, i.key, i.error, epoch) for i in items if i.image is None]
-    return images, labels, [item.key for item in kept], skipped
+    return images, labels, [key for key, _, _ in kept], skipped
 
 
 class _Failure(Exception):

@@ -52,7 +52,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -63,7 +63,7 @@ from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.backend import TensorListCPU
 from nvidia.dali.pipeline import Pipeline
 
-from imaginet_shards.augment.dali import build_graph
+from imaginet_shards.augment.dali import build_graph, outputs
 from imaginet_shards.format.tar import IMAGE_EXTENSIONS as IMAGE_EXTENSIONS_TUPLE
 from imaginet_shards.format.tar import INDEX_VERSION, format_index_line
 from imaginet_shards.io import storage
@@ -128,12 +128,12 @@ def build_pipeline(files: EpochFiles, config: LoaderConfig, epoch: int, depth: i
 
     @pipeline_def(enable_conditionals=True)
     def pipeline():
-        encoded, labels = fn.readers.webdataset(
+        encoded, labels = outputs(fn.readers.webdataset(
             paths=list(files.tars), index_paths=list(files.indexes),
             ext=[IMAGE_EXTENSIONS, "labels"],
             dtypes=[types.UINT8, types.INT32], missing_component_behavior="error",
             random_shuffle=shuffle, initial_fill=max(config.shuffle_buffer, 1),
-            pad_last_batch=True)
+            pad_last_batch=True), 2)
         images, decisions = build_graph(encoded, config.preset, decode_device,
                                           threads=max(config.workers, 1))
         names.extend(decisions)
@@ -233,7 +233,7 @@ class DaliLoader(EpochLoader):
             yield batch.images, batch.labels
 
     def _run(self, files: EpochFiles, plan: WorkerPlan, epoch: int, device: torch.device
-             ) -> Iterator[DaliBatch]:
+             ) -> Generator[DaliBatch, None, None]:
         """The epoch's DALI batches, just enough for the plan's samples. Runs are scheduled by hand
         so that prefetching stops at the epoch's end (DALI's `run()` would decode up to a queue's
         worth of the next epoch). DALI errors become ValueErrors naming the shard and sample."""

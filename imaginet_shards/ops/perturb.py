@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
@@ -92,7 +93,10 @@ def perturb_shard(shards: ShardSet, number: int, out: str, preset: Preset, seed:
                     source = json.loads(record.meta)
                 except ValueError as exc:
                     raise ValueError(f"{entry.name}: sample {record.key}: {exc}") from None
-                sample_labels = tuple(int(v) for v in record.labels)
+                if record.labels is None:  # read_samples sets labels on every usable record
+                    raise ValueError(f"{entry.name}: sample {record.key}: no labels")
+                origin, content, family, generator = (int(v) for v in record.labels)
+                sample_labels = (origin, content, family, generator)
                 planned = PlannedSample(record.key, source.get("path", ""), int(source.get("line", 0)),
                                         sample_labels, len(data))
                 extra = {"source": {"key": record.key, "shard": entry.name,
@@ -132,6 +136,7 @@ def perturb(options: PerturbOptions) -> Manifest:
     columns = ([shards] * count, range(count), [str(out)] * count, [preset] * count,
                [options.seed] * count)
     with ExitStack() as stack:
+        results: Iterator[dict]
         if options.workers == 1:
             results = map(perturb_shard, *columns)
         else:

@@ -8,6 +8,7 @@ counts and label histograms match the manifest.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import tarfile
 from collections.abc import Iterator
@@ -71,6 +72,18 @@ class _HashingReader:
         self.count += len(data)
         return data
 
+    def tell(self) -> int:
+        return self.count
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        raise io.UnsupportedOperation("a hashing reader only reads forward")
+
+    def write(self, data: bytes) -> int:
+        raise io.UnsupportedOperation("a hashing reader is read-only")
+
+    def close(self) -> None:
+        """The underlying stream belongs to the caller."""
+
     def drain(self) -> None:
         while self.read(1 << 20):
             pass
@@ -79,7 +92,8 @@ class _HashingReader:
 def _samples(archive: tarfile.TarFile, problems: list, shard: str
              ) -> Iterator[tuple[str, list[tuple[str, bytes, IndexEntry]]]]:
     """Group the archive's members into samples by key (members of a sample are adjacent)."""
-    key, members = None, []
+    key: str | None = None
+    members: list[tuple[str, bytes, IndexEntry]] = []
     for info in archive:
         if not info.isreg():
             problems.append(Problem(shard, "", f"member {info.name!r} is not a regular file"))
@@ -89,14 +103,19 @@ def _samples(archive: tarfile.TarFile, problems: list, shard: str
         if limit is not None and info.size > limit:
             problems.append(Problem(shard, member_key, f"{info.name} is {info.size} bytes, too large"))
             continue
-        payload = archive.extractfile(info).read()
-        if member_key != key and members:
+        payload = _payload(archive, info)
+        if key is not None and member_key != key and members:
             yield key, members
             members = []
         key = member_key
         members.append((ext, payload, IndexEntry(ext, info.offset_data, info.size, info.name)))
-    if members:
+    if key is not None and members:
         yield key, members
+
+
+def _payload(archive: tarfile.TarFile, info: tarfile.TarInfo) -> bytes:
+    stream = archive.extractfile(info)
+    return b"" if stream is None else stream.read()
 
 
 def _check_sample(shard: str, key: str, members: list, decode: bool) -> tuple[list[Problem], tuple | None]:
