@@ -77,7 +77,6 @@ def check_image(data: bytes, decode: bool = False) -> ImageInfo:
     fmt = sniff_format(data)
     if fmt is None:
         raise ImageCheckError("not a JPEG, PNG or WebP image (unknown magic bytes)")
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
         image = _open(data)
         width, height = image.size

@@ -14,7 +14,7 @@ import io
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -30,17 +30,32 @@ class StorageError(OSError):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    attempts: int = int(os.environ.get("IMAGINET_RETRIES", 5))
+    """How remote operations are retried (exponential backoff) and how long a connection may hang."""
+
+    attempts: int = 5
     base_delay: float = 0.25
     max_delay: float = 8.0
-    connect_timeout: float = float(os.environ.get("IMAGINET_CONNECT_TIMEOUT", 10))
-    read_timeout: float = float(os.environ.get("IMAGINET_READ_TIMEOUT", 60))
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or self.base_delay < 0 or self.connect_timeout <= 0 or self.read_timeout <= 0:
+            raise ValueError(f"invalid retry policy {self}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RetryPolicy:
+        """The defaults, overridden by IMAGINET_RETRIES, IMAGINET_CONNECT_TIMEOUT and
+        IMAGINET_READ_TIMEOUT; read at each call, so a change of the environment takes effect."""
+        environ = os.environ if environ is None else environ
+        try:
+            return cls(attempts=int(environ.get("IMAGINET_RETRIES", cls.attempts)),
+                       connect_timeout=float(environ.get("IMAGINET_CONNECT_TIMEOUT", cls.connect_timeout)),
+                       read_timeout=float(environ.get("IMAGINET_READ_TIMEOUT", cls.read_timeout)))
+        except ValueError as exc:
+            raise ValueError(f"bad IMAGINET_RETRIES / IMAGINET_*_TIMEOUT setting: {exc}") from None
 
     def delay(self, attempt: int) -> float:
         return min(self.max_delay, self.base_delay * 2 ** attempt)
-
-
-POLICY = RetryPolicy()
 
 
 def is_remote(location: str | os.PathLike) -> bool:
@@ -85,8 +100,10 @@ def is_transient(exc: BaseException) -> bool:
     return cause is not None and cause is not exc and is_transient(cause)
 
 
-def retry(operation: Callable[[], T], what: str, policy: RetryPolicy = POLICY) -> T:
-    """Run `operation`, retrying transient failures with exponential backoff."""
+def retry(operation: Callable[[], T], what: str, policy: RetryPolicy | None = None) -> T:
+    """Run `operation`, retrying transient failures with exponential backoff (`policy`, by default
+    `RetryPolicy.from_env()`)."""
+    policy = RetryPolicy.from_env() if policy is None else policy
     for attempt in range(policy.attempts):
         try:
             return operation()
@@ -103,20 +120,18 @@ def retry(operation: Callable[[], T], what: str, policy: RetryPolicy = POLICY) -
 
 
 @cache
-def _filesystem(protocol: str, endpoint: str | None):
+def _filesystem(protocol: str, endpoint: str | None, connect_timeout: float, read_timeout: float):
     import fsspec
 
     if protocol == "s3":
         return fsspec.filesystem(
             "s3", endpoint_url=endpoint, skip_instance_cache=True,
-            config_kwargs={"connect_timeout": POLICY.connect_timeout,
-                           "read_timeout": POLICY.read_timeout,
+            config_kwargs={"connect_timeout": connect_timeout, "read_timeout": read_timeout,
                            "retries": {"max_attempts": 2, "mode": "standard"}})
     if protocol in ("http", "https"):
         import aiohttp
 
-        timeout = aiohttp.ClientTimeout(sock_connect=POLICY.connect_timeout,
-                                        sock_read=POLICY.read_timeout)
+        timeout = aiohttp.ClientTimeout(sock_connect=connect_timeout, sock_read=read_timeout)
         return fsspec.filesystem(protocol, skip_instance_cache=True,
                                  client_kwargs={"timeout": timeout})
     return fsspec.filesystem(protocol, skip_instance_cache=True)
@@ -126,11 +141,13 @@ def _filesystem(protocol: str, endpoint: str | None):
 os.register_at_fork(after_in_child=_filesystem.cache_clear)
 
 
-def filesystem(url: str):
-    """(fsspec filesystem, path within it) for a remote URL."""
+def filesystem(url: str, policy: RetryPolicy | None = None):
+    """(fsspec filesystem, path within it) for a remote URL, with the policy's timeouts."""
+    policy = RetryPolicy.from_env() if policy is None else policy
     protocol = url.split("://", 1)[0]
     fs = _filesystem("gcs" if protocol == "gs" else protocol,
-                     os.environ.get("AWS_ENDPOINT_URL") if protocol == "s3" else None)
+                     os.environ.get("AWS_ENDPOINT_URL") if protocol == "s3" else None,
+                     policy.connect_timeout, policy.read_timeout)
     return fs, (url if protocol in ("http", "https") else url.split("://", 1)[1])
 
 
@@ -138,11 +155,11 @@ class RetryingReader(io.RawIOBase):
     """A seekable read-only stream over a remote object that survives cut connections: a failed
     read reopens the object at the current offset (with backoff) instead of failing the epoch."""
 
-    def __init__(self, url: str, policy: RetryPolicy = POLICY):
+    def __init__(self, url: str, policy: RetryPolicy | None = None):
         super().__init__()
         self.url = url
-        self._policy = policy
-        self._fs, self._path = filesystem(url)
+        self._policy = policy = RetryPolicy.from_env() if policy is None else policy
+        self._fs, self._path = filesystem(url, policy)
         self._size = retry(lambda: self._fs.size(self._path), f"size of {url}", policy)
         self._pos = 0
         self._stream: BinaryIO | None = None
