@@ -1,4 +1,4 @@
-"""The throughput lab (issue 6): the bench matrix JSON has every stage, machine information and
+"""The throughput lab: the bench matrix JSON has every stage, machine information and
 package versions; `--model` says how input-bound training is; `tools/gpu_check.py` imports only
 torch, torchvision and the trainer's model and loss, and exits cleanly without CUDA."""
 from __future__ import annotations

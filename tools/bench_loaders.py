@@ -1,4 +1,4 @@
-"""Side-by-side loader benchmark (issue 3, item 10), reproducible from scratch:
+"""Side-by-side loader benchmark, reproducible from scratch:
 
     python tools/bench_loaders.py --out runs/bench
 

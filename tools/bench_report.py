@@ -1,4 +1,4 @@
-"""Benchmark report (issue 6, item 3), one command from a clean clone:
+"""Benchmark report, one command from a clean clone:
 
     python tools/bench_report.py
 

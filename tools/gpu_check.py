@@ -1,4 +1,4 @@
-"""GPU check (issue 6, item 4): one command for a machine with one NVIDIA GPU and only torch and
+"""GPU check: one command for a machine with one NVIDIA GPU and only torch and
 torchvision installed. From the repository root:
 
     PYTHONPATH=. python tools/gpu_check.py --out gpu_check.json

@@ -1,4 +1,4 @@
-"""The one perturbation spec (DESIGN §6): presets as data that both loader backends interpret.
+"""The one perturbation spec (docs/architecture.md, "Perturbations"): presets as data that both loader backends interpret.
 
 A preset is a tuple of steps applied in order to a decoded HWC uint8 image, followed by ImageNet
 normalisation. Probabilities and ranges are per sample. The CPU backend (torchvision) and the DALI

@@ -1,4 +1,4 @@
-"""Loader throughput (issue 3, item 10): images/s, MB/s of compressed input and peak memory of one
+"""Loader throughput: images/s, MB/s of compressed input and peak memory of one
 backend over a fixed number of batches after a warm-up.
 
 Backends: `dali` and `cpu` read a shard set through `make_loader`; `files` is the per-file baseline

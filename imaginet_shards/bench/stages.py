@@ -1,4 +1,4 @@
-"""The stages under a loader, timed alone (issue 6, item 1): reading the tars (raw sample bytes
+"""The stages under a loader, timed alone: reading the tars (raw sample bytes
 through `shardset.read_samples`, nothing decoded) and decoding (full-frame, per image format, with
 each backend's decoder and parallelism: PIL in DataLoader workers for `files`, the CPU backend's
 `transforms_cpu.decode` in DataLoader workers for `cpu` (torchvision for JPEG, windows.py for PNG

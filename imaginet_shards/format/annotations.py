@@ -1,4 +1,4 @@
-"""ImagiNet annotation files: label vocabularies, parsing, validation and tracks (DESIGN §3).
+"""ImagiNet annotation files: label vocabularies, parsing, validation and tracks (docs/architecture.md, "Annotations").
 
 One sample a line, no header: `relative/path,origin,content,family,generator`.
 """
@@ -171,7 +171,7 @@ def read_annotations(path: str | Path, collect: bool = False) -> pd.DataFrame:
 
 
 def select_track(frame: pd.DataFrame, track: str) -> pd.DataFrame:
-    """Rows and a `target` column for one track (DESIGN §3); `all` keeps the 4 label columns."""
+    """Rows and a `target` column for one track (docs/architecture.md, "Annotations"); `all` keeps the 4 label columns."""
     if track not in TRACKS:
         raise ValueError(f"unknown track {track!r}; choose one of {sorted(TRACKS)}")
     if track == "all":

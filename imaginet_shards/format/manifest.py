@@ -1,4 +1,4 @@
-"""manifest.json: the record that makes a shard set complete (DESIGN §4). Written last, atomically."""
+"""manifest.json: the record that makes a shard set complete (docs/architecture.md, "The shard format"). Written last, atomically."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""Reproducible WebDataset tar members and DALI index files (DESIGN §4).
+"""Reproducible WebDataset tar members and DALI index files (docs/architecture.md, "The shard format").
 
 Tar headers are deterministic (fixed mtime, owner, mode), so the same samples always give the same
 bytes. The DALI index (the v1.2 text format of DALI's `wds2idx`) is built while writing: first line

@@ -1,5 +1,5 @@
 """The DALI backend: `fn.readers.webdataset` over our shards, the preset as a DALI graph
-(`dali_graph`), and a PyTorch iterator with the loader contract of DESIGN §5.
+(`augment.dali`), and a PyTorch iterator with the loader contract (docs/architecture.md).
 
 Each epoch (`__iter__`) builds one pipeline for this rank. `world.worker_plan` says which samples
 the rank reads (the same partition as the CPU backend: contiguous ranges of the (seed, epoch) shard
