@@ -27,7 +27,7 @@ _EXPORTS = {
     "PackOptions": "imaginet_shards.ops.pack", "pack": "imaginet_shards.ops.pack",
     "PerturbOptions": "imaginet_shards.ops.perturb", "perturb": "imaginet_shards.ops.perturb",
     "verify": "imaginet_shards.ops.verify", "inspect": "imaginet_shards.ops.stats",
-    "open_shard_set": "imaginet_shards.io.shardset", "load_manifest": "imaginet_shards.format.manifest",
+    "open_shard_set": "imaginet_shards.io.shardset", "load_manifest": "imaginet_shards.io.shardset",
     "read_annotations": "imaginet_shards.format.annotations",
     "SampleOptions": "imaginet_shards.sample", "write_sample": "imaginet_shards.sample",
 }

@@ -10,6 +10,16 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("imaginet_shards", "imaginet_train")
+# imaginet_shards' subpackages, lowest first: a module may import its own layer and those below.
+LAYERS = (
+    ("env", "errors", "format"),
+    ("io", "codecs"),
+    ("augment",),
+    ("loaders",),
+    ("ops", "sample"),
+    ("bench",),
+    ("cli", "__init__", "__main__"),
+)
 
 
 def module_name(path: Path) -> str:
@@ -82,6 +92,18 @@ def test_shards_never_imports_train_tests_or_tools():
 def test_train_never_imports_tests_or_tools():
     for path in (REPO / "imaginet_train").rglob("*.py"):
         assert not {m.split(".")[0] for m in imports_of(path)} & {"tests", "tools", "helpers", "conftest"}, path
+
+
+def layer(module: str) -> int:
+    part = module.split(".")[1] if "." in module else "__init__"
+    return next(i for i, names in enumerate(LAYERS) if part in names)
+
+
+def test_shards_subpackages_depend_downwards():
+    upward = sorted((name, target) for name, targets in graph().items()
+                    if name.startswith("imaginet_shards.") for target in targets
+                    if target.startswith("imaginet_shards.") and layer(target) > layer(name))
+    assert upward == []
 
 
 def test_no_import_cycles():

@@ -15,8 +15,11 @@ pytest.importorskip("nvidia.dali")
 
 from helpers.shardsets import build_shards, labels_from_images, pack_arrays, rewrite_shard  # noqa: E402
 from imaginet_shards.augment.spec import Blur, Compress, Crop, Flip, Noise, OneOf, PadTo, Preset, Rot90  # noqa: E402
-from imaginet_shards.format.manifest import load_manifest  # noqa: E402
-from imaginet_shards.io.shardset import ShardIndex, open_shard_set  # noqa: E402
+from imaginet_shards.io.shardset import (  # noqa: E402
+    ShardIndex,
+    load_manifest,  # noqa: E402
+    open_shard_set,
+)
 from imaginet_shards.loaders import LoaderConfig, make_loader  # noqa: E402
 from imaginet_shards.loaders.dali import DaliLoader, segment_index  # noqa: E402
 from imaginet_shards.loaders.world import EpochSpec, batches_per_rank, rank_batch_sizes  # noqa: E402

@@ -12,8 +12,7 @@ import torch
 from PIL import Image
 
 from helpers.shardsets import build_shards, labels_from_images, rewrite_shard
-from imaginet_shards.format.manifest import load_manifest
-from imaginet_shards.io.shardset import ShardIndex
+from imaginet_shards.io.shardset import ShardIndex, load_manifest
 from imaginet_shards.loaders import make_loader
 
 SHARD = "imaginet-000001.tar"  # samples 000000008..000000015

@@ -13,8 +13,8 @@ import pytest
 
 from helpers.trees import make_dataset
 from imaginet_shards.format.annotations import LABEL_COLUMNS
-from imaginet_shards.format.manifest import load_manifest
 from imaginet_shards.format.tar import parse_index
+from imaginet_shards.io.shardset import load_manifest
 from imaginet_shards.ops.pack import PackError, PackOptions, pack, split_shards, stratified_order
 
 

@@ -3,8 +3,8 @@ import time
 import pytest
 
 from helpers.servers import Faults, free_port, http_server, moto_server
-from imaginet_shards.format.manifest import load_manifest
 from imaginet_shards.io import storage
+from imaginet_shards.io.shardset import load_manifest
 from imaginet_shards.ops.pack import PackError, PackOptions, pack
 from imaginet_shards.ops.stats import inspect
 from imaginet_shards.ops.verify import verify

@@ -21,7 +21,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from imaginet_shards.bench.resources import tree_cpu_seconds
-from imaginet_shards.format.tar import IMAGE_EXTENSIONS
+from imaginet_shards.format.images import IMAGE_MEMBERS
 from imaginet_shards.io.shardset import load_index, open_shard_set, read_samples
 
 DECODE_BATCH = 4  # small, so that workers share a few dozen images evenly
@@ -69,7 +69,7 @@ def read_images(shards: str, per_format: int) -> dict[str, list[bytes]]:
     """Image bytes of the shard set by format (extension): the first `per_format` of each in
     shard order."""
     shard_set = open_shard_set(shards)
-    found: dict[str, list[bytes]] = {ext: [] for ext in IMAGE_EXTENSIONS}
+    found: dict[str, list[bytes]] = {ext: [] for ext in IMAGE_MEMBERS}
     for entry in shard_set.manifest.shards:
         for record in read_samples(shard_set, load_index(shard_set, entry), 0, entry.samples):
             if record.error:
@@ -82,7 +82,7 @@ def read_images(shards: str, per_format: int) -> dict[str, list[bytes]]:
 def format_counts(shards: str) -> dict[str, int]:
     """Images per format (extension) in the shard set, from the indexes alone."""
     shard_set = open_shard_set(shards)
-    counts = dict.fromkeys(IMAGE_EXTENSIONS, 0)
+    counts = dict.fromkeys(IMAGE_MEMBERS, 0)
     for entry in shard_set.manifest.shards:
         for sample in load_index(shard_set, entry).samples:
             for member in sample:

@@ -12,6 +12,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
+from imaginet_shards.format.images import SOURCE_SUFFIXES
+
 LABEL_COLUMNS: tuple[str, ...] = ("origin", "content", "family", "generator")
 
 VOCABULARIES: dict[str, tuple[str, ...]] = {
@@ -34,7 +36,6 @@ TRACKS: dict[str, str] = {
     "all": "the 4-vector (origin, content, family, generator), all rows",
 }
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpeg", ".jpg", ".png", ".webp"})
 
 
 class AnnotationError(ValueError):
@@ -55,7 +56,7 @@ def schema() -> dict:
         "vocabularies": {k: dict(enumerate(v)) for k, v in VOCABULARIES.items()},
         "generator_family": list(GENERATOR_FAMILY),
         "tracks": TRACKS,
-        "image_extensions": sorted(IMAGE_EXTENSIONS),
+        "image_extensions": sorted(SOURCE_SUFFIXES),
     }
 
 

@@ -18,7 +18,6 @@ INDEX_VERSION = "v1.2"
 MTIME = 946684800  # 2000-01-01T00:00:00Z: fixed so that shards are byte-reproducible
 MAX_MEMBER_BYTES = 1 << 31
 
-IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "png", "webp")
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,11 @@ from typing import BinaryIO
 import numpy as np
 from webdataset.tariterators import tar_file_iterator
 
-from imaginet_shards.format.images import MAX_FILE_BYTES
-from imaginet_shards.format.manifest import Manifest, ShardEntry, load_manifest, shard_set_root
+from imaginet_shards.format.images import IMAGE_MEMBERS, MAX_FILE_BYTES
+from imaginet_shards.format.manifest import MANIFEST_NAME, Manifest, ShardEntry
+from imaginet_shards.format.members import MAX_META_BYTES, decode_labels
 from imaginet_shards.format.tar import (
     BLOCK,
-    IMAGE_EXTENSIONS,
     IndexEntry,
     padding,
     parse_index,
@@ -27,7 +27,22 @@ from imaginet_shards.format.tar import (
 )
 from imaginet_shards.io import storage
 from imaginet_shards.io.cache import DEFAULT_CACHE_BYTES, shared_cache
-from imaginet_shards.ops.verify import MAX_META_BYTES
+
+
+def load_manifest(dest: str) -> Manifest:
+    """Read DEST/manifest.json (DEST a directory or URL, or the manifest's own path)."""
+    dest = str(dest)
+    location = dest if dest.endswith(".json") else storage.join(dest, MANIFEST_NAME)
+    if not storage.exists(location):
+        raise FileNotFoundError(f"{location}: no manifest.json; not a complete imaginet shard set "
+                                f"(packing unfinished, or the wrong directory)")
+    return Manifest.from_json(storage.read_bytes(location).decode("utf-8"), source=location)
+
+
+def shard_set_root(dest: str) -> str:
+    """The directory or URL prefix holding a shard set, given it or its manifest path."""
+    dest = str(dest).rstrip("/")
+    return dest.rsplit("/", 1)[0] if dest.endswith(".json") else dest
 
 
 @dataclass(frozen=True)
@@ -103,7 +118,7 @@ class ShardIndex:
                              f"says {entry.samples} for {entry.name}")
         self.oversized = frozenset(
             e.name for sample in self.samples for e in sample
-            if e.size > (MAX_FILE_BYTES if e.ext in IMAGE_EXTENSIONS else MAX_META_BYTES))
+            if e.size > (MAX_FILE_BYTES if e.ext in IMAGE_MEMBERS else MAX_META_BYTES))
 
     def key(self, i: int) -> str:
         return split_member_name(self.samples[i][0].name)[0]
@@ -181,13 +196,13 @@ def _record(shard: str, index: ShardIndex, i: int, members: Iterator[dict]) -> R
     too_big = [f"{e.name} ({e.size} bytes)" for e in expected if e.name in index.oversized]
     if too_big:
         return Record(shard, key, error=f"member above the size limit: {', '.join(too_big)}")
-    images = [ext for ext in found if ext in IMAGE_EXTENSIONS]
+    images = [ext for ext in found if ext in IMAGE_MEMBERS]
     if len(images) != 1:
         return Record(shard, key, error=f"expected one image member, found {len(images)}")
     if "labels" not in found:
         return Record(shard, key, error="missing .labels member")
-    labels = np.frombuffer(found["labels"], dtype="<i4")
-    if labels.shape != (4,):
-        return Record(shard, key, error=f".labels holds {len(found['labels'])} bytes, expected 16")
-    return Record(shard, key, found[images[0]], images[0], labels.astype(np.int64),
-                  found.get("json", b""))
+    try:
+        labels = decode_labels(found["labels"])
+    except ValueError as exc:
+        return Record(shard, key, error=str(exc))
+    return Record(shard, key, found[images[0]], images[0], labels, found.get("json", b""))

@@ -64,7 +64,7 @@ from nvidia.dali.backend import TensorListCPU
 from nvidia.dali.pipeline import Pipeline
 
 from imaginet_shards.augment.dali import build_graph, outputs
-from imaginet_shards.format.tar import IMAGE_EXTENSIONS as IMAGE_EXTENSIONS_TUPLE
+from imaginet_shards.format.images import IMAGE_MEMBERS
 from imaginet_shards.format.tar import INDEX_VERSION, format_index_line
 from imaginet_shards.io import storage
 from imaginet_shards.io.shardset import ShardIndex, ShardSet, load_index, open_shard_set
@@ -75,7 +75,7 @@ from imaginet_shards.loaders.world import EpochSpec, WorkerPlan, derive_seed, wo
 log = logging.getLogger(__name__)
 
 PREFETCH = 2  # batches DALI prepares ahead
-IMAGE_EXTENSIONS = ";".join(IMAGE_EXTENSIONS_TUPLE)
+IMAGE_EXTENSIONS = ";".join(IMAGE_MEMBERS)  # the reader's "any of these" component
 
 
 class DaliBatch(NamedTuple):

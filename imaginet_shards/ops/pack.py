@@ -20,18 +20,17 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from imaginet_shards import __version__
 from imaginet_shards.format.annotations import LABEL_COLUMNS, read_annotations, resolve_inside
 from imaginet_shards.format.images import ImageCheckError, ImageInfo, check_image
 from imaginet_shards.format.manifest import (
-    FORMAT_VERSION,
     MANIFEST_NAME,
     Manifest,
     ShardEntry,
     Skipped,
+    build_manifest,
     label_histogram,
-    merge_histograms,
 )
+from imaginet_shards.format.members import encode_members
 from imaginet_shards.format.tar import ShardWriter
 from imaginet_shards.io import storage
 
@@ -171,19 +170,11 @@ def plan_shards(frame: pd.DataFrame, options: PackOptions) -> list[ShardPlan]:
 
 def sample_members(key: str, data: bytes, info: ImageInfo, sample: PlannedSample,
                    extra_meta: dict | None = None) -> list[tuple[str, bytes]]:
-    """The tar members of one sample, in order: image, .cls, .labels, .json (with `extra_meta`
-    merged into the .json, e.g. what `perturb` applied)."""
-    meta = {"key": key, "path": sample.path, "line": sample.line,
-            "labels": dict(zip(LABEL_COLUMNS, sample.labels)),
-            "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
-            "width": info.width, "height": info.height, "format": info.format,
+    """The tar members of one sample (`format.members`), with `extra_meta` merged into the .json
+    (e.g. what `perturb` applied)."""
+    meta = {"path": sample.path, "line": sample.line, "width": info.width, "height": info.height,
             **(extra_meta or {})}
-    return [
-        (info.extension, data),
-        ("cls", str(sample.labels[0]).encode()),
-        ("labels", np.asarray(sample.labels, dtype="<i4").tobytes()),
-        ("json", json.dumps(meta, sort_keys=True).encode()),
-    ]
+    return encode_members(key, data, info.format, sample.labels, meta)
 
 
 def write_shard(plan: ShardPlan, root: str, out: str, on_error: str) -> dict:
@@ -347,13 +338,7 @@ def pack(options: PackOptions) -> Manifest:
 
     entries = [ShardEntry(**records[p.index]["entry"]) for p in plans]
     skipped += [Skipped(**s) for p in plans for s in records[p.index]["skipped"]]
-    manifest = Manifest(
-        format_version=FORMAT_VERSION, tool_version=__version__, annotations=annotations,
-        options=options.recorded(), shards=tuple(entries),
-        totals={"shards": len(entries), "samples": sum(e.samples for e in entries),
-                "bytes": sum(e.bytes for e in entries), "skipped": len(skipped),
-                "histogram": merge_histograms(e.histogram for e in entries)},
-        skipped=tuple(skipped), plan_sha256=plan_sha)
+    manifest = build_manifest(annotations, options.recorded(), entries, skipped, plan_sha)
     storage.write_bytes(storage.join(out, MANIFEST_NAME), manifest.to_json().encode())
     _clear_state(out)
     return manifest

@@ -23,18 +23,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from imaginet_shards import __version__
 from imaginet_shards.augment.cpu import apply_ops, decode_for, encode
 from imaginet_shards.augment.decisions import CompressOp, Op, ops_to_json
 from imaginet_shards.augment.spec import Preset, get_preset
 from imaginet_shards.format.images import ImageInfo
 from imaginet_shards.format.manifest import (
-    FORMAT_VERSION,
     MANIFEST_NAME,
     Manifest,
     ShardEntry,
+    build_manifest,
     label_histogram,
-    merge_histograms,
 )
 from imaginet_shards.format.tar import ShardWriter
 from imaginet_shards.io import storage
@@ -149,13 +147,8 @@ def perturb(options: PerturbOptions) -> Manifest:
     source = shards.manifest
     recipe = {"preset": preset.name, "seed": options.seed, "spec": repr(preset),
               "source_plan_sha256": source.plan_sha256}
-    manifest = Manifest(
-        format_version=FORMAT_VERSION, tool_version=__version__, annotations=source.annotations,
-        options={**source.options, "perturb": recipe}, shards=tuple(entries),
-        totals={"shards": len(entries), "samples": sum(e.samples for e in entries),
-                "bytes": sum(e.bytes for e in entries), "skipped": len(source.skipped),
-                "histogram": merge_histograms(e.histogram for e in entries)},
-        skipped=source.skipped,
-        plan_sha256=hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest())
+    manifest = build_manifest(
+        source.annotations, {**source.options, "perturb": recipe}, entries, source.skipped,
+        hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest())
     storage.write_bytes(out / MANIFEST_NAME, manifest.to_json().encode())
     return manifest

@@ -16,9 +16,10 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from imaginet_shards.format.annotations import LABEL_COLUMNS, VOCABULARIES
-from imaginet_shards.format.manifest import Manifest, ShardEntry, load_manifest, shard_set_root
+from imaginet_shards.format.manifest import Manifest, ShardEntry
 from imaginet_shards.format.tar import parse_index
 from imaginet_shards.io import storage
+from imaginet_shards.io.shardset import load_manifest, shard_set_root
 
 BIAS_AUC_MARGIN = 0.1  # |AUC - 0.5| above this is flagged
 

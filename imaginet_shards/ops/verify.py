@@ -16,22 +16,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
 
-import numpy as np
 from tqdm import tqdm
 
 from imaginet_shards.format.annotations import LABEL_COLUMNS
-from imaginet_shards.format.images import ImageCheckError, check_image
+from imaginet_shards.format.images import IMAGE_MEMBERS, ImageCheckError, check_image
 from imaginet_shards.format.manifest import (
     Manifest,
     ShardEntry,
     label_histogram,
-    load_manifest,
-    shard_set_root,
 )
-from imaginet_shards.format.tar import IMAGE_EXTENSIONS, IndexEntry, parse_index, split_member_name
+from imaginet_shards.format.members import MAX_META_BYTES, decode_labels, member_order_problem
+from imaginet_shards.format.tar import IndexEntry, parse_index, split_member_name
 from imaginet_shards.io import storage
-
-MAX_META_BYTES = 1 << 20
+from imaginet_shards.io.shardset import load_manifest, shard_set_root
 
 
 @dataclass(frozen=True)
@@ -99,7 +96,7 @@ def _samples(archive: tarfile.TarFile, problems: list, shard: str
             problems.append(Problem(shard, "", f"member {info.name!r} is not a regular file"))
             continue
         member_key, ext = split_member_name(info.name)
-        limit = None if ext in IMAGE_EXTENSIONS else MAX_META_BYTES
+        limit = None if ext in IMAGE_MEMBERS else MAX_META_BYTES
         if limit is not None and info.size > limit:
             problems.append(Problem(shard, member_key, f"{info.name} is {info.size} bytes, too large"))
             continue
@@ -121,13 +118,14 @@ def _payload(archive: tarfile.TarFile, info: tarfile.TarInfo) -> bytes:
 def _check_sample(shard: str, key: str, members: list, decode: bool) -> tuple[list[Problem], tuple | None]:
     problems = []
     exts = [m[0] for m in members]
-    if len(exts) != 4 or exts[0] not in IMAGE_EXTENSIONS or exts[1:] != ["cls", "labels", "json"]:
-        return [Problem(shard, key, f"incomplete or misordered sample: members {exts}, expected "
-                                    f"[jpg|png|webp, cls, labels, json]")], None
+    order = member_order_problem(exts)
+    if order is not None:
+        return [Problem(shard, key, order)], None
     image, cls, labels_raw, meta_raw = (m[1] for m in members)
-    if len(labels_raw) != 16:
-        return [Problem(shard, key, f".labels has {len(labels_raw)} bytes, expected 16")], None
-    labels = tuple(int(v) for v in np.frombuffer(labels_raw, dtype="<i4"))
+    try:
+        labels = tuple(int(v) for v in decode_labels(labels_raw))
+    except ValueError as exc:
+        return [Problem(shard, key, str(exc))], None
     try:
         meta = json.loads(meta_raw)
         meta_labels = tuple(int(meta["labels"][c]) for c in LABEL_COLUMNS)
