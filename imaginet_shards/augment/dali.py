@@ -1,4 +1,4 @@
-"""The perturbation spec (augment.py) interpreted as a DALI graph, step by step.
+"""The perturbation spec (`augment.spec`) interpreted as a DALI graph, step by step.
 
 `build_graph` turns encoded images into normalised CHW float images inside a DALI pipeline defined
 with `enable_conditionals=True`. Geometry is lazy: `PadTo`, `Crop` and the crop of `SquareResize`
@@ -103,10 +103,10 @@ def _pair(a: DataNode, b: DataNode) -> DataNode:
 class _Builder:
     """Interprets steps for one pipeline; `decisions` collects per-sample draws of top-level steps."""
 
-    def __init__(self, decode_device: str, threads: int):
+    def __init__(self, decode_device: str, windows: WindowDecoder | None):
         # on the CPU, PNG and WebP windows skip DALI's whole-image decoding (windows.py); with
         # "mixed", nvImageCodec decodes them on the CPU too, but that route is untested: off
-        self.windows = WindowDecoder(threads) if decode_device == "cpu" else None
+        self.windows = windows if decode_device == "cpu" else None
         self.decoder = {"device": decode_device, "adjust_orientation": False,
                         "output_type": types.RGB}
         if decode_device == "mixed":  # nvJPEG with libjpeg-turbo's chroma upsampling
@@ -294,9 +294,10 @@ class _Builder:
         return image
 
 
-def build_graph(encoded: DataNode, preset: Preset, decode_device: str = "cpu", threads: int = 1
-                ) -> tuple[DataNode, dict[str, DataNode]]:
+def build_graph(encoded: DataNode, preset: Preset, decode_device: str = "cpu",
+                windows: WindowDecoder | None = None) -> tuple[DataNode, dict[str, DataNode]]:
     """(images float32 CHW normalised, per-sample decisions of the top-level steps) for `preset`.
+    On the CPU, `windows` (owned by the caller, which closes it) decodes PNG and WebP crops.
 
     Call inside a pipeline defined with `enable_conditionals=True`. As in `decisions.draw_params`,
     a Crop needs an image at least its size (a PadTo first); here a smaller one would give a batch
@@ -307,7 +308,7 @@ def build_graph(encoded: DataNode, preset: Preset, decode_device: str = "cpu", t
     """
     if decode_device not in ("cpu", "mixed"):
         raise ValueError(f"decode_device must be 'cpu' or 'mixed', got {decode_device!r}")
-    builder = _Builder(decode_device, threads)
+    builder = _Builder(decode_device, windows)
     image = builder.pixels(builder.run(preset.steps, builder.encoded_view(encoded), record=True))
     mean = [255.0 * m for m in preset.mean] if preset.normalize else [0.0, 0.0, 0.0]
     std = [255.0 * s for s in preset.std] if preset.normalize else [255.0, 255.0, 255.0]

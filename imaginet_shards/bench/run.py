@@ -10,7 +10,7 @@ pipeline start) are part of the figure. Peak memory and CPU time sum this proces
 noisy. `repeats` windows of `batches` batches each are timed: images/s and MB/s are medians over
 the windows (each should span several batches per worker: workers deliver in bursts), CPU time
 and memory cover them all. `bench_matrix` runs a grid of these next to the tar-read and
-decode-only stages (`bench_stages`).
+decode-only stages (`bench.stages`).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The stages under a loader, timed alone: reading the tars (raw sample bytes
 through `shardset.read_samples`, nothing decoded) and decoding (full-frame, per image format, with
 each backend's decoder and parallelism: PIL in DataLoader workers for `files`, the CPU backend's
-`transforms_cpu.decode` in DataLoader workers for `cpu` (torchvision for JPEG, windows.py for PNG
+`augment.cpu.decode` in DataLoader workers for `cpu` (torchvision for JPEG, `codecs.windows` for PNG
 and WebP), `fn.decoders.image` on `threads` DALI threads for `dali`).
 
 Decode-only is the physical bound of a backend that decodes whole images; its full pipeline also

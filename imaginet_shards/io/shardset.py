@@ -8,6 +8,7 @@ so callers decide whether to raise or to skip without ever shifting labels.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -26,7 +27,9 @@ from imaginet_shards.format.tar import (
     split_member_name,
 )
 from imaginet_shards.io import storage
-from imaginet_shards.io.cache import DEFAULT_CACHE_BYTES, shared_cache
+from imaginet_shards.io.cache import DEFAULT_CACHE_BYTES, ShardCache
+
+log = logging.getLogger(__name__)
 
 
 def load_manifest(dest: str) -> Manifest:
@@ -48,12 +51,16 @@ def shard_set_root(dest: str) -> str:
 @dataclass(frozen=True)
 class ShardSet:
     """A complete shard set: where it lives, its manifest, and the local cache remote shards go
-    through (when `cache_dir` is set)."""
+    through (`cache`, for remote shard sets opened with a cache directory). `close()` stops the
+    cache's prefetching."""
 
     root: str
     manifest: Manifest
-    cache_dir: str | None = None
-    cache_bytes: int = DEFAULT_CACHE_BYTES
+    cache: ShardCache | None = None
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
 
     @property
     def counts(self) -> tuple[int, ...]:
@@ -63,7 +70,7 @@ class ShardSet:
     @property
     def cached(self) -> bool:
         """Remote shards are read from the local cache (downloaded whole on first use)."""
-        return self.cache_dir is not None and storage.is_remote(self.root)
+        return self.cache is not None
 
     def location(self, name: str) -> str:
         return storage.join(self.root, name)
@@ -71,14 +78,14 @@ class ShardSet:
     def local_path(self, name: str) -> str:
         """A path for readers that need one (DALI): the cached copy of a remote shard, or the shard
         itself."""
-        if self.cache_dir is not None and self.cached:
-            return str(shared_cache(self.cache_dir, self.cache_bytes).fetch(self.location(name)))
+        if self.cache is not None:
+            return str(self.cache.fetch(self.location(name)))
         return self.location(name)
 
     def prefetch(self, names: list[str]) -> None:
         """Start filling the cache with `names`, in order (no-op without a cache)."""
-        if self.cache_dir is not None and self.cached:
-            shared_cache(self.cache_dir, self.cache_bytes).prefetch([self.location(n) for n in names])
+        if self.cache is not None:
+            self.cache.prefetch([self.location(n) for n in names])
 
     def open(self, name: str) -> BinaryIO:
         """A seekable binary stream over one shard: the one place shard bytes are opened."""
@@ -89,9 +96,15 @@ class ShardSet:
 
 def open_shard_set(source: str, cache_dir: str | None = None,
                    cache_bytes: int = DEFAULT_CACHE_BYTES) -> ShardSet:
-    """A shard set from its directory, its manifest.json path, or a URL of either."""
+    """A shard set from its directory, its manifest.json path, or a URL of either; a remote one
+    reads through a local cache in `cache_dir` when given."""
     source = str(source)
-    return ShardSet(shard_set_root(source), load_manifest(source), cache_dir, cache_bytes)
+    root = shard_set_root(source)
+    cache = None
+    if cache_dir is not None and storage.is_remote(root):
+        cache = ShardCache(cache_dir, cache_bytes)
+        log.info("remote shards go through the local cache %s (at most %d bytes)", cache_dir, cache_bytes)
+    return ShardSet(root, load_manifest(source), cache)
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,7 @@ from nvidia.dali.backend import TensorListCPU
 from nvidia.dali.pipeline import Pipeline
 
 from imaginet_shards.augment.dali import build_graph, outputs
+from imaginet_shards.codecs.windows import WindowDecoder
 from imaginet_shards.format.images import IMAGE_MEMBERS
 from imaginet_shards.format.tar import INDEX_VERSION, format_index_line
 from imaginet_shards.io import storage
@@ -80,7 +81,7 @@ IMAGE_EXTENSIONS = ";".join(IMAGE_MEMBERS)  # the reader's "any of these" compon
 
 class DaliBatch(NamedTuple):
     """A batch with its sample keys and the per-sample decisions of the preset's top-level steps
-    (see `dali_graph.build_graph` for names and values)."""
+    (see `augment.dali.build_graph` for names and values)."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -118,10 +119,10 @@ def _pipeline_seed(config: LoaderConfig, epoch: int) -> int:
     return int(derive_seed("dali", config.seed, epoch, config.rank).generate_state(1)[0])
 
 
-def build_pipeline(files: EpochFiles, config: LoaderConfig, epoch: int, depth: int = 2
-                   ) -> tuple[Pipeline, tuple[str, ...]]:
+def build_pipeline(files: EpochFiles, config: LoaderConfig, epoch: int, depth: int = 2,
+                   windows: WindowDecoder | None = None) -> tuple[Pipeline, tuple[str, ...]]:
     """The epoch's pipeline (outputs: images, labels, source info, decisions; `depth` batches
-    prefetched) and the decision names."""
+    prefetched) and the decision names; `windows` decodes PNG/WebP crops on the CPU."""
     device_id, decode_device = device_ids(config.device)
     shuffle = config.shuffle and config.shuffle_buffer > 1
     names: list[str] = []
@@ -134,8 +135,7 @@ def build_pipeline(files: EpochFiles, config: LoaderConfig, epoch: int, depth: i
             dtypes=[types.UINT8, types.INT32], missing_component_behavior="error",
             random_shuffle=shuffle, initial_fill=max(config.shuffle_buffer, 1),
             pad_last_batch=True), 2)
-        images, decisions = build_graph(encoded, config.preset, decode_device,
-                                          threads=max(config.workers, 1))
+        images, decisions = build_graph(encoded, config.preset, decode_device, windows)
         names.extend(decisions)
         return (images, labels, fn.get_property(encoded, key="source_info"), *decisions.values())
 
@@ -202,6 +202,12 @@ class DaliLoader(EpochLoader):
         device_ids(config.device)
         super().__init__(shards, config)
         self._indexes: dict[int, ShardIndex] = {}
+        # one window decoder (and thread pool) for the loader's life, not one per epoch's pipeline
+        self._windows = WindowDecoder(max(config.workers, 1))
+
+    def close(self) -> None:
+        self._windows.close()
+        super().close()
 
     def plan(self) -> WorkerPlan:
         """This rank's samples and batch sizes for the current epoch (one DALI "worker")."""
@@ -240,7 +246,8 @@ class DaliLoader(EpochLoader):
         runs = -(-plan.samples // self.config.batch_size)
         done = 0
         try:
-            pipe, names = build_pipeline(files, self.config, epoch, depth=min(PREFETCH, runs))
+            pipe, names = build_pipeline(files, self.config, epoch, depth=min(PREFETCH, runs),
+                                         windows=self._windows)
             scheduled = 0
             while done < runs:
                 if scheduled < runs:
