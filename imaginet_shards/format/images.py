@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from imaginet_shards.errors import ImageError
+
 MAX_PIXELS = 128 * 1024 * 1024  # larger images are refused (decompression bombs)
 MAX_FILE_BYTES = 256 * 1024 * 1024
 
@@ -18,7 +20,7 @@ _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 EXTENSION = {"jpeg": "jpg", "png": "png", "webp": "webp"}
 
 
-class ImageCheckError(ValueError):
+class ImageCheckError(ImageError):
     """The bytes are not a usable JPEG/PNG/WebP image; the message says why."""
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from imaginet_shards.errors import MissingShardSetError, ShardSetError
 from imaginet_shards.format.annotations import LABEL_COLUMNS
 
 FORMAT_VERSION = 1
@@ -73,7 +74,7 @@ class Manifest:
                 plan_sha256=data.get("plan_sha256", ""),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{source}: not a valid imaginet manifest: {exc}") from exc
+            raise ShardSetError(source, f"not a valid imaginet manifest: {exc}") from exc
 
 
 def load_manifest(dest: str) -> Manifest:
@@ -83,9 +84,13 @@ def load_manifest(dest: str) -> Manifest:
     dest = str(dest)
     location = dest if dest.endswith(".json") else storage.join(dest, MANIFEST_NAME)
     if not storage.exists(location):
-        raise FileNotFoundError(f"{location}: no manifest.json; not a complete imaginet shard set "
-                                f"(packing unfinished, or the wrong directory)")
-    return Manifest.from_json(storage.read_bytes(location).decode("utf-8"), source=location)
+        raise MissingShardSetError(location, "no manifest.json; not a complete imaginet shard set",
+                                   hint="packing unfinished, or the wrong directory")
+    try:
+        text = storage.read_bytes(location).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ShardSetError(location, f"not a valid imaginet manifest: {exc}") from None
+    return Manifest.from_json(text, source=location)
 
 
 def shard_set_root(dest: str) -> str:

@@ -15,6 +15,7 @@ from typing import BinaryIO
 import numpy as np
 from webdataset.tariterators import tar_file_iterator
 
+from imaginet_shards.errors import ShardSetError
 from imaginet_shards.format.images import MAX_FILE_BYTES
 from imaginet_shards.format.manifest import Manifest, ShardEntry, load_manifest, shard_set_root
 from imaginet_shards.format.tar import (
@@ -99,8 +100,8 @@ class ShardIndex:
         self.entry = entry
         self.samples: list[list[IndexEntry]] = parse_index(text, entry.index)
         if len(self.samples) != entry.samples:
-            raise ValueError(f"{entry.index}: lists {len(self.samples)} samples, the manifest "
-                             f"says {entry.samples} for {entry.name}")
+            raise ShardSetError(entry.index, f"lists {len(self.samples)} samples, the manifest says "
+                                             f"{entry.samples} for {entry.name}")
         self.oversized = frozenset(
             e.name for sample in self.samples for e in sample
             if e.size > (MAX_FILE_BYTES if e.ext in IMAGE_EXTENSIONS else MAX_META_BYTES))
@@ -121,7 +122,11 @@ class ShardIndex:
 def load_index(shards: ShardSet, entry: ShardEntry) -> ShardIndex:
     """The parsed `.idx` of one shard (through the cache, like the shard, when there is one)."""
     with shards.open(entry.index) as stream:
-        return ShardIndex(entry, stream.read().decode("ascii"))
+        data = stream.read()
+    try:
+        return ShardIndex(entry, data.decode("ascii"))
+    except UnicodeDecodeError as exc:
+        raise ShardSetError(entry.index, f"not an ASCII index file: {exc}") from None
 
 
 class _Window:

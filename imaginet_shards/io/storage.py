@@ -20,12 +20,10 @@ from functools import cache
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
+from imaginet_shards.errors import StorageError
+
 REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "http://", "https://")
 T = TypeVar("T")
-
-
-class StorageError(OSError):
-    """A remote operation failed for good (after retries, or with a non-transient error)."""
 
 
 @dataclass(frozen=True)
@@ -94,10 +92,10 @@ def retry(operation: Callable[[], T], what: str, policy: RetryPolicy = POLICY) -
             if not is_transient(exc):
                 if isinstance(exc, (FileNotFoundError, PermissionError)):
                     raise
-                raise StorageError(f"{what}: {type(exc).__name__}: {exc}") from exc
+                raise StorageError(what, f"{type(exc).__name__}: {exc}") from exc
             if attempt == policy.attempts - 1:
-                raise StorageError(f"{what}: still failing after {policy.attempts} attempts: "
-                                   f"{type(exc).__name__}: {exc}") from exc
+                raise StorageError(what, f"still failing after {policy.attempts} attempts: "
+                                         f"{type(exc).__name__}: {exc}") from exc
             time.sleep(policy.delay(attempt))
     raise AssertionError("unreachable")
 
