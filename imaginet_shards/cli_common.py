@@ -26,15 +26,16 @@ from typing import Any, NoReturn
 
 from imaginet_shards.errors import ImaginetError
 
-__all__ = ["EXIT_ERROR", "EXIT_HELP", "EXIT_OK", "EXIT_PROBLEMS", "add_logging_arguments", "configure_logging",
-           "run_command", "run_tool", "user_error_message", "write_json"]
+__all__ = ["EXIT_ERROR", "EXIT_HELP", "EXIT_OK", "EXIT_PROBLEMS", "QUIET_HELP", "VERBOSE_HELP",
+           "add_logging_arguments", "configure_logging", "run_command", "run_tool",
+           "user_error_message", "write_json"]
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_ERROR = 0, 1, 2
 # NotImplementedError: an option combination a backend does not support (DALI with on_error="skip")
 USER_ERRORS = (ImaginetError, ValueError, OSError, NotImplementedError)
 PACKAGES = ("imaginet_shards", "imaginet_train")
 VERBOSE_HELP = "More log messages on stderr (-v: INFO from imaginet; -vv: DEBUG from every library)."
-QUIET_HELP = "Show errors only."
+QUIET_HELP = "Show error log messages only."
 EXIT_HELP = "Exit status: 0 all well, 1 problems found (a check failed), 2 could not run."
 
 log = logging.getLogger(__name__)
