@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("imaginet_shards", "imaginet_train")
 # imaginet_shards' subpackages, lowest first: a module may import its own layer and those below.
 LAYERS = (
-    ("env", "errors", "format"),
+    ("env", "errors", "cli_common", "format"),
     ("io", "codecs"),
     ("augment",),
     ("loaders",),

@@ -21,6 +21,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from imaginet_shards.bench.resources import tree_cpu_seconds
+from imaginet_shards.errors import SampleError
 from imaginet_shards.format.images import IMAGE_MEMBERS
 from imaginet_shards.io.shardset import load_index, open_shard_set, read_samples
 
@@ -73,7 +74,7 @@ def read_images(shards: str, per_format: int) -> dict[str, list[bytes]]:
     for entry in shard_set.manifest.shards:
         for record in read_samples(shard_set, load_index(shard_set, entry), 0, entry.samples):
             if record.error:
-                raise ValueError(f"{record.shard} {record.key}: {record.error}")
+                raise SampleError(record.shard, record.key, record.error)
             if len(found[record.image_ext]) < per_format:
                 found[record.image_ext].append(record.image)
     return {ext: blobs for ext, blobs in found.items() if blobs}
@@ -101,7 +102,7 @@ def tar_read(shards: str, repeats: int = 3) -> StageResult:
         for entry, index in zip(manifest.shards, indexes):
             for record in read_samples(shard_set, index, 0, entry.samples):
                 if record.error:
-                    raise ValueError(f"{record.shard} {record.key}: {record.error}")
+                    raise SampleError(record.shard, record.key, record.error)
 
     return _timed(run_pass, "tar_read", "-", "all", 1, manifest.samples,
                   sum(s.bytes for s in manifest.shards), repeats)

@@ -20,12 +20,13 @@ import numba
 import numpy as np
 from zlib_ng import zlib_ng
 
+from imaginet_shards.errors import ImageError
 from imaginet_shards.format.images import MAX_PIXELS, PNG_SIGNATURE, check_window
 
 _CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # colour type -> samples per pixel (8-bit only)
 
 
-class PngError(ValueError):
+class PngError(ImageError):
     """The bytes are not a well-formed PNG (bad chunk, CRC, filter or zlib data)."""
 
 

@@ -12,6 +12,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
+from imaginet_shards.errors import AnnotationError
 from imaginet_shards.format.images import SOURCE_SUFFIXES
 
 LABEL_COLUMNS: tuple[str, ...] = ("origin", "content", "family", "generator")
@@ -36,17 +37,6 @@ TRACKS: dict[str, str] = {
     "all": "the 4-vector (origin, content, family, generator), all rows",
 }
 
-
-
-class AnnotationError(ValueError):
-    """An annotation file failed validation; `problems` lists every (line, message) found."""
-
-    def __init__(self, path: str, problems: list[tuple[int, str]]):
-        self.path = path
-        self.problems = problems
-        shown = "\n".join(f"  {path}:{line}: {msg}" for line, msg in problems[:20])
-        more = f"\n  … and {len(problems) - 20} more" if len(problems) > 20 else ""
-        super().__init__(f"{len(problems)} bad line(s) in {path}:\n{shown}{more}")
 
 
 def schema() -> dict:

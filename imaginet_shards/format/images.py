@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from imaginet_shards.errors import ImageError
+
 MAX_PIXELS = 128 * 1024 * 1024  # larger images are refused (decompression bombs)
 MAX_FILE_BYTES = 256 * 1024 * 1024
 
@@ -23,7 +25,7 @@ IMAGE_MEMBERS: tuple[str, ...] = tuple(FORMAT_MEMBER.values())
 SOURCE_SUFFIXES: frozenset[str] = frozenset({".jpeg", *(f".{ext}" for ext in IMAGE_MEMBERS)})
 
 
-class ImageCheckError(ValueError):
+class ImageCheckError(ImageError):
     """The bytes are not a usable JPEG/PNG/WebP image; the message says why."""
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from imaginet_shards.errors import ShardSetError
 from imaginet_shards.format.annotations import LABEL_COLUMNS
 
 FORMAT_VERSION = 1
@@ -73,7 +74,7 @@ class Manifest:
                 plan_sha256=data.get("plan_sha256", ""),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{source}: not a valid imaginet manifest: {exc}") from exc
+            raise ShardSetError(source, f"not a valid imaginet manifest: {exc}") from exc
 
 
 def build_manifest(annotations: dict[str, Any], options: dict[str, Any], entries: Iterable[ShardEntry],

@@ -16,6 +16,7 @@ from typing import BinaryIO
 import numpy as np
 from webdataset.tariterators import tar_file_iterator
 
+from imaginet_shards.errors import MissingShardSetError, ShardSetError
 from imaginet_shards.format.images import IMAGE_MEMBERS, MAX_FILE_BYTES
 from imaginet_shards.format.manifest import MANIFEST_NAME, Manifest, ShardEntry
 from imaginet_shards.format.members import MAX_META_BYTES, decode_labels
@@ -37,9 +38,13 @@ def load_manifest(dest: str) -> Manifest:
     dest = str(dest)
     location = dest if dest.endswith(".json") else storage.join(dest, MANIFEST_NAME)
     if not storage.exists(location):
-        raise FileNotFoundError(f"{location}: no manifest.json; not a complete imaginet shard set "
-                                f"(packing unfinished, or the wrong directory)")
-    return Manifest.from_json(storage.read_bytes(location).decode("utf-8"), source=location)
+        raise MissingShardSetError(location, "no manifest.json; not a complete imaginet shard set",
+                                   hint="packing unfinished, or the wrong directory")
+    try:
+        text = storage.read_bytes(location).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ShardSetError(location, f"not a valid imaginet manifest: {exc}") from None
+    return Manifest.from_json(text, source=location)
 
 
 def shard_set_root(dest: str) -> str:
@@ -127,8 +132,8 @@ class ShardIndex:
         self.entry = entry
         self.samples: list[list[IndexEntry]] = parse_index(text, entry.index)
         if len(self.samples) != entry.samples:
-            raise ValueError(f"{entry.index}: lists {len(self.samples)} samples, the manifest "
-                             f"says {entry.samples} for {entry.name}")
+            raise ShardSetError(entry.index, f"lists {len(self.samples)} samples, the manifest says "
+                                             f"{entry.samples} for {entry.name}")
         self.oversized = frozenset(
             e.name for sample in self.samples for e in sample
             if e.size > (MAX_FILE_BYTES if e.ext in IMAGE_MEMBERS else MAX_META_BYTES))
@@ -149,7 +154,11 @@ class ShardIndex:
 def load_index(shards: ShardSet, entry: ShardEntry) -> ShardIndex:
     """The parsed `.idx` of one shard (through the cache, like the shard, when there is one)."""
     with shards.open(entry.index) as stream:
-        return ShardIndex(entry, stream.read().decode("ascii"))
+        data = stream.read()
+    try:
+        return ShardIndex(entry, data.decode("ascii"))
+    except UnicodeDecodeError as exc:
+        raise ShardSetError(entry.index, f"not an ASCII index file: {exc}") from None
 
 
 class _Window:

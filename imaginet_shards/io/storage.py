@@ -4,8 +4,9 @@ Every read and write of a shard set goes through this module, so the rest of the
 whether a location is a directory or a bucket. Remote operations are retried with exponential backoff
 on transient errors (5xx, timeouts, connection resets, cut connections); after the last attempt a
 StorageError names the URL. Credentials and endpoints come from the standard places: the `AWS_*`
-variables (`AWS_ENDPOINT_URL` for S3-compatible stores, which DALI reads too), `~/.aws`, or
-`set_endpoint_url` (the CLI's `--endpoint-url`).
+variables (`AWS_ENDPOINT_URL` for S3-compatible stores, which DALI reads too; the CLI's
+`--endpoint-url` sets it for its own process) or `~/.aws`; this module reads the environment at
+each call and never writes it.
 """
 from __future__ import annotations
 
@@ -20,12 +21,10 @@ from functools import cache
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
+from imaginet_shards.errors import StorageError
+
 REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "http://", "https://")
 T = TypeVar("T")
-
-
-class StorageError(OSError):
-    """A remote operation failed for good (after retries, or with a non-transient error)."""
 
 
 @dataclass(frozen=True)
@@ -70,13 +69,6 @@ def join(base: str | os.PathLike, name: str) -> str:
     return str(Path(base) / name)
 
 
-def set_endpoint_url(url: str | None) -> None:
-    """Use an S3-compatible endpoint (MinIO, Ceph, a local test server) for s3:// URLs.
-    Set in the environment so that worker processes and DALI see it too."""
-    if url:
-        os.environ["AWS_ENDPOINT_URL"] = url
-
-
 def is_transient(exc: BaseException) -> bool:
     """Worth retrying: timeouts, resets, cut connections and 5xx answers; not 4xx or missing files."""
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
@@ -111,10 +103,10 @@ def retry(operation: Callable[[], T], what: str, policy: RetryPolicy | None = No
             if not is_transient(exc):
                 if isinstance(exc, (FileNotFoundError, PermissionError)):
                     raise
-                raise StorageError(f"{what}: {type(exc).__name__}: {exc}") from exc
+                raise StorageError(what, f"{type(exc).__name__}: {exc}") from exc
             if attempt == policy.attempts - 1:
-                raise StorageError(f"{what}: still failing after {policy.attempts} attempts: "
-                                   f"{type(exc).__name__}: {exc}") from exc
+                raise StorageError(what, f"still failing after {policy.attempts} attempts: "
+                                         f"{type(exc).__name__}: {exc}") from exc
             time.sleep(policy.delay(attempt))
     raise AssertionError("unreachable")
 

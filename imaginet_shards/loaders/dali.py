@@ -39,7 +39,7 @@ DALI substitutions and limitations
   the social test set with `imaginet-shards perturb` (CPU).
 - **Faults**: a truncated shard (checked against the index before DALI reads it: DALI would crash
   on a member cut by the end of the file), a missing `.labels` member and an image the decoders
-  reject raise ValueError naming the shard and the sample key. A corrupted JPEG or WebP payload
+  reject raise a SampleError (a ValueError) naming the shard and the sample key. A corrupted JPEG or WebP payload
   that libjpeg-turbo/libwebp still decode passes as garbage pixels (CPU decoders behave alike; the
   formats carry no checksum): `imaginet-shards verify` checks shard checksums. DALI has no
   decompression-bomb limit; the packer refuses such images. `on_error="skip"` is not available
@@ -65,6 +65,7 @@ from nvidia.dali.pipeline import Pipeline
 
 from imaginet_shards.augment.dali import build_graph, outputs
 from imaginet_shards.codecs.windows import WindowDecoder
+from imaginet_shards.errors import SampleError, ShardSetError
 from imaginet_shards.format.images import IMAGE_MEMBERS
 from imaginet_shards.format.tar import INDEX_VERSION, format_index_line
 from imaginet_shards.io import storage
@@ -242,7 +243,7 @@ class DaliLoader(EpochLoader):
              ) -> Generator[DaliBatch, None, None]:
         """The epoch's DALI batches, just enough for the plan's samples. Runs are scheduled by hand
         so that prefetching stops at the epoch's end (DALI's `run()` would decode up to a queue's
-        worth of the next epoch). DALI errors become ValueErrors naming the shard and sample."""
+        worth of the next epoch). DALI errors become SampleErrors naming the shard and sample."""
         runs = -(-plan.samples // self.config.batch_size)
         done = 0
         try:
@@ -264,18 +265,23 @@ class DaliLoader(EpochLoader):
         except RuntimeError as exc:
             raise self._failure(str(exc), files, plan, done) from exc
 
-    def _failure(self, message: str, files: EpochFiles, plan: WorkerPlan, done: int) -> ValueError:
-        """A ValueError naming the shard and sample of a DALI failure during run `done`."""
+    def _failure(self, message: str, files: EpochFiles, plan: WorkerPlan, done: int
+                 ) -> SampleError | ShardSetError:
+        """A SampleError naming the shard and sample of a DALI failure during run `done`, or a
+        ShardSetError when no sample can be blamed."""
         reason = dali_reason(message)
+        hint = "DALI backend; to skip unusable samples use backend='cpu' with on_error='skip'"
         where = describe_failure(message, files.segments)
-        if where:
-            text = f"{where}: {reason}"
-        else:  # search the samples DALI may have read so far
-            limit = (done + PREFETCH + 1) * self.config.batch_size + self.config.shuffle_buffer
-            found = find_unusable(self.shards, plan, self._indexes, limit)
-            text = f"{found} (DALI: {reason})" if found else f"{self.shards.root}: {reason}"
-        return ValueError(f"{text} [DALI backend; to skip unusable samples use backend='cpu' "
-                          f"with on_error='skip']")
+        if where is not None:
+            return SampleError(*where, reason, hint)
+        limit = (done + PREFETCH + 1) * self.config.batch_size + self.config.shuffle_buffer
+        found = find_unusable(self.shards, plan, self._indexes, limit)  # what DALI may have read
+        if found is not None:
+            shard, key, cause = found
+            return SampleError(shard, key, f"{cause} (DALI: {reason})", hint)
+        return ShardSetError(self.shards.root, f"DALI failed: {reason}",
+                             "no sample could be blamed; `imaginet-shards verify --decode` checks "
+                             "every sample")
 
     def _empty(self, device: torch.device) -> DaliBatch:
         size = self.config.preset.size

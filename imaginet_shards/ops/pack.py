@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from imaginet_shards.errors import ImaginetError, PackError
 from imaginet_shards.format.annotations import LABEL_COLUMNS, read_annotations, resolve_inside
 from imaginet_shards.format.images import ImageCheckError, ImageInfo, check_image
 from imaginet_shards.format.manifest import (
@@ -38,10 +39,7 @@ STATE_DIR = ".imaginet-pack"
 PLAN_MARKER = "plan"
 KEY_DIGITS = 9
 MEMBER_OVERHEAD = 2560  # tar headers, padding, .cls/.labels/.json members: for shard size planning
-
-
-class PackError(RuntimeError):
-    """Packing stopped on bad input (`on_error="raise"`) or on a destination it must not touch."""
+_SKIP_HINT = "on_error='skip' (--on-error skip) leaves such files out and lists them in the manifest"
 
 
 @dataclass(frozen=True)
@@ -143,7 +141,7 @@ def _locate(root: Path, frame: pd.DataFrame, on_error: str) -> tuple[pd.DataFram
         except (OSError, ValueError) as exc:
             reason = f"missing or unreadable: {exc}" if isinstance(exc, OSError) else str(exc)
             if on_error == "raise":
-                raise PackError(f"line {row.line}: {row.path}: {reason}") from None
+                raise PackError(f"line {row.line}: {row.path}", reason, _SKIP_HINT) from None
             skipped.append(Skipped(row.path, int(row.line), reason))
     return frame.assign(size=sizes)[sizes >= 0], skipped
 
@@ -195,7 +193,8 @@ def write_shard(plan: ShardPlan, root: str, out: str, on_error: str) -> dict:
                     info = check_image(data)
                 except (OSError, ImageCheckError) as exc:
                     if on_error == "raise":
-                        raise PackError(f"line {sample.line}: {sample.path}: {exc}") from None
+                        raise PackError(f"line {sample.line}: {sample.path}", str(exc),
+                                        _SKIP_HINT) from None
                     skipped.append(asdict(Skipped(sample.path, sample.line, str(exc))))
                     continue
                 writer.add_sample(sample.key, sample_members(sample.key, data, info, sample))
@@ -261,11 +260,11 @@ def _prepare_destination(out: str, options: PackOptions, plan_sha: str) -> Manif
         if existing.plan_sha256 == plan_sha:
             return existing
         if not options.overwrite:
-            raise PackError(f"{out} already holds a different shard set (manifest.json from other "
-                            f"inputs or options); pass --overwrite to replace it")
+            raise PackError(out, "already holds a different shard set (manifest.json from other "
+                                 "inputs or options)", "pass --overwrite to replace it")
     elif ours and not started and not options.overwrite:
-        raise PackError(f"{out} holds {len(ours)} shard files from an unknown pack (no manifest, no "
-                        f"{STATE_DIR}/); pass --overwrite to replace them")
+        raise PackError(out, f"holds {len(ours)} shard files from an unknown pack (no manifest, "
+                             f"no {STATE_DIR}/)", "pass --overwrite to replace them")
     if options.overwrite:
         storage.remove(manifest_path)
     if not storage.is_remote(out):
@@ -286,7 +285,7 @@ def pack(options: PackOptions) -> Manifest:
     or an s3://, gs:// URL prefix)."""
     root, out = Path(options.root), str(options.out)
     if not root.is_dir():
-        raise PackError(f"dataset root {root} is not a directory")
+        raise PackError(str(root), "the dataset root is not a directory")
     frame = read_annotations(options.annotations)
     duplicates = [Skipped(path, line, f"duplicate of line {first}")
                   for line, path, first in frame.attrs["duplicates"]]
@@ -331,7 +330,9 @@ def pack(options: PackOptions) -> Manifest:
                     for other in pending:
                         other.cancel()
                     bar.close()
-                    raise PackError(f"{plan.name}: {error}") from error
+                    if isinstance(error, ImaginetError):
+                        raise error
+                    raise PackError(plan.name, f"{type(error).__name__}: {error}") from error
                 records[plan.index] = future.result()
                 bar.update(sum(s.size for s in plan.samples))
     bar.close()

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from imaginet_shards.augment.cpu import apply_ops, decode_for, encode
 from imaginet_shards.augment.decisions import CompressOp, Op, ops_to_json
 from imaginet_shards.augment.spec import Preset, get_preset
+from imaginet_shards.errors import SampleError
 from imaginet_shards.format.images import ImageInfo
 from imaginet_shards.format.manifest import (
     MANIFEST_NAME,
@@ -84,15 +85,15 @@ def perturb_shard(shards: ShardSet, number: int, out: str, preset: Preset, seed:
             writer = ShardWriter(stream)
             for record in read_samples(shards, load_index(shards, entry), 0, entry.samples):
                 if record.error:
-                    raise ValueError(f"{entry.name}: sample {record.key}: {record.error}")
+                    raise SampleError(entry.name, record.key, record.error)
                 try:
                     data, fmt, ops = render(record.image, preset,
                                              sample_rng(seed, record.key, None))
                     source = json.loads(record.meta)
                 except ValueError as exc:
-                    raise ValueError(f"{entry.name}: sample {record.key}: {exc}") from None
+                    raise SampleError(entry.name, record.key, str(exc)) from None
                 if record.labels is None:  # read_samples sets labels on every usable record
-                    raise ValueError(f"{entry.name}: sample {record.key}: no labels")
+                    raise SampleError(entry.name, record.key, "no labels")
                 origin, content, family, generator = (int(v) for v in record.labels)
                 sample_labels = (origin, content, family, generator)
                 planned = PlannedSample(record.key, source.get("path", ""), int(source.get("line", 0)),

@@ -13,7 +13,7 @@ import json
 import tarfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import BinaryIO
 
 from tqdm import tqdm
@@ -53,6 +53,12 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def to_dict(self) -> dict:
+        """The report as JSON-able data (what `verify --json` writes)."""
+        return {"ok": self.ok, "shards_checked": self.shards_checked,
+                "samples_checked": self.samples_checked, "bytes_checked": self.bytes_checked,
+                "problems": [asdict(problem) for problem in self.problems]}
 
 
 class _HashingReader:
