@@ -140,16 +140,15 @@ def _parse_line(line: str, annotation_format: str) -> tuple[str, list[int]]:
         raise ValueError(f"non-integer label in {fields[1:]}") from None
     if annotation_format == "imaginet":
         problem = _check_labels(values)
-        labels = values
-    else:
-        generator = values[1] if len(values) > 1 else UNKNOWN
-        labels = [values[0], UNKNOWN, UNKNOWN, generator]
-        problem = (f"label {values[0]} is neither 0 (real) nor 1 (synthetic)" if values[0] not in (0, 1)
-                   else f"generator {generator} is negative" if len(values) > 1 and generator < 0
-                   else None)
-    if problem is not None:
-        raise ValueError(problem)
-    return path, labels
+        if problem is not None:
+            raise ValueError(problem)
+        return path, values
+    origin, *given = values
+    if origin not in (0, 1):
+        raise ValueError(f"label {origin} is neither 0 (real) nor 1 (synthetic)")
+    if given and given[0] < 0:
+        raise ValueError(f"generator {given[0]} is negative")
+    return path, [origin, UNKNOWN, UNKNOWN, given[0] if given else UNKNOWN]
 
 
 def detect_format(line: str) -> str | None:
