@@ -80,16 +80,35 @@ def schema(out: Path | None) -> None:
         out.write_text(text)
 
 
+def _annotation_format(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from imaginet_shards.format.annotations import ANNOTATION_FORMATS
+    if value not in ANNOTATION_FORMATS:
+        raise click.BadParameter(f"{value!r} is not one of {', '.join(ANNOTATION_FORMATS)}")
+    return value
+
+
+def annotation_format_option(function: Any) -> Any:
+    """`--annotation-format`, shared by the commands that read annotation files (validated when
+    used, so that the CLI starts without importing the annotation parser)."""
+    return click.option(
+        "--annotation-format", default="imaginet", show_default=True, callback=_annotation_format,
+        help="Format of the annotation file: imaginet (path,origin,content,family,generator), or a "
+             "zero-shot test set's path,label,generator | path,label | path-label (`path label`, "
+             "whitespace-separated); the labels these do not give are stored as -1 (unknown). "
+             "Never guessed; a line in another format is reported with the format it reads as.")(function)
+
+
 @main.command("check-annotations")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--all-errors", is_flag=True, help="Report every bad line, not just the first.")
-def check_annotations(files: tuple[Path, ...], all_errors: bool) -> None:
+@annotation_format_option
+def check_annotations(files: tuple[Path, ...], all_errors: bool, annotation_format: str) -> None:
     """Validate annotation files and print their label counts."""
     from imaginet_shards.format.annotations import AnnotationError, read_annotations
     failed = False
     for path in files:
         try:
-            frame = read_annotations(path, collect=all_errors)
+            frame = read_annotations(path, collect=all_errors, annotation_format=annotation_format)
         except AnnotationError as exc:
             click.echo(str(exc), err=True)
             failed = True
@@ -135,7 +154,8 @@ def parse_size(text: str) -> int:
 @click.option("--root", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Dataset root the annotation paths are relative to.")
 @click.option("--annotations", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Annotation file (path,origin,content,family,generator).")
+              help="Annotation file (see --annotation-format).")
+@annotation_format_option
 @click.option("--out", required=True, help="Destination directory or s3:// / gs:// URL prefix.")
 @click.option("--prefix", default="imaginet", show_default=True, help="Shard file name prefix.")
 @click.option("--max-count", default=2000, show_default=True, help="Samples per shard at most.")
@@ -145,8 +165,8 @@ def parse_size(text: str) -> int:
 @click.option("--on-error", type=click.Choice(["raise", "skip"]), default="raise", show_default=True,
               help="Bad input file: stop with its path, or skip it and list it in the manifest.")
 @click.option("--overwrite", is_flag=True, help="Replace a different shard set already at --out.")
-def pack(root: Path, annotations: Path, out: str, prefix: str, max_count: int, max_size: str,
-         workers: int, seed: int, on_error: Literal["raise", "skip"], overwrite: bool) -> None:
+def pack(root: Path, annotations: Path, annotation_format: str, out: str, prefix: str, max_count: int,
+         max_size: str, workers: int, seed: int, on_error: Literal["raise", "skip"], overwrite: bool) -> None:
     """Pack annotated images into WebDataset shards with DALI indexes and a manifest."""
     import time
 
@@ -155,7 +175,8 @@ def pack(root: Path, annotations: Path, out: str, prefix: str, max_count: int, m
     started = time.monotonic()
     options = PackOptions(root=root, annotations=annotations, out=out, prefix=prefix,
                           max_count=max_count, max_size=parse_size(max_size), workers=workers,
-                          seed=seed, on_error=on_error, overwrite=overwrite)
+                          seed=seed, on_error=on_error, overwrite=overwrite,
+                          annotation_format=annotation_format)
     manifest = run_pack(options)
     seconds = time.monotonic() - started
     total = manifest.totals
@@ -205,12 +226,29 @@ def inspect(dest: str, json_out: str | None) -> None:
 @main.command()
 @click.argument("src")
 @click.argument("dest", type=click.Path(path_type=Path))
+@click.option("--layout", type=click.Choice(["shards", "reference"]), default="shards", show_default=True,
+              help="shards: SRC is a shard set, DEST a perturbed copy of it. reference: SRC is the "
+                   "dataset root and DEST gets the authors' test-set layout (testset/.../{k:05d}.webp, "
+                   "lossless WebP) and test_{gan,sd,midjourney,dalle3}.txt from the four --annotations.")
+@click.option("--annotations", "annotation_files", multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="With --layout reference: the per-family test files, four times, in the order "
+                   "gan, sd, midjourney, dalle3 (test_annotations_{gan,sd,midjourney,dalle3}.txt).")
+@click.option("--shards", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="With --layout reference: also pack each test_{family}.txt into SHARDS/{family}.")
 @click.option("--preset", default="social", show_default=True, help="Perturbation preset to apply.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the per-sample decisions.")
-@click.option("--workers", default=2, show_default=True, help="Processes writing shards.")
-@click.option("--overwrite", is_flag=True, help="Replace a shard set already at DEST.")
-def perturb(src: str, dest: Path, preset: str, seed: int, workers: int, overwrite: bool) -> None:
-    """Write a copy of the shard set SRC at DEST with a preset applied once per sample."""
+@click.option("--workers", default=2, show_default=True, help="Processes writing shards or images.")
+@click.option("--overwrite", is_flag=True, help="Replace a shard set (or a reference layout) already at DEST.")
+def perturb(src: str, dest: Path, layout: str, annotation_files: tuple[Path, ...], shards: Path | None,
+            preset: str, seed: int, workers: int, overwrite: bool) -> None:
+    """Write a copy of the shard set SRC at DEST with a preset applied once per sample, or, with
+    --layout reference, the perturbed test set in the ImagiNet authors' layout."""
+    if layout == "reference":
+        _perturb_reference(Path(src), dest, annotation_files, shards, preset, seed, workers, overwrite)
+        return
+    if annotation_files or shards is not None:
+        raise click.UsageError("--annotations and --shards go with --layout reference")
     from imaginet_shards.ops.perturb import PerturbOptions
     from imaginet_shards.ops.perturb import perturb as run_perturb
     manifest = run_perturb(PerturbOptions(source=src, out=dest, preset=preset, seed=seed,
@@ -218,6 +256,23 @@ def perturb(src: str, dest: Path, preset: str, seed: int, workers: int, overwrit
     total = manifest.totals
     click.echo(f"{dest}: {total['samples']} samples in {total['shards']} shards, "
                f"{total['bytes'] / 1e6:.1f} MB ({preset}, seed {seed})")
+
+
+def _perturb_reference(root: Path, dest: Path, annotation_files: tuple[Path, ...], shards: Path | None,
+                       preset: str, seed: int, workers: int, overwrite: bool) -> None:
+    from imaginet_shards.format.annotations import AnnotationError
+    from imaginet_shards.ops.pack import PackError
+    from imaginet_shards.ops.testset import ReferenceTestsetOptions, write_reference_testset
+    try:
+        written = write_reference_testset(ReferenceTestsetOptions(
+            root=root, annotations=annotation_files, out=dest, preset=preset, seed=seed,
+            workers=workers, overwrite=overwrite, shards=shards))
+    except (AnnotationError, PackError, ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{dest}: {len(written.items)} images ({preset}, seed {seed}); "
+               + ", ".join(f"{path.name} {len(path.read_text().splitlines())} lines" for path in written.files))
+    for family, manifest in written.manifests.items():
+        click.echo(f"  {shards}/{family}: {manifest.samples} samples in {len(manifest.shards)} shards")
 
 
 @main.command()

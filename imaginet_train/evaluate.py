@@ -31,7 +31,8 @@ from tqdm import tqdm
 
 from imaginet_shards.augment.cpu import decode, encode
 from imaginet_shards.augment.spec import Preset, get_preset
-from imaginet_shards.format.annotations import VOCABULARIES
+from imaginet_shards.format.annotations import UNKNOWN, VOCABULARIES, label_name, recorded_format
+from imaginet_shards.io.shardset import load_manifest
 from imaginet_shards.loaders import Backend, make_loader
 
 from . import dist, plots
@@ -144,27 +145,37 @@ def predict(detector: Detector, batches: Iterable[tuple[Tensor, Tensor]], runtim
     return {c: Predictions(stacked, np.concatenate(p), np.concatenate(f)) for c, (p, f) in outputs.items()}
 
 
+def known_synthetic(labels: np.ndarray, column: int) -> np.ndarray:
+    """Mask of the synthetic rows whose label in `column` is known (zero-shot test sets give only
+    the origin, and maybe a generator; the rest is UNKNOWN)."""
+    return (labels[:, ORIGIN] == 1) & (labels[:, column] != UNKNOWN)
+
+
 def score(predictions: Predictions) -> dict[str, Any]:
-    """Origin AUC / balanced accuracy / AP, family balanced accuracy, and the counts behind them."""
+    """Origin AUC / balanced accuracy / AP, family balanced accuracy (rows of known family; NaN
+    when none is known), and the counts behind them."""
     origin = predictions.labels[:, ORIGIN]
     synthetic = origin == 1
+    family = known_synthetic(predictions.labels, FAMILY)
     result: dict[str, Any] = {f"origin_{k}": v for k, v in origin_metrics(origin, predictions.probability).items()}
     result["family_balanced_accuracy"] = balanced_accuracy(
-        predictions.labels[synthetic, FAMILY], predictions.family[synthetic], FAMILY_CLASSES)
+        predictions.labels[family, FAMILY], predictions.family[family], FAMILY_CLASSES)
     result.update(count=int(len(origin)), real=int((~synthetic).sum()), synthetic=int(synthetic.sum()))
     return result
 
 
-def per_group(predictions: Predictions) -> list[dict[str, Any]]:
-    """`score` per generator (its images + all real images) and per content type (its images)."""
+def per_group(predictions: Predictions, annotation_format: str = "imaginet") -> list[dict[str, Any]]:
+    """`score` per generator (its images + all real images) and per content type (its images);
+    unknown generators and contents form no group, and generators are named as `annotation_format`
+    numbers them (the dataset's own ids outside ImagiNet's format)."""
     labels = predictions.labels
     real = labels[:, ORIGIN] == 0
     rows = []
-    for generator in sorted(set(labels[~real, GENERATOR].tolist())):
-        mask = real | (labels[:, GENERATOR] == generator)
-        rows.append({"group": "generator", "name": VOCABULARIES["generator"][generator],
+    for generator in sorted(set(labels[known_synthetic(labels, GENERATOR), GENERATOR].tolist())):
+        mask = real | ((labels[:, ORIGIN] == 1) & (labels[:, GENERATOR] == generator))
+        rows.append({"group": "generator", "name": label_name("generator", generator, annotation_format),
                      **score(predictions.subset(mask))})
-    for content in sorted(set(labels[:, CONTENT].tolist())):
+    for content in sorted(set(labels[labels[:, CONTENT] != UNKNOWN, CONTENT].tolist())):
         rows.append({"group": "content", "name": VOCABULARIES["content"][content],
                      **score(predictions.subset(labels[:, CONTENT] == content))})
     return rows
@@ -212,11 +223,12 @@ def evaluate(config: EvalConfig) -> EvalResult:
     conditions = conditions_for(config)
     predictions = predict(detector, loader, runtime, preset, conditions, progress=config.progress)
     clean = predictions[conditions[0]]
-    synthetic = clean.labels[:, ORIGIN] == 1
+    family = known_synthetic(clean.labels, FAMILY)
+    annotation_format = recorded_format(load_manifest(config.data).annotations)
     result = EvalResult(
-        metrics=score(clean), groups=per_group(clean),
+        metrics=score(clean), groups=per_group(clean, annotation_format),
         sweeps=[{"sweep": c.sweep, "value": c.value, **score(predictions[c])} for c in conditions[1:]],
-        confusion=confusion_matrix(clean.labels[synthetic, FAMILY], clean.family[synthetic],
+        confusion=confusion_matrix(clean.labels[family, FAMILY], clean.family[family],
                                    FAMILY_CLASSES).tolist(),
         out=Path(config.out))
     write_outputs(result, config, heads_config)

@@ -1,13 +1,17 @@
-"""ImagiNet annotation files: label vocabularies, parsing, validation and tracks (docs/architecture.md, "Annotations").
+"""Annotation files: label vocabularies, parsing, validation and tracks (docs/architecture.md,
+"Annotations").
 
-One sample a line, no header: `relative/path,origin,content,family,generator`.
+ImagiNet's format is one sample a line, no header: `relative/path,origin,content,family,generator`.
+Zero-shot test sets come in other formats (`path label`, `path,label`, `path,label,generator`);
+they give the origin (and a generator id of their own), and every other label is UNKNOWN.
 """
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,6 +41,17 @@ TRACKS: dict[str, str] = {
     "all": "the 4-vector (origin, content, family, generator), all rows",
 }
 
+# A label the annotation file does not give (zero-shot formats: content, family, and the generator
+# unless given). Stored as is in `.labels`/`.json`; metrics and counts leave such rows out.
+UNKNOWN = -1
+
+ANNOTATION_FORMATS: dict[str, str] = {
+    "imaginet": "path,origin,content,family,generator",
+    "path,label,generator": "path,origin,generator (the generator is the dataset's own integer id)",
+    "path,label": "path,origin",
+    "path-label": "path origin (whitespace-separated)",
+}
+_COLUMN_COUNTS = {"imaginet": 5, "path,label,generator": 3, "path,label": 2, "path-label": 2}
 
 
 def schema() -> dict:
@@ -46,6 +61,8 @@ def schema() -> dict:
         "vocabularies": {k: dict(enumerate(v)) for k, v in VOCABULARIES.items()},
         "generator_family": list(GENERATOR_FAMILY),
         "tracks": TRACKS,
+        "unknown": UNKNOWN,
+        "annotation_formats": ANNOTATION_FORMATS,
         "image_extensions": sorted(SOURCE_SUFFIXES),
     }
 
@@ -92,15 +109,65 @@ def _check_labels(labels: list[int]) -> str | None:
     return None
 
 
-def parse_lines(lines: Iterable[str], source: str = "<annotations>",
-                collect: bool = False) -> pd.DataFrame:
+def _split(line: str, annotation_format: str) -> list[str]:
+    if annotation_format == "path-label":
+        return line.split()
+    return line.split(",")
+
+
+def _parse_line(line: str, annotation_format: str) -> tuple[str, list[int]]:
+    """(normalized path, 4 labels) of one non-blank line; ValueError says what is wrong."""
+    fields = _split(line, annotation_format)
+    expected = _COLUMN_COUNTS[annotation_format]
+    if len(fields) != expected:
+        separated = "whitespace" if annotation_format == "path-label" else "comma"
+        raise ValueError(f"expected {expected} {separated}-separated columns, got {len(fields)} "
+                         f"({annotation_format}: {ANNOTATION_FORMATS[annotation_format]})")
+    path = normalize_path(fields[0].strip())
+    try:
+        values = [int(f.strip()) for f in fields[1:]]
+    except ValueError:
+        raise ValueError(f"non-integer label in {fields[1:]}") from None
+    if annotation_format == "imaginet":
+        problem = _check_labels(values)
+        if problem is not None:
+            raise ValueError(problem)
+        return path, values
+    origin, *given = values
+    if origin not in (0, 1):
+        raise ValueError(f"label {origin} is neither 0 (real) nor 1 (synthetic)")
+    if given and given[0] < 0:
+        raise ValueError(f"generator {given[0]} is negative")
+    return path, [origin, UNKNOWN, UNKNOWN, given[0] if given else UNKNOWN]
+
+
+def detect_format(line: str) -> str | None:
+    """The first annotation format (ANNOTATION_FORMATS order) that parses `line`, if any; only for
+    suggestions in error messages, never to choose a format."""
+    for candidate in ANNOTATION_FORMATS:
+        try:
+            _parse_line(line, candidate)
+        except ValueError:
+            continue
+        return candidate
+    return None
+
+
+def parse_lines(lines: Iterable[str], source: str = "<annotations>", collect: bool = False,
+                annotation_format: str = "imaginet", keep_duplicates: bool = False) -> pd.DataFrame:
     """Parse annotation lines into a DataFrame (path, origin, content, family, generator, line).
 
-    Raises AnnotationError naming the first bad line, or every bad line when `collect` is true.
-    Blank lines are ignored. A repeated path with the same labels (the official per-family files
-    have a few) is dropped and listed in `frame.attrs["duplicates"]` as (line, path, first line);
-    a repeated path with different labels is an error.
+    `annotation_format` is one of ANNOTATION_FORMATS; labels a format does not give are UNKNOWN.
+    Raises AnnotationError naming the first bad line, or every bad line when `collect` is true; a
+    line of another format is reported with that format as a suggestion. Blank lines are ignored.
+    A repeated path with the same labels (the official per-family files have a few) is listed in
+    `frame.attrs["duplicates"]` as (line, path, first line) and dropped, unless `keep_duplicates`
+    (every line is then a row, as the reference's test-set builder reads them); a repeated path
+    with different labels is an error.
     """
+    if annotation_format not in ANNOTATION_FORMATS:
+        raise ValueError(f"unknown annotation format {annotation_format!r}; choose one of "
+                         f"{list(ANNOTATION_FORMATS)}")
     paths: list[str] = []
     rows: list[list[int]] = []
     line_numbers: list[int] = []
@@ -112,31 +179,29 @@ def parse_lines(lines: Iterable[str], source: str = "<annotations>",
         if not line.strip():
             continue
         problem = None
-        fields = line.split(",")
-        if len(fields) != 5:
-            problem = f"expected 5 comma-separated columns, got {len(fields)}"
+        try:
+            path, labels = _parse_line(line, annotation_format)
+        except ValueError as exc:
+            problem = str(exc)
+            suggestion = detect_format(line)
+            if suggestion is not None and suggestion != annotation_format:
+                problem += f"; the line reads as --annotation-format {suggestion}"
         else:
-            try:
-                path = normalize_path(fields[0].strip())
-                labels = [int(f.strip()) for f in fields[1:]]
-            except ValueError as exc:
-                problem = (f"non-integer label in {fields[1:]}"
-                           if "invalid literal" in str(exc) else str(exc))
-            else:
-                problem = _check_labels(labels)
-                if problem is None and path in seen:
-                    first_line, first_labels = seen[path]
-                    if first_labels == labels:
-                        duplicates.append((number, path, first_line))
-                        continue
+            if path in seen:
+                first_line, first_labels = seen[path]
+                if first_labels != labels:
                     problem = (f"duplicate path {path!r} with labels {labels}, line {first_line} "
                                f"has {first_labels}")
+                else:
+                    duplicates.append((number, path, first_line))
+                    if not keep_duplicates:
+                        continue
         if problem is not None:
             problems.append((number, problem))
             if not collect:
                 break
             continue
-        seen[path] = (number, labels)
+        seen.setdefault(path, (number, labels))
         paths.append(path)
         rows.append(labels)
         line_numbers.append(number)
@@ -148,26 +213,55 @@ def parse_lines(lines: Iterable[str], source: str = "<annotations>",
         frame[name] = labels_array[:, i]
     frame["line"] = np.asarray(line_numbers, dtype=np.int64)
     frame.attrs["duplicates"] = duplicates
+    frame.attrs["format"] = annotation_format
     return frame
 
 
-def read_annotations(path: str | Path, collect: bool = False) -> pd.DataFrame:
+def read_annotations(path: str | Path, collect: bool = False, annotation_format: str = "imaginet",
+                     keep_duplicates: bool = False) -> pd.DataFrame:
     """Parse and validate one annotation file (see parse_lines)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise AnnotationError(str(path), [(0, f"cannot read: {exc}")]) from exc
-    return parse_lines(text.splitlines(), source=str(path), collect=collect)
+    return parse_lines(text.splitlines(), source=str(path), collect=collect,
+                       annotation_format=annotation_format, keep_duplicates=keep_duplicates)
+
+
+def recorded_format(annotations: Mapping[str, Any]) -> str:
+    """The annotation format a manifest's `annotations` record names (`imaginet` when it names none,
+    as shard sets packed before the other formats existed)."""
+    annotation_format = str(annotations.get("format", "imaginet"))
+    if annotation_format not in ANNOTATION_FORMATS:
+        raise ValueError(f"manifest names an unknown annotation format {annotation_format!r}")
+    return annotation_format
+
+
+def label_name(column: str, value: int, annotation_format: str = "imaginet") -> str:
+    """Display name of one label value: `unknown` for UNKNOWN; a generator of a file in another
+    format than ImagiNet's is that dataset's own id (`generator 3`), not ImagiNet's vocabulary."""
+    value = int(value)
+    if value == UNKNOWN:
+        return "unknown"
+    if column == "generator" and annotation_format != "imaginet":
+        return f"generator {value}"
+    names = VOCABULARIES[column]
+    if not 0 <= value < len(names):
+        raise ValueError(f"{column} {value} is not a label value (0..{len(names) - 1}, or "
+                         f"{UNKNOWN} for unknown)")
+    return names[value]
 
 
 def select_track(frame: pd.DataFrame, track: str) -> pd.DataFrame:
-    """Rows and a `target` column for one track (docs/architecture.md, "Annotations"); `all` keeps the 4 label columns."""
+    """Rows and a `target` column for one track (docs/architecture.md, "Annotations"); `all` keeps
+    the 4 label columns. Rows whose label for the track is UNKNOWN are left out."""
     if track not in TRACKS:
         raise ValueError(f"unknown track {track!r}; choose one of {sorted(TRACKS)}")
     if track == "all":
         return frame.copy()
     rows = frame if track == "origin" else frame[frame["origin"] == 1]
+    rows = rows[rows[track] != UNKNOWN]
     return rows.assign(target=rows[track].to_numpy())
 
 

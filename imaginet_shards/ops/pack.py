@@ -21,7 +21,12 @@ import pandas as pd
 from tqdm import tqdm
 
 from imaginet_shards.errors import ImaginetError, PackError
-from imaginet_shards.format.annotations import LABEL_COLUMNS, read_annotations, resolve_inside
+from imaginet_shards.format.annotations import (
+    ANNOTATION_FORMATS,
+    LABEL_COLUMNS,
+    read_annotations,
+    resolve_inside,
+)
 from imaginet_shards.format.images import ImageCheckError, ImageInfo, check_image
 from imaginet_shards.format.manifest import (
     MANIFEST_NAME,
@@ -55,8 +60,12 @@ class PackOptions:
     on_error: Literal["raise", "skip"] = "raise"
     overwrite: bool = False
     progress: bool = True
+    annotation_format: str = "imaginet"
 
     def __post_init__(self) -> None:
+        if self.annotation_format not in ANNOTATION_FORMATS:
+            raise ValueError(f"unknown annotation format {self.annotation_format!r}; choose one of "
+                             f"{list(ANNOTATION_FORMATS)}")
         if self.max_count < 1:
             raise ValueError(f"max_count must be at least 1, got {self.max_count}")
         if self.max_size < 1:
@@ -286,7 +295,7 @@ def pack(options: PackOptions) -> Manifest:
     root, out = Path(options.root), str(options.out)
     if not root.is_dir():
         raise PackError(str(root), "the dataset root is not a directory")
-    frame = read_annotations(options.annotations)
+    frame = read_annotations(options.annotations, annotation_format=options.annotation_format)
     duplicates = [Skipped(path, line, f"duplicate of line {first}")
                   for line, path, first in frame.attrs["duplicates"]]
     located, skipped = _locate(root, frame, options.on_error)
@@ -294,7 +303,7 @@ def pack(options: PackOptions) -> Manifest:
     plans = plan_shards(located, options)
     with open(options.annotations, "rb") as stream:
         annotations = {"name": Path(options.annotations).name, "sha256": _sha256_stream(stream),
-                       "rows": len(frame) + len(duplicates)}
+                       "rows": len(frame) + len(duplicates), "format": options.annotation_format}
     plan_sha = _fingerprint({"annotations": annotations, "shards": [p.fingerprint for p in plans],
                              "skipped": [asdict(s) for s in skipped]})
     existing = _prepare_destination(out, options, plan_sha)

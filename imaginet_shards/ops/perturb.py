@@ -114,7 +114,8 @@ def perturb_shard(shards: ShardSet, number: int, out: str, preset: Preset, seed:
                              label_histogram(labels), entry.first_key))
 
 
-def _single_threaded() -> None:
+def single_threaded_worker() -> None:
+    """Process-pool initializer: torch on one thread."""
     # A forked child must not enter OpenMP regions that the parent's thread pool started
     # (libgomp deadlocks); as DataLoader workers do, keep torch to one thread.
     torch.set_num_threads(1)
@@ -140,7 +141,7 @@ def perturb(options: PerturbOptions) -> Manifest:
             results = map(perturb_shard, *columns)
         else:
             pool = stack.enter_context(ProcessPoolExecutor(options.workers,
-                                                           initializer=_single_threaded))
+                                                           initializer=single_threaded_worker))
             results = pool.map(perturb_shard, *columns)
         entries = [ShardEntry(**entry) for entry in tqdm(
             results, total=count, desc=f"perturb {out.name}", unit="shard",

@@ -16,7 +16,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from imaginet_shards.errors import SampleError
-from imaginet_shards.format.annotations import LABEL_COLUMNS, VOCABULARIES
+from imaginet_shards.format.annotations import LABEL_COLUMNS, label_name, recorded_format
 from imaginet_shards.format.manifest import Manifest, ShardEntry
 from imaginet_shards.format.tar import parse_index, split_member_name
 from imaginet_shards.io import storage
@@ -114,7 +114,8 @@ def _describe(values: pd.Series) -> dict[str, float]:
 
 def inspect(dest: str) -> InspectReport:
     manifest, frame = load_metadata(dest)
-    counts = {c: {VOCABULARIES[c][int(v)]: int(n) for v, n in
+    annotation_format = recorded_format(manifest.annotations)
+    counts = {c: {label_name(c, int(v), annotation_format): int(n) for v, n in
                   frame[c].value_counts().sort_index().items()} for c in LABEL_COLUMNS}
     shards = pd.DataFrame([{"samples": s.samples, "bytes": s.bytes} for s in manifest.shards])
     return InspectReport(
