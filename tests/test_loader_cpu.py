@@ -131,3 +131,11 @@ def test_torchrun_two_ranks_finish_with_equal_batch_counts(shards, tmp_path):
     for rank in (0, 1):  # batches seen, len(), and every rank's count as gathered by this rank
         reported = (tmp_path / f"rank{rank}.txt").read_text()
         assert reported == f"{expected} {expected} {[expected, expected]}", output[-2000:]
+
+
+def test_auto_takes_the_cpu_backend_quietly_for_cpu_only_options(shards, recwarn):
+    """`on_error="skip"` is a CPU-backend feature, not a broken DALI: no warning."""
+    loader = make_loader(shards, backend="auto", preset="eval", batch_size=4, rank=0, world_size=1,
+                         device="cpu", workers=0, on_error="skip")
+    assert type(loader).__name__ == "CpuLoader"
+    assert not [w for w in recwarn if "unusable" in str(w.message)]

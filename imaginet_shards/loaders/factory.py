@@ -71,6 +71,8 @@ def _build(source: str, backend: Backend, config: LoaderConfig) -> Loader:
         try:
             from imaginet_shards.loaders.dali import make_dali_loader
             return make_dali_loader(source, config)
+        except NotImplementedError as exc:  # an option only the CPU backend supports: expected
+            log.info("using the CPU backend: %s", exc)
         except (ImportError, RuntimeError) as exc:
             warnings.warn(f"DALI is installed but unusable here ({exc}); using the CPU backend",
                           RuntimeWarning, stacklevel=3)
