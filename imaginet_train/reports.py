@@ -210,7 +210,7 @@ def markdown_report(document: Mapping[str, Any]) -> list[str]:
              "### Model identification (family of the synthetic images; AUC: one-vs-rest macro)", "",
              *markdown_table(tables["identification"], ["name", "count", "balanced_accuracy", "auc"])]
     for sweep, title in (("jpeg", "JPEG quality (after the centre crop)"),
-                         ("resize", "resize (centre crop of side 256 * 12 / i, Lanczos to 256; x = 12 / i)")):
+                         ("resize", "resize (centre crop of side size * 12 / i, Lanczos back to size; x = 12 / i)")):
         rows = [r for r in document["sweeps"] if r["sweep"] == sweep]
         if rows:
             lines += ["", f"### Robustness: {title}, means over the family groups", "",

@@ -169,6 +169,8 @@ def _train(config: TrainConfig, env: dist.DistEnv) -> TrainResult:
     if config.batch_size % env.world_size:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by the world size {env.world_size}")
     device = dist.device_for(env)
+    if config.sync_bn and env.distributed and device.type == "cpu":
+        raise ValueError("sync_bn needs GPUs: torch's SyncBatchNorm does not run on CPU tensors")
     runtime = config.runtime.runtime(device)
     torch.manual_seed(config.seed)
     loader = make_loader(config.data, backend=config.runtime.backend,

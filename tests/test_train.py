@@ -133,11 +133,15 @@ def test_config_rejects_bad_options(overrides, match):
         TrainConfig(data="d", out="o", **overrides)
 
 
-def test_batch_must_split_over_ranks(shards, tmp_path, monkeypatch):
+def test_distributed_preconditions_are_checked_before_training(shards, tmp_path, monkeypatch):
     monkeypatch.setattr(train_module.dist, "init_distributed",
                         lambda: train_module.dist.DistEnv(rank=0, world_size=3))
     with pytest.raises(ValueError, match="batch_size 4 is not divisible by the world size 3"):
         train(_config(shards, tmp_path / "run"))
+    monkeypatch.setattr(train_module.dist, "init_distributed",
+                        lambda: train_module.dist.DistEnv(rank=0, world_size=2))
+    with pytest.raises(ValueError, match="sync_bn needs GPUs"):
+        train(_config(shards, tmp_path / "run", sync_bn=True))
 
 
 def test_warmup_then_cosine():
