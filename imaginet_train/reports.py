@@ -49,7 +49,7 @@ class Predictions:
     def take(self, rows: np.ndarray) -> Predictions:
         """The predictions of `rows` (indices or a boolean mask), in that order."""
         rows = np.asarray(rows)
-        indices = np.flatnonzero(rows) if rows.dtype == bool else rows
+        indices = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.int64)
         return Predictions(tuple(self.keys[i] for i in indices), self.labels[indices],
                            self.origin_logit[indices], self.family_probability[indices])
 
