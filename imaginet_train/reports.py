@@ -183,13 +183,14 @@ def sweep_metrics(predictions: Predictions, groups: Sequence[Group], platt: Plat
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> list[str]:
-    """`rows` as a Markdown table of `columns` (floats with 4 decimals, NaN/None as n/a)."""
+    """`rows` as a Markdown table of `columns` (floats with 4 decimals, NaN/None as n/a, a column a
+    row lacks left empty)."""
     def cell(value: Any) -> str:
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return "n/a"
         return f"{value:.4f}" if isinstance(value, float) else str(value)
     return [f"| {' | '.join(c.replace('_', ' ') for c in columns)} |", f"|{' --- |' * len(columns)}",
-            *(f"| {' | '.join(cell(r.get(c)) for c in columns)} |" for r in rows)]
+            *(f"| {' | '.join(cell(r[c]) if c in r else '' for c in columns)} |" for r in rows)]
 
 
 def markdown_report(document: Mapping[str, Any]) -> list[str]:
@@ -211,7 +212,7 @@ def markdown_report(document: Mapping[str, Any]) -> list[str]:
              *markdown_table(tables["identification"], ["name", "count", "balanced_accuracy", "auc"])]
     for sweep, title in (("jpeg", "JPEG quality (after the centre crop)"),
                          ("resize", "resize (centre crop of side size * 12 / i, Lanczos back to size; x = 12 / i)")):
-        rows = [r for r in document["sweeps"] if r["sweep"] == sweep]
+        rows = [{**r, "x": f"{r['x']:.3g}"} for r in document["sweeps"] if r["sweep"] == sweep]
         if rows:
             lines += ["", f"### Robustness: {title}, means over the family groups", "",
                       *markdown_table(rows, ["x", "origin_balanced_accuracy", "origin_auc", "family_accuracy"])]
