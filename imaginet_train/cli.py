@@ -53,10 +53,6 @@ def _split_runtime(options: dict[str, Any]) -> tuple[dict[str, Any], Any]:
 training_options = _apply(
     click.argument("data"),
     click.option("--out", required=True, help="Run folder (checkpoint.pt, metrics.jsonl)."),
-    click.option("--recipe", type=click.Choice(["paper"]), default=None,
-                 help="Start from a named recipe (paper: the ImagiNet authors' run: 400 epochs, batch 200, "
-                      "256 px crops, IMAGENET1K_V2 weights, 10-epoch warm-up, lr stepped per epoch); "
-                      "options given on the command line override it."),
     click.option("--arch", type=click.Choice(ARCHS), default="resnet50nodown", show_default=True,
                  help="Encoder architecture (small: a tiny CPU net for tests and the demo)."),
     click.option("--pretrained", default=None,
@@ -92,6 +88,10 @@ def main() -> None:
 @training_options
 @click.option("--feat-dim", default=128, show_default=True, help="Projection head output size.")
 @click.option("--temperature", default=0.07, show_default=True, help="SelfCon loss temperature.")
+@click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None,
+              help="Start from a named recipe (paper: the ImagiNet authors' run: 400 epochs, batch 200, "
+                   "256 px crops, IMAGENET1K_V2 weights, 10-epoch warm-up, lr stepped per epoch); "
+                   "options given on the command line override it.")
 def selfcon(**options: Any) -> None:
     """SelfCon pre-training (origin + family supervised contrastive loss) on DATA shards."""
     _train(objective="selfcon", **options)
@@ -109,7 +109,7 @@ def ce(**options: Any) -> None:
 def _train(**options: Any) -> None:
     from .dist import DistEnv
     from .train import TrainConfig, train
-    recipe = options.pop("recipe")
+    recipe = options.pop("recipe", None)
     if recipe is not None:  # the recipe's values, except for options given explicitly
         context = click.get_current_context()
         options = {k: v for k, v in options.items()

@@ -165,14 +165,10 @@ def test_family_files_must_name_packed_images(heads, shards, tmp_path):
         replace(config, family_files=(("vqgan", str(bad)),))
 
 
-OFFICIAL = Path("/work/shared/imaginet-annotations")
-
-
-@pytest.mark.skipif(not (OFFICIAL / "test_annotations.txt").exists(),
-                    reason="the official ImagiNet annotation files are not on this machine")
-def test_official_family_files_select_their_rows_from_the_whole_test_split():
-    paths = [line.split(",")[0][2:] for line in (OFFICIAL / "test_annotations.txt").read_text().splitlines()]
-    files = [(name, str(OFFICIAL / f"test_annotations_{name}.txt")) for name in reports.FAMILY_FILE_NAMES]
+def test_official_family_files_select_their_rows_from_the_whole_test_split(official_annotations):
+    lines = (official_annotations / "test_annotations.txt").read_text().splitlines()
+    paths = [line.split(",")[0][2:] for line in lines]
+    files = [(name, str(official_annotations / f"test_annotations_{name}.txt")) for name in reports.FAMILY_FILE_NAMES]
     groups = reports.groups_from_files(paths, files)
     assert [g.name for g in groups] == ["GAN", "Stable Diffusion", "Midjourney", "DALL-E 3"]
     for group, (_, file) in zip(groups, files):
