@@ -10,12 +10,16 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from imaginet_shards import __version__
 from imaginet_shards.bench.cli import bench_options, run_bench_command
 from imaginet_shards.cli import CommandGroup
 
 from .model import ARCHS
+from .train import RECIPES
+
+RECIPE_FIELDS = frozenset(field for recipe in RECIPES.values() for field in recipe)
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -39,23 +43,39 @@ runtime_options = _apply(
     click.option("--threads", default=0, show_default=True, help="torch intra-op threads (0: torch's default)."),
     click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar and per-epoch lines."),
 )
+RUNTIME_OPTIONS = ("backend", "workers", "amp", "channels_last", "threads", "progress")
+
+
+def _split_runtime(options: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """(the command's own options, the RuntimeOptions built once from the shared ones)."""
+    from .engine import RuntimeOptions
+    runtime = RuntimeOptions(**{k: options.pop(k) for k in RUNTIME_OPTIONS})
+    return options, runtime
+
 
 training_options = _apply(
     click.argument("data"),
     click.option("--out", required=True, help="Run folder (checkpoint.pt, metrics.jsonl)."),
     click.option("--arch", type=click.Choice(ARCHS), default="resnet50nodown", show_default=True,
-                 help="Encoder architecture."),
+                 help="Encoder architecture (small: a tiny CPU net for tests and the demo)."),
     click.option("--pretrained", default=None,
-                 help="torchvision resnet50 state_dict file, or 'imagenet' to download (resnet50 archs)."),
+                 help="torchvision resnet50 state_dict file, or 'imagenet' to download IMAGENET1K_V2 "
+                      "(resnet50 archs)."),
     click.option("--epochs", default=30, show_default=True, help="Training epochs."),
     click.option("--batch-size", default=200, show_default=True, help="Global batch (split over ranks)."),
     click.option("--lr", default=0.005, show_default=True, help="Peak SGD learning rate."),
     click.option("--momentum", default=0.9, show_default=True, help="SGD momentum."),
     click.option("--weight-decay", default=1e-4, show_default=True, help="SGD weight decay."),
     click.option("--warmup-epochs", default=1.0, show_default=True, help="Linear warm-up, then cosine."),
+    click.option("--warmup-start-factor", default=1e-4, show_default=True,
+                 help="The warm-up starts at lr times this."),
+    click.option("--lr-step", type=click.Choice(["batch", "epoch"]), default="batch", show_default=True,
+                 help="Move the lr every batch, or once per epoch (the reference); equal at epoch boundaries."),
     click.option("--crop", default=96, show_default=True, help="Training crop side (train preset)."),
     click.option("--seed", default=0, show_default=True,
                  help="Seed of the initialisation, the data order and the perturbations."),
+    click.option("--sync-bn/--no-sync-bn", default=False, show_default=True,
+                 help="SyncBatchNorm under DDP: BatchNorm statistics over the global batch."),
     click.option("--checkpoint-every", default=1, show_default=True, help="Epochs between checkpoints."),
     click.option("--log-every", default=10, show_default=True, help="Steps between metrics.jsonl step records."),
     click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt (same options)."),
@@ -73,6 +93,10 @@ def main() -> None:
 @training_options
 @click.option("--feat-dim", default=128, show_default=True, help="Projection head output size.")
 @click.option("--temperature", default=0.07, show_default=True, help="Contrastive loss temperature.")
+@click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None,
+              help="Start from a named recipe (paper: the ImagiNet authors' run: 400 epochs, batch 200, "
+                   "256 px crops, IMAGENET1K_V2 weights, 10-epoch warm-up, lr stepped per epoch); "
+                   "options given on the command line override it.")
 def selfcon(**options: Any) -> None:
     """SelfCon pre-training (origin + family supervised contrastive loss) on DATA shards."""
     _train(objective="selfcon", **options)
@@ -90,7 +114,13 @@ def ce(**options: Any) -> None:
 def _train(**options: Any) -> None:
     from .dist import DistEnv
     from .train import TrainConfig, train
-    result = train(TrainConfig(**options))
+    recipe = options.pop("recipe", None)
+    if recipe is not None:  # the recipe's values, except for options given explicitly
+        context = click.get_current_context()
+        options = {k: v for k, v in options.items()
+                   if k not in RECIPE_FIELDS or context.get_parameter_source(k) is not ParameterSource.DEFAULT}
+    options, runtime = _split_runtime(options)
+    result = train(TrainConfig.from_recipe(recipe, runtime=runtime, **options))
     if DistEnv.from_env().is_main:
         click.echo(result.summary())
 
@@ -100,16 +130,20 @@ def _train(**options: Any) -> None:
 @click.argument("data")
 @click.option("--out", required=True, help="Output folder (heads.pt, metrics.jsonl).")
 @click.option("--epochs", default=5, show_default=True, help="Head training epochs.")
-@click.option("--lr", default=1e-4, show_default=True, help="Learning rate of the heads.")
-@click.option("--weight-decay", default=1e-3, show_default=True, help="Weight decay of the heads.")
-@click.option("--batch-size", default=64, show_default=True, help="Samples per batch.")
+@click.option("--lr", default=1e-4, show_default=True, help="Adam learning rate.")
+@click.option("--weight-decay", default=1e-3, show_default=True, help="Adam weight decay.")
+@click.option("--batch-size", default=200, show_default=True, help="Calibration images per batch.")
 @click.option("--size", default=256, show_default=True, help="Calibration preset output side.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the heads and the data order.")
+@click.option("--adapt-bn/--no-adapt-bn", default=True, show_default=True,
+              help="Re-estimate the frozen encoder's BatchNorm statistics on the calibration data "
+                   "(its BatchNorm layers in training mode, as the reference).")
 @runtime_options
 def linear(**options: Any) -> None:
     """Train the origin and family heads on a frozen encoder (CHECKPOINT) with calibration shards (DATA)."""
     from .linear import LinearConfig, train_heads
-    result = train_heads(LinearConfig(**options))
+    options, runtime = _split_runtime(options)
+    result = train_heads(LinearConfig(runtime=runtime, **options))
     click.echo(f"heads trained for {len(result.epochs)} epoch(s), last loss {result.epochs[-1].loss:.4f} -> "
                f"{result.heads}")
 
@@ -133,24 +167,45 @@ def _numbers(kind: type) -> Callable[[click.Context, click.Parameter, str], tupl
     return parse
 
 
+def _family_files(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple:
+    """NAME=FILE pairs."""
+    pairs = []
+    for value in values:
+        name, sep, file = value.partition("=")
+        if not sep or not file:
+            raise click.BadParameter(f"{value!r}: expected NAME=FILE, e.g. gan=test_annotations_gan.txt")
+        pairs.append((name, file))
+    return tuple(pairs)
+
+
 @main.command()
 @click.argument("checkpoint")
 @click.argument("data")
-@click.option("--out", required=True, help="Output folder (evaluation.json, CSVs, PNG plots).")
+@click.option("--out", required=True, help="Output folder (evaluation.json, report.md, CSVs, PNG plots).")
 @click.option("--preset", type=click.Choice(["eval", "social"]), default="eval", show_default=True,
-              help="Test preset: eval (pad and centre crop) or social (square crop, resize, JPEG/WebP).")
+              help="Preset of the clean pass (eval for an already perturbed test set).")
 @click.option("--size", default=256, show_default=True, help="Preset output side.")
-@click.option("--batch-size", default=64, show_default=True, help="Samples per batch.")
+@click.option("--batch-size", default=64, show_default=True, help="Images per batch.")
+@click.option("--platt", default=None, metavar="SHARDS",
+              help="Calibration shard set: fit Platt scaling on its origin logits (the reference uses 80 "
+                   "images of the perturbed test set) and report calibrated balanced accuracy.")
+@click.option("--family-file", "family_files", multiple=True, callback=_family_files, metavar="NAME=FILE",
+              help="Per-family annotation file (NAME: gan, sd, midjourney, dalle3), e.g. "
+                   "gan=test_annotations_gan.txt; repeat for each family. Images are matched by source "
+                   "path. Without: each family with an equal number of random real images.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random real images paired with groups.")
 @click.option("--jpeg-qualities", default="40:100:5", show_default=True, callback=_numbers(int),
               help="JPEG sweep qualities: 'a,b,c', 'start:stop:step' or 'none'.")
-@click.option("--resize-scales", default="0.5,0.75,1,1.25,1.5", show_default=True, callback=_numbers(float),
-              help="Resize sweep factors: 'a,b,c', 'start:stop:step' or 'none'.")
+@click.option("--resize-divisors", default="2:12:1", show_default=True, callback=_numbers(int),
+              help="Resize sweep: for each i, the centre crop of side SIZE*12/i resized to SIZE (scale 12/i); "
+                   "'a,b,c', 'start:stop:step' or 'none'.")
 @runtime_options
 def evaluate(**options: Any) -> None:
     """Evaluate a detector (CHECKPOINT = heads.pt from `linear`) on test shards (DATA)."""
     from .evaluate import EvalConfig
     from .evaluate import evaluate as run
-    click.echo(run(EvalConfig(**options)).summary())
+    options, runtime = _split_runtime(options)
+    click.echo(run(EvalConfig(runtime=runtime, **options)).summary())
 
 
 @main.command()

@@ -20,10 +20,43 @@ import torch.distributed as tdist
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from imaginet_shards.loaders import Backend
+
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 Objective = Callable[[nn.Module, Tensor, Tensor], Tensor]
 Amp = Literal["auto", "bf16", "off"]
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How a command runs, not what it computes: loader backend and workers, bf16 autocast,
+    channels_last, torch threads, progress output. Shared by `selfcon`/`ce`, `linear` and `evaluate`."""
+
+    backend: Backend = "auto"
+    workers: int = 4
+    amp: Amp = "auto"
+    channels_last: bool = True
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("auto", "dali", "cpu"):
+            raise ValueError(f"backend must be 'auto', 'dali' or 'cpu', got {self.backend!r}")
+        if self.amp not in ("auto", "bf16", "off"):
+            raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {self.amp!r}")
+        for name in ("workers", "threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    def apply_threads(self) -> None:
+        """Set torch's intra-op thread count when one is given."""
+        if self.threads:
+            torch.set_num_threads(self.threads)
+
+    def runtime(self, device: torch.device | str) -> Runtime:
+        """The per-device choices (autocast, memory format) on `device`."""
+        return Runtime.for_device(device, self.amp, self.channels_last)
 
 
 @dataclass(frozen=True)

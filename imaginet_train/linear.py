@@ -1,9 +1,13 @@
 """`linear`: classifier heads on a frozen encoder, trained on the calibration split.
 
-The origin head (BCE) and the family head (cross-entropy over synthetic rows) train together with one
-Adam optimizer (their parameters are disjoint, so this equals training them apart) on the `calibration`
-preset. The result, `OUT/heads.pt`, is a self-contained detector checkpoint: encoder and both heads,
-with the encoder's training config, which `evaluate` loads.
+The origin head (BCE on the encoder's pooled features as they are) and the family head
+(cross-entropy over the synthetic rows, on L2-normalised features) train together with one Adam
+optimizer (their parameters are disjoint, so this equals training them apart) on the `calibration`
+preset. As in the ImagiNet authors' head training, the encoder's weights stay frozen but its
+BatchNorm layers run in training mode (`adapt_bn`): their running statistics are re-estimated on the
+calibration images, and the heads learn on features normalised with batch statistics. The result,
+`OUT/heads.pt`, is a self-contained detector checkpoint: the encoder with those statistics and both
+heads, with the encoder's training config, which `evaluate` loads (all in eval mode).
 """
 from __future__ import annotations
 
@@ -16,11 +20,11 @@ import torch
 from torch import Tensor, nn
 
 from imaginet_shards.augment.spec import get_preset
-from imaginet_shards.loaders import Backend, make_loader
+from imaginet_shards.loaders import make_loader
 
 from . import dist
 from .checkpoint import build_checkpoint, load_checkpoint, save_checkpoint
-from .engine import Amp, EpochStats, Runtime, train_one_epoch
+from .engine import EpochStats, RuntimeOptions, train_one_epoch
 from .model import Encoder, FamilyHead, OriginHead, build_model
 from .objectives import FAMILY_CLASSES, HeadsObjective
 from .runlog import RunLog
@@ -32,19 +36,25 @@ ENCODER_PREFIX = "encoder."
 class Detector(nn.Module):
     """A frozen encoder with the origin and family heads: forward(x) -> (origin logit [N], family logits [N, 4]).
 
-    The encoder never receives gradients and stays in eval mode (its BatchNorm statistics are the
-    pre-training's), whatever `train()` is called with.
+    The encoder never receives gradients. In training mode only its BatchNorm layers train (with
+    `adapt_bn`, re-estimating their running statistics), or none of it (without); in eval mode all
+    of it is in eval mode.
     """
 
-    def __init__(self, encoder: Encoder) -> None:
+    def __init__(self, encoder: Encoder, adapt_bn: bool = True) -> None:
         super().__init__()
         self.encoder = encoder.requires_grad_(False)
         self.origin = OriginHead(encoder.out_dim)
         self.family = FamilyHead(encoder.out_dim, num_classes=FAMILY_CLASSES)
+        self.adapt_bn = adapt_bn
 
     def train(self, mode: bool = True) -> Detector:
         super().train(mode)
         self.encoder.eval()
+        if mode and self.adapt_bn:
+            for module in self.encoder.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.train()
         return self
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -63,15 +73,11 @@ class LinearConfig:
     epochs: int = 5
     lr: float = 1e-4
     weight_decay: float = 1e-3
-    batch_size: int = 64
+    batch_size: int = 200
     size: int = 256  # the calibration preset's output side
     seed: int = 0
-    backend: Backend = "auto"
-    workers: int = 4
-    amp: Amp = "auto"
-    channels_last: bool = True
-    threads: int = 0
-    progress: bool = True
+    adapt_bn: bool = True  # re-estimate the encoder's BatchNorm statistics on the calibration data
+    runtime: RuntimeOptions = RuntimeOptions()
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "size"):
@@ -79,7 +85,7 @@ class LinearConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
-        for name in ("weight_decay", "seed", "workers", "threads"):
+        for name in ("weight_decay", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -122,16 +128,16 @@ class LinearResult:
 
 def train_heads(config: LinearConfig) -> LinearResult:
     """Train both heads on the frozen encoder (one process) and write `OUT/heads.pt`."""
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    options = config.runtime
+    options.apply_threads()
     torch.manual_seed(config.seed)
-    runtime = Runtime.for_device(dist.device_for(dist.DistEnv()), config.amp, config.channels_last)
+    runtime = options.runtime(dist.device_for(dist.DistEnv()))
     encoder, encoder_config = encoder_from_checkpoint(load_checkpoint(config.checkpoint), config.checkpoint)
-    detector = runtime.prepare_model(Detector(encoder))
-    loader = make_loader(config.data, backend=config.backend,
+    detector = runtime.prepare_model(Detector(encoder, adapt_bn=config.adapt_bn))
+    loader = make_loader(config.data, backend=options.backend,
                          preset=get_preset("calibration", size=config.size), batch_size=config.batch_size,
                          rank=0, world_size=1, seed=config.seed, device=str(runtime.device),
-                         workers=config.workers)
+                         workers=options.workers)
     heads = [p for p in detector.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(heads, lr=config.lr, weight_decay=config.weight_decay)
     log = RunLog(config.out)
@@ -140,10 +146,10 @@ def train_heads(config: LinearConfig) -> LinearResult:
         for epoch in range(config.epochs):
             loader.set_epoch(epoch)
             stats = train_one_epoch(detector, HeadsObjective(), loader, optimizer, runtime=runtime,
-                                    epoch=epoch, first_step=epoch * len(loader), progress=config.progress)
+                                    epoch=epoch, first_step=epoch * len(loader), progress=options.progress)
             log.write(stats.record(), global_step=(epoch + 1) * len(loader))
             history.append(stats)
-            if config.progress:
+            if options.progress:
                 print(f"heads epoch {epoch}: loss {stats.loss:.4f}, {stats.images_per_s:.0f} images/s", flush=True)
     finally:
         log.close()

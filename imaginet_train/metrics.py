@@ -53,6 +53,19 @@ def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) 
     return float(np.mean(np.diag(matrix)[present] / support[present]))
 
 
+def multiclass_auc(y_true: np.ndarray, probability: np.ndarray) -> float:
+    """Macro one-vs-rest ROC AUC of class probabilities [N, C] for labels in 0..C-1 (the authors'
+    model-identification AUC); NaN unless every class has positives and negatives."""
+    y_true = np.asarray(y_true).ravel()
+    probability = np.asarray(probability)
+    if probability.ndim != 2 or len(probability) != len(y_true):
+        raise ValueError(f"expected probabilities [{len(y_true)}, C], got shape {probability.shape}")
+    one_hot = np.eye(probability.shape[1], dtype=np.int64)[y_true]
+    if len(y_true) == 0 or (one_hot.min(axis=0) == one_hot.max(axis=0)).any():
+        return math.nan
+    return float(roc_auc_score(one_hot, probability, average="macro"))
+
+
 def origin_metrics(origin: np.ndarray, probability: np.ndarray) -> dict[str, float]:
     """AUC, balanced accuracy (at THRESHOLD) and AP of the synthetic-class probability."""
     return {"auc": roc_auc(origin, probability),

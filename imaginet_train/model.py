@@ -18,6 +18,7 @@ from torchvision.models.resnet import BasicBlock
 
 ARCHS = ("resnet50nodown", "resnet50", "small")
 IMAGENET = "imagenet"
+IMAGENET_WEIGHTS = torchvision.models.ResNet50_Weights.IMAGENET1K_V2
 
 # The small encoder: a stride-2 stem on the image's high-pass residual, then four single-BasicBlock
 # stages of these widths (layer1 keeps the stem's resolution, layers 2-4 halve it). Sized to train
@@ -148,7 +149,8 @@ def build_model(arch: str, *, pretrained: str | None = None, feat_dim: int = 128
     """A SelfCon model for `arch` in ARCHS.
 
     `pretrained`: None (random init), a local path to a torchvision `resnet50` state_dict, or "imagenet"
-    to download torchvision's ImageNet weights (needs internet; only ever on explicit request).
+    to download torchvision's IMAGENET1K_V2 weights, the ones the ImagiNet authors start from (needs
+    internet; only ever on explicit request).
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
@@ -163,14 +165,15 @@ def build_model(arch: str, *, pretrained: str | None = None, feat_dim: int = 128
 
 
 def load_pretrained(encoder: Encoder, source: str | os.PathLike[str]) -> PretrainedReport:
-    """Load torchvision `resnet50` weights into `encoder` from a local file or "imagenet" (download).
+    """Load torchvision `resnet50` weights into `encoder` from a local file or "imagenet" (download of
+    IMAGENET1K_V2).
 
     `fc.*` is ignored and a missing `num_batches_tracked` counter tolerated; any other missing or
     unexpected key, or a shape mismatch, raises ValueError naming the keys.
     """
     if str(source) == IMAGENET:
-        state = torchvision.models.ResNet50_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
-        origin = "torchvision ImageNet weights"
+        state = IMAGENET_WEIGHTS.get_state_dict(progress=True)
+        origin = f"torchvision {IMAGENET_WEIGHTS}"
     else:
         if not os.path.isfile(source):
             raise FileNotFoundError(f"pretrained weights file not found: {source}")

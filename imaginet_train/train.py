@@ -10,9 +10,7 @@ repeats the uninterrupted run's steps (bit for bit on the same hardware and thre
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
-from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,21 +18,31 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from imaginet_shards.augment.spec import get_preset
-from imaginet_shards.loaders import Backend, make_loader
+from imaginet_shards.loaders import make_loader
 
 from . import dist
 from .checkpoint import build_checkpoint, load_checkpoint, restore_checkpoint, save_checkpoint
-from .engine import Amp, EpochStats, Runtime, train_one_epoch
+from .engine import EpochStats, RuntimeOptions, train_one_epoch
 from .model import ARCHS, build_model
 from .objectives import TRACKS, Classifier, CrossEntropyObjective, SelfConObjective
 from .runlog import RunLog
+from .schedule import LrSchedule
 
 CHECKPOINT_NAME = "checkpoint.pt"
 OBJECTIVES = ("selfcon", "ce")
-MIN_LR_FACTOR = 1e-3  # the cosine decays to lr * MIN_LR_FACTOR
-# Config fields that may change when resuming: they do not affect what is computed.
-RESUMABLE_CHANGES = frozenset({"data", "resume", "progress", "workers", "backend", "threads",
-                               "checkpoint_every", "log_every"})
+LR_STEPS = ("batch", "epoch")
+# Config fields that may change when resuming: they do not affect what is computed (of the runtime
+# options, amp and channels_last do, and must match).
+RESUMABLE_CHANGES = frozenset({"data", "resume", "checkpoint_every", "log_every"})
+RUNTIME_FIXED = ("amp", "channels_last")
+# `--recipe paper`: the ImagiNet authors' SelfCon run (their train.sh): 400 epochs of batch 200 at
+# 256 px from torchvision's IMAGENET1K_V2 weights, SGD, a 10-epoch LinearLR warm-up from 1e-4 x lr,
+# then cosine to 1e-3 x lr, the lr changing once per epoch.
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper": dict(arch="resnet50nodown", pretrained="imagenet", epochs=400, batch_size=200, lr=0.005,
+                  momentum=0.9, weight_decay=1e-4, temperature=0.07, warmup_epochs=10.0,
+                  warmup_start_factor=1e-4, lr_step="epoch", crop=256),
+}
 
 
 @dataclass(frozen=True)
@@ -54,18 +62,16 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
+    warmup_start_factor: float = 1e-4  # the warm-up's first lr is lr * this
+    lr_step: Literal["batch", "epoch"] = "batch"  # lr changes every batch, or once per epoch
     temperature: float = 0.07
     crop: int = 96
     seed: int = 0
-    backend: Backend = "auto"
-    workers: int = 4
-    amp: Amp = "auto"
-    channels_last: bool = True
-    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    sync_bn: bool = False  # SyncBatchNorm under DDP: BatchNorm statistics over the global batch
     checkpoint_every: int = 1
     log_every: int = 10
     resume: bool = False
-    progress: bool = True
+    runtime: RuntimeOptions = RuntimeOptions()
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -74,15 +80,28 @@ class TrainConfig:
             raise ValueError(f"track must be one of {', '.join(TRACKS)}, got {self.track!r}")
         if self.arch not in ARCHS:
             raise ValueError(f"unknown arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
+        if self.lr_step not in LR_STEPS:
+            raise ValueError(f"lr_step must be one of {', '.join(LR_STEPS)}, got {self.lr_step!r}")
         for name in ("epochs", "batch_size", "crop", "checkpoint_every", "log_every", "feat_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("lr", "temperature"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("momentum", "weight_decay", "warmup_epochs", "seed", "workers", "threads"):
+        if not 0 < self.warmup_start_factor <= 1:
+            raise ValueError(f"warmup_start_factor must be in (0, 1], got {self.warmup_start_factor}")
+        for name in ("momentum", "weight_decay", "warmup_epochs", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @classmethod
+    def from_recipe(cls, recipe: str | None, **options: Any) -> TrainConfig:
+        """A config from a named recipe in RECIPES (None: the defaults); `options` override it."""
+        if recipe is None:
+            return cls(**options)
+        if recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+        return cls(**{**RECIPES[recipe], **options})
 
     @property
     def checkpoint_path(self) -> Path:
@@ -109,27 +128,34 @@ class TrainResult:
                 f"for data; checkpoint {self.checkpoint}")
 
 
-def warmup_cosine(step: int, *, warmup: int, total: int) -> float:
-    """LR factor at `step`: linear warm-up over `warmup` steps, then cosine down to MIN_LR_FACTOR."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return MIN_LR_FACTOR + (1 - MIN_LR_FACTOR) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def build_network(config: TrainConfig) -> tuple[torch.nn.Module, SelfConObjective | CrossEntropyObjective]:
-    """(model, objective) for `config.objective`: the SelfCon model, or the encoder with a linear classifier."""
-    model = build_model(config.arch, pretrained=config.pretrained, feat_dim=config.feat_dim)
+def build_network(config: TrainConfig, distributed: bool = False
+                  ) -> tuple[torch.nn.Module, SelfConObjective | CrossEntropyObjective]:
+    """(model, objective) for `config.objective`: the SelfCon model, or the encoder with a linear
+    classifier; with `sync_bn` under DDP, every BatchNorm becomes a SyncBatchNorm."""
+    selfcon = build_model(config.arch, pretrained=config.pretrained, feat_dim=config.feat_dim)
+    model: torch.nn.Module = selfcon
+    objective: SelfConObjective | CrossEntropyObjective
     if config.objective == "selfcon":
-        return model, SelfConObjective(config.temperature)
-    objective = CrossEntropyObjective(config.track)
-    return Classifier(model.encoder, objective.num_classes), objective
+        objective = SelfConObjective(config.temperature)
+    else:
+        objective = CrossEntropyObjective(config.track)
+        model = Classifier(selfcon.encoder, objective.num_classes)
+    if config.sync_bn and distributed:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model, objective
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
+                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The run's lr schedule, stepped after every batch (see `LrSchedule`)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, LrSchedule(
+        epochs=config.epochs, warmup_epochs=config.warmup_epochs, start_factor=config.warmup_start_factor,
+        steps_per_epoch=steps_per_epoch, per_epoch=config.lr_step == "epoch"))
 
 
 def train(config: TrainConfig) -> TrainResult:
     """Run (or resume) training as configured; under torchrun, every rank calls this."""
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    config.runtime.apply_threads()
     owns_group = not torch.distributed.is_initialized()
     env = dist.init_distributed()
     try:
@@ -143,20 +169,21 @@ def _train(config: TrainConfig, env: dist.DistEnv) -> TrainResult:
     if config.batch_size % env.world_size:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by the world size {env.world_size}")
     device = dist.device_for(env)
-    runtime = Runtime.for_device(device, config.amp, config.channels_last)
+    if config.sync_bn and env.distributed and device.type == "cpu":
+        raise ValueError("sync_bn needs GPUs: torch's SyncBatchNorm does not run on CPU tensors")
+    runtime = config.runtime.runtime(device)
     torch.manual_seed(config.seed)
-    loader = make_loader(config.data, backend=config.backend, preset=get_preset("train", crop=config.crop),
+    loader = make_loader(config.data, backend=config.runtime.backend,
+                         preset=get_preset("train", crop=config.crop),
                          batch_size=config.batch_size // env.world_size, rank=env.rank,
                          world_size=env.world_size, seed=config.seed, device=str(device),
-                         workers=config.workers)
-    model, objective = build_network(config)
+                         workers=config.runtime.workers)
+    model, objective = build_network(config, distributed=env.distributed)
     model = runtime.prepare_model(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     steps_per_epoch = len(loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(
-        warmup_cosine, warmup=round(config.warmup_epochs * steps_per_epoch),
-        total=config.epochs * steps_per_epoch))
+    scheduler = build_scheduler(optimizer, config, steps_per_epoch)
     start_epoch = 0
     if config.resume:
         start_epoch = _resume(config, model, optimizer, scheduler, device)
@@ -175,9 +202,9 @@ def _train(config: TrainConfig, env: dist.DistEnv) -> TrainResult:
             loader.set_epoch(epoch)
             stats = train_one_epoch(net, objective, loader, optimizer, runtime=runtime, epoch=epoch,
                                     first_step=epoch * steps_per_epoch, scheduler=scheduler,
-                                    on_step=on_step, progress=config.progress and env.is_main)
+                                    on_step=on_step, progress=config.runtime.progress and env.is_main)
             log.write(stats.record(), global_step=(epoch + 1) * steps_per_epoch)
-            if env.is_main and config.progress:
+            if env.is_main and config.runtime.progress:
                 print(f"epoch {epoch}: loss {stats.loss:.4f}, {stats.images_per_s:.0f} images/s, "
                       f"{stats.data_fraction:.0%} of step time waiting for data", flush=True)
             if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
@@ -204,13 +231,10 @@ def _resume(config: TrainConfig, model: torch.nn.Module, optimizer: torch.optim.
             scheduler: torch.optim.lr_scheduler.LRScheduler, device: torch.device) -> int:
     """Restore everything from the run's checkpoint; returns the epoch to start from."""
     state = load_checkpoint(config.checkpoint_path, map_location=device)
-    saved = state["config"]
-    changed = sorted(f.name for f in fields(config) if f.name not in RESUMABLE_CHANGES
-                     and saved.get(f.name) != getattr(config, f.name))
+    changed = _changed_options(state["config"], config)
     if changed:
         raise ValueError(f"cannot resume {config.checkpoint_path}: options differ from the checkpoint's: "
-                         + ", ".join(f"{k} (checkpoint {saved.get(k)!r}, now {getattr(config, k)!r})"
-                                     for k in changed))
+                         + ", ".join(f"{k} (checkpoint {saved!r}, now {now!r})" for k, saved, now in changed))
     if state["loader"].get("batch", 0) != 0:
         raise ValueError(f"{config.checkpoint_path} was taken mid-epoch (batch {state['loader']['batch']}); "
                          "only epoch-boundary checkpoints can be resumed")
@@ -218,3 +242,14 @@ def _resume(config: TrainConfig, model: torch.nn.Module, optimizer: torch.optim.
     torch.set_rng_state(state["rng"].cpu())
     return int(state["loader"]["epoch"])
 
+
+
+def _changed_options(saved: dict[str, Any], config: TrainConfig) -> list[tuple[str, Any, Any]]:
+    """(name, saved, now) of every option that changes what is computed (runtime ones included)."""
+    now = config.to_json()
+    changed = [(f.name, saved.get(f.name), now[f.name]) for f in fields(config)
+               if f.name not in RESUMABLE_CHANGES | {"runtime"} and saved.get(f.name) != now[f.name]]
+    saved_runtime = saved.get("runtime") or {}
+    changed += [(name, saved_runtime.get(name), now["runtime"][name]) for name in RUNTIME_FIXED
+                if saved_runtime.get(name) != now["runtime"][name]]
+    return changed

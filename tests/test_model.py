@@ -81,7 +81,7 @@ def test_imagenet_weights_only_on_explicit_request(monkeypatch):
         return state
     monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", fake_download)
     model = build_model("resnet50", pretrained="imagenet")
-    assert requested == [torchvision.models.ResNet50_Weights.IMAGENET1K_V1]
+    assert requested == [torchvision.models.ResNet50_Weights.IMAGENET1K_V2]  # the authors' weights
     torch.testing.assert_close(model.encoder.conv1.weight, state["conv1.weight"], rtol=0, atol=0)
 
 

@@ -14,10 +14,12 @@ from helpers.torchrun import run_torchrun
 from imaginet_train import runlog
 from imaginet_train import train as train_module
 from imaginet_train.checkpoint import load_checkpoint
+from imaginet_train.engine import RuntimeOptions
 from imaginet_train.model import build_model
 from imaginet_train.objectives import Classifier, CrossEntropyObjective, HeadsObjective
 from imaginet_train.runlog import read_records
-from imaginet_train.train import TrainConfig, train, warmup_cosine
+from imaginet_train.schedule import MIN_LR_FACTOR, lr_factor
+from imaginet_train.train import RECIPES, TrainConfig, build_network, build_scheduler, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 150
@@ -40,7 +42,8 @@ def one_thread():
 
 def _config(shards: Path, out: Path, **overrides) -> TrainConfig:
     options = dict(data=str(shards), out=str(out), arch="small", feat_dim=16, epochs=2, batch_size=4,
-                   crop=32, backend="cpu", workers=0, warmup_epochs=0.5, log_every=1, progress=False)
+                   crop=32, warmup_epochs=0.5, log_every=1,
+                   runtime=RuntimeOptions(backend="cpu", workers=0, progress=False))
     return TrainConfig(**{**options, **overrides})
 
 
@@ -99,6 +102,8 @@ def test_resume_refuses_changed_options(shards, tmp_path):
     train(config)
     with pytest.raises(ValueError, match=r"options differ from the checkpoint's: lr"):
         train(replace(config, lr=0.1, resume=True))
+    with pytest.raises(ValueError, match=r"options differ from the checkpoint's: amp \(checkpoint 'auto'"):
+        train(replace(config, runtime=replace(config.runtime, amp="off"), resume=True))
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         train(replace(config, out=str(tmp_path / "empty"), resume=True))
 
@@ -117,25 +122,103 @@ def test_ce_trains_on_the_family_track(shards, tmp_path):
     ({"epochs": 0}, "epochs must be >= 1"),
     ({"lr": 0.0}, "lr must be > 0"),
     ({"warmup_epochs": -1}, "warmup_epochs must be >= 0"),
+    ({"lr_step": "step"}, "lr_step must be one of batch, epoch"),
+    ({"warmup_start_factor": 0.0}, r"warmup_start_factor must be in \(0, 1\]"),
+    ({"runtime": {"amp": "fp16"}}, "amp must be 'auto', 'bf16' or 'off'"),
 ])
 def test_config_rejects_bad_options(overrides, match):
     with pytest.raises(ValueError, match=match):
+        if "runtime" in overrides:
+            overrides = {"runtime": RuntimeOptions(**overrides["runtime"])}
         TrainConfig(data="d", out="o", **overrides)
 
 
-def test_batch_must_split_over_ranks(shards, tmp_path, monkeypatch):
+def test_distributed_preconditions_are_checked_before_training(shards, tmp_path, monkeypatch):
     monkeypatch.setattr(train_module.dist, "init_distributed",
                         lambda: train_module.dist.DistEnv(rank=0, world_size=3))
     with pytest.raises(ValueError, match="batch_size 4 is not divisible by the world size 3"):
         train(_config(shards, tmp_path / "run"))
+    monkeypatch.setattr(train_module.dist, "init_distributed",
+                        lambda: train_module.dist.DistEnv(rank=0, world_size=2))
+    with pytest.raises(ValueError, match="sync_bn needs GPUs"):
+        train(_config(shards, tmp_path / "run", sync_bn=True))
 
 
 def test_warmup_then_cosine():
-    factors = [warmup_cosine(s, warmup=4, total=20) for s in range(20)]
-    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
-    assert all(a >= b for a, b in zip(factors[3:], factors[4:]))  # non-increasing after warm-up
-    assert warmup_cosine(20, warmup=4, total=20) == pytest.approx(train_module.MIN_LR_FACTOR)
-    assert warmup_cosine(0, warmup=0, total=10) == 1.0
+    factors = [lr_factor(e / 2, epochs=10, warmup_epochs=2, start_factor=0.25) for e in range(21)]
+    assert factors[:5] == [0.25, 0.4375, 0.625, 0.8125, 1.0]
+    assert all(a >= b for a, b in zip(factors[4:], factors[5:]))  # non-increasing after warm-up
+    assert factors[-1] == pytest.approx(MIN_LR_FACTOR)
+    assert lr_factor(0, epochs=10, warmup_epochs=0, start_factor=0.5) == 1.0
+
+
+def _reference_lrs(lr: float, epochs: int, warmup: int) -> list[float]:
+    """The lr of every epoch under the reference's per-epoch SequentialLR (torch's own schedulers)."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [
+        torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1e-4, end_factor=1, total_iters=warmup),
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs - warmup, eta_min=lr * 1e-3)],
+        milestones=[warmup])
+    lrs = []
+    for _ in range(epochs):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+@pytest.mark.parametrize("lr_step", ["epoch", "batch"])
+def test_paper_recipe_lr_equals_the_reference_at_every_epoch_boundary(lr_step):
+    config = TrainConfig.from_recipe("paper", data="d", out="o", lr_step=lr_step)
+    assert (config.epochs, config.batch_size, config.lr, config.momentum, config.weight_decay,
+            config.temperature, config.pretrained) == (400, 200, 0.005, 0.9, 1e-4, 0.07, "imagenet")
+    expected = _reference_lrs(config.lr, config.epochs, warmup=10)
+    steps_per_epoch = 3
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=config.lr)
+    scheduler = build_scheduler(optimizer, config, steps_per_epoch)
+    within = []
+    for _ in range(config.epochs):
+        within.append([optimizer.param_groups[0]["lr"]])
+        for _ in range(steps_per_epoch):
+            optimizer.step()
+            scheduler.step()
+            within[-1].append(optimizer.param_groups[0]["lr"])
+    assert [w[0] for w in within] == pytest.approx(expected, rel=1e-12)
+    assert expected[0] == pytest.approx(0.005 * 1e-4) and expected[10] == pytest.approx(0.005)
+    constant = all(w[0] == w[1] == w[2] for w in within)
+    assert constant == (lr_step == "epoch")  # per epoch: held for the epoch; per batch: moving
+
+
+def test_recipe_options_can_be_overridden_and_unknown_recipes_are_refused():
+    config = TrainConfig.from_recipe("paper", data="d", out="o", epochs=3)
+    assert config.epochs == 3 and config.lr_step == RECIPES["paper"]["lr_step"] == "epoch"
+    with pytest.raises(ValueError, match="unknown recipe 'fast'"):
+        TrainConfig.from_recipe("fast", data="d", out="o")
+
+
+def test_cli_recipe_keeps_explicit_options(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from imaginet_train import cli
+    seen = []
+    monkeypatch.setattr(train_module, "train", lambda config: seen.append(config) or
+                        train_module.TrainResult(last=None, checkpoint=config.checkpoint_path, epochs_trained=0))
+    result = CliRunner().invoke(cli.main, ["selfcon", "data", "--out", str(tmp_path), "--recipe", "paper",
+                                           "--epochs", "2", "--workers", "0", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    [config] = seen
+    assert (config.epochs, config.batch_size, config.lr_step, config.crop, config.pretrained) == (
+        2, 200, "epoch", 256, "imagenet")
+    assert config.runtime == RuntimeOptions(workers=0, progress=False)
+
+
+def test_sync_bn_converts_every_batch_norm_under_ddp_only():
+    config = TrainConfig(data="d", out="o", arch="small", feat_dim=8, sync_bn=True)
+    model, _ = build_network(config, distributed=True)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(isinstance(m, torch.nn.SyncBatchNorm) for m in norms)
+    single, _ = build_network(config, distributed=False)
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in single.modules())
 
 
 def _labels(origin, family):

@@ -17,7 +17,8 @@ from imaginet_shards.io.shardset import load_manifest
 from imaginet_shards.loaders import make_loader
 from imaginet_shards.ops.stats import inspect
 from imaginet_shards.ops.verify import verify
-from imaginet_train.evaluate import Predictions, per_group, score
+from imaginet_train import reports
+from imaginet_train.reports import Predictions
 
 
 @pytest.fixture(scope="module")
@@ -92,15 +93,23 @@ def test_bad_annotation_format_is_a_usage_error(tree, tmp_path):
 
 
 def test_evaluation_tables_leave_unknown_labels_out():
-    """Origin metrics over every row; generators named by the dataset's own ids; no family score
-    and no content group where those are unknown."""
+    """Origin metrics over every row; generators named by the dataset's own ids; no family score,
+    no family group and no content group where those are unknown."""
     labels = np.array([[0, -1, -1, 0], [0, -1, -1, 0], [1, -1, -1, 0], [1, -1, -1, 5], [1, -1, -1, 5]])
-    predictions = Predictions(labels, np.array([0.1, 0.6, 0.9, 0.7, 0.2]), np.array([0, 0, 0, 1, 0]))
-    result = score(predictions)
-    assert result["origin_auc"] == roc_auc_score([0, 0, 1, 1, 1], [0.1, 0.6, 0.9, 0.7, 0.2]) and math.isnan(result["family_balanced_accuracy"])
-    rows = {(r["group"], r["name"]): r for r in per_group(predictions, "path,label,generator")}
-    assert set(rows) == {("generator", "generator 0"), ("generator", "generator 5")}
-    assert (rows[("generator", "generator 0")]["real"], rows[("generator", "generator 0")]["synthetic"]) == (2, 1)
-    assert rows[("generator", "generator 5")]["origin_auc"] == roc_auc_score([0, 0, 1, 1], [0.1, 0.6, 0.7, 0.2])
-    unknown_generator = Predictions(np.where(labels == 5, -1, labels), predictions.probability, predictions.family)
-    assert {r["name"] for r in per_group(unknown_generator, "path,label,generator")} == {"generator 0"}
+    logits = np.array([0.1, 0.6, 0.9, 0.7, 0.2])
+    family = np.tile([1.0, 0.0, 0.0, 0.0], (5, 1))
+    predictions = Predictions(tuple("abcde"), labels, logits, family)
+    groups = reports.default_family_groups(labels, seed=0)
+    assert [g.name for g in groups] == ["all"]
+    (row, mean) = reports.origin_table(predictions, groups, None)
+    assert row["auc"] == roc_auc_score([0, 0, 1, 1, 1], logits) and row["count"] == 5
+    (ident, ident_mean) = reports.identification_table(predictions, groups)
+    assert ident["count"] == 0 and math.isnan(ident["balanced_accuracy"]) and math.isnan(ident_mean["auc"])
+    generators = reports.balanced_groups(labels, 3, np.random.default_rng(0), "path,label,generator")
+    assert [g.name for g in generators] == ["generator 0", "generator 5"]
+    g5 = predictions.take(generators[1].rows)
+    assert (int((g5.labels[:, 0] == 0).sum()), int((g5.labels[:, 0] == 1).sum())) == (2, 2)
+    assert reports.content_groups(labels) == []
+    unknown_generator = np.where(labels == 5, -1, labels)
+    assert [g.name for g in reports.balanced_groups(unknown_generator, 3, np.random.default_rng(0),
+                                                    "path,label,generator")] == ["generator 0"]
