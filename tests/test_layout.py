@@ -4,6 +4,7 @@ module imports itself back through a cycle (imports inside functions count too).
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,11 @@ def test_modules_stay_small():
     sizes = {module_name(p): len(p.read_text().splitlines())
              for package in PACKAGES for p in (REPO / package).rglob("*.py")}
     assert {name: n for name, n in sizes.items() if n > 400} == {}
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_public_api_resolves(package):
+    """Every name in `__all__` resolves, and the package is marked typed."""
+    module = importlib.import_module(package)
+    assert all(getattr(module, name) is not None for name in module.__all__)
+    assert (REPO / package / "py.typed").is_file()
