@@ -13,11 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -40,6 +41,8 @@ from imaginet_shards.io import storage
 from imaginet_shards.io.shardset import ShardSet, load_index, open_shard_set, read_samples
 from imaginet_shards.loaders.world import sample_rng
 from imaginet_shards.ops.pack import PlannedSample, sample_members
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,16 @@ def single_threaded_worker() -> None:
     torch.set_num_threads(1)
 
 
+def worker_map(function: Callable[..., T], columns: Sequence[Sequence[Any]], workers: int,
+               stack: ExitStack) -> Iterator[T]:
+    """`map(function, *columns)`, in this process for one worker, else in a process pool whose
+    life `stack` bounds (results in order either way)."""
+    if workers == 1:
+        return map(function, *columns)
+    pool = stack.enter_context(ProcessPoolExecutor(workers, initializer=single_threaded_worker))
+    return pool.map(function, *columns)
+
+
 def perturb(options: PerturbOptions) -> Manifest:
     """Write the perturbed shard set at options.out (manifest.json last) and return its manifest."""
     shards = open_shard_set(options.source)
@@ -136,13 +149,7 @@ def perturb(options: PerturbOptions) -> Manifest:
     columns = ([shards] * count, range(count), [str(out)] * count, [preset] * count,
                [options.seed] * count)
     with ExitStack() as stack:
-        results: Iterator[dict]
-        if options.workers == 1:
-            results = map(perturb_shard, *columns)
-        else:
-            pool = stack.enter_context(ProcessPoolExecutor(options.workers,
-                                                           initializer=single_threaded_worker))
-            results = pool.map(perturb_shard, *columns)
+        results = worker_map(perturb_shard, columns, options.workers, stack)
         entries = [ShardEntry(**entry) for entry in tqdm(
             results, total=count, desc=f"perturb {out.name}", unit="shard",
             disable=not options.progress)]

@@ -19,8 +19,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ from imaginet_shards.format.annotations import (
 from imaginet_shards.format.manifest import Manifest
 from imaginet_shards.loaders.world import sample_rng
 from imaginet_shards.ops.pack import PackOptions, pack
-from imaginet_shards.ops.perturb import single_threaded_worker
+from imaginet_shards.ops.perturb import worker_map
 
 REFERENCE_FAMILIES: tuple[str, ...] = ("gan", "sd", "midjourney", "dalle3")
 TESTSET_DIR = "testset"
@@ -211,13 +210,7 @@ def write_reference_testset(options: ReferenceTestsetOptions) -> ReferenceTestse
     columns = (chunks, [str(root)] * len(chunks), [str(out)] * len(chunks), [preset] * len(chunks),
                [options.seed] * len(chunks))
     with ExitStack() as stack:
-        done: Iterator[int]
-        if options.workers == 1:
-            done = map(_render_chunk, *columns)
-        else:
-            pool = stack.enter_context(ProcessPoolExecutor(options.workers,
-                                                           initializer=single_threaded_worker))
-            done = pool.map(_render_chunk, *columns)
+        done = worker_map(_render_chunk, columns, options.workers, stack)
         bar = stack.enter_context(tqdm(total=len(items), desc=f"testset {out}", unit="img",
                                        disable=not options.progress))
         for count in done:
