@@ -1,18 +1,21 @@
 """The perturbation spec (augment.py) interpreted as a DALI graph, step by step.
 
 `build_graph` turns encoded images into normalised CHW float images inside a DALI pipeline defined
-with `enable_conditionals=True`. Geometry is lazy: `PadTo`, `Crop` and the crop of `SquareResize`
-only move a window over the encoded image, and the first step that needs pixels decodes just that
-window (`fn.decoders.image_slice`, a true ROI decode for JPEG; on the CPU, PNG and WebP windows
-come from windows.py through `fn.python_function`), then zero-pads what lies outside the image,
-which is exactly pad-then-crop. Per-sample choices are random draws on the CPU and
-`if` statements on them (DALI splits the batch, runs each branch on its samples, merges).
+with `enable_conditionals=True`. Geometry is lazy: `PadTo`, `Crop` and the crops of `SquareResize`
+and `ResizedCrop` only move a window over the encoded image, and the first step that needs pixels
+decodes just that window (`fn.decoders.image_slice`, a true ROI decode for JPEG; on the CPU, PNG
+and WebP windows come from windows.py through `fn.python_function`). A window that reaches past
+the image (after a `PadTo`) decodes the whole image along that axis and mirrors it
+(reflect-101, by slices, flips and concatenation), which is exactly pad-then-crop. Per-sample
+choices are random draws on the CPU and `if` statements on them (DALI splits the batch, runs each
+branch on its samples, merges).
 
 The same graph runs on the CPU (`decode_device="cpu"`) and on a GPU (`decode_device="mixed"`):
 every operator after the decoder follows its input's device, so nothing else changes.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -30,6 +33,7 @@ from imaginet_shards.augment.spec import (
     OneOf,
     PadTo,
     Preset,
+    ResizedCrop,
     Rot90,
     SquareResize,
     Step,
@@ -42,8 +46,9 @@ DataNode = Any  # nvidia.dali.pipeline.DataNode (or a Python int where a value i
 @dataclass(frozen=True)
 class _View:
     """A `height` x `width` window at (`top`, `left`) of `source`, which is encoded bytes or HWC
-    pixels of `src_h` x `src_w`, conceptually zero-padded bottom/right. `padded` and `cropped` are
-    static: whether the window may reach past the source, and whether it differs from it."""
+    pixels of `src_h` x `src_w`, conceptually mirrored (reflect-101) beyond its borders: `top` and
+    `left` may be negative. `padded` and `cropped` are static: whether the window may reach past
+    the source, and whether it differs from it."""
 
     source: DataNode
     encoded: bool
@@ -76,6 +81,54 @@ def _randint(count: DataNode) -> DataNode:
     scale = float(count) if isinstance(count, int) else fn.cast(count, dtype=types.FLOAT)
     draw = _int(dmath.floor(fn.random.uniform(range=[0.0, 1.0]) * scale))
     return dmath.min(draw, count - 1)
+
+
+def _where(condition: DataNode, a: DataNode, b: DataNode) -> DataNode:
+    """`a` where `condition` holds, else `b` (per sample, integers)."""
+    chosen = _int(condition)
+    return chosen * a + (1 - chosen) * b
+
+
+def _uniform(low: float, high: float) -> DataNode:
+    return fn.random.uniform(range=[float(low), float(high)])
+
+
+def _round(node: DataNode) -> DataNode:
+    return _int(dmath.floor(node + 0.5))
+
+
+_REFLECTIONS = 5  # rounds of mirroring: a side n pads to 3**5 * (n - 1) + 1 (487 for n = 3)
+
+
+def _reflect(image: DataNode, before: DataNode, after: DataNode, axis: int) -> DataNode:
+    """`image` mirrored (reflect-101) by `before` / `after` rows (axis 0) or columns (axis 1).
+    Each round mirrors at most length - 1 per side, and the new ends are again mirror axes of
+    the same periodic extension, so rounds compose; what 5 rounds cannot reach (sides of 1 or 2
+    pixels) stays short, and `mirrored` fills it with zeros."""
+    for _ in range(_REFLECTIONS):
+        length = image.shape(dtype=types.INT32)[axis]
+        head, tail = dmath.min(before, length - 1), dmath.min(after, length - 1)
+        flip = {"vertical": 1, "horizontal": 0} if axis == 0 else {"horizontal": 1}
+        first = fn.flip(fn.slice(image, start=fn.stack(_int(head * 0 + 1)), shape=fn.stack(_int(head)),
+                                 axes=[axis]), **flip)
+        last = fn.flip(fn.slice(image, start=fn.stack(_int(length - 1 - tail)),
+                                shape=fn.stack(_int(tail)), axes=[axis]), **flip)
+        image = fn.cat(first, image, last, axis=axis)
+        before, after = before - head, after - tail
+    return image
+
+
+def _extent(start: DataNode, size: DataNode, limit: DataNode
+            ) -> tuple[DataNode, DataNode, DataNode, DataNode, DataNode]:
+    """Along one axis, for a window [start, start + size) over a source [0, limit): the source
+    range to read (all of it if the window reaches past it), the mirrored pads before/after that
+    range, and the window's offset into the padded range."""
+    outside = (start < 0) | (start + size > limit)
+    low = _where(outside, start * 0, start)
+    high = _where(outside, limit, start + size)
+    before = dmath.max(low - start, 0)
+    after = dmath.max(start + size - high, 0)
+    return low, high, before, after, start - low + before
 
 
 def _chosen(p: float, index: DataNode) -> DataNode:
@@ -115,26 +168,31 @@ class _Builder:
         return _View.whole(image, False, image.shape(dtype=types.INT32))
 
     def pixels(self, view: _View) -> DataNode:
-        """Materialise a view: decode (or slice) the part of the window inside the source, then
-        zero-pad it to the window's size when the window may reach past the source."""
+        """Materialise a view: decode (or slice) the part of the source the window needs, then
+        mirror it where the window may reach past the source."""
         if not view.cropped:
             if not view.encoded:
                 return view.source
             return fn.decoders.image(view.source, **self.decoder)
-        top = dmath.clamp(view.top, 0, view.src_h - 1)
-        left = dmath.clamp(view.left, 0, view.src_w - 1)
-        bottom = dmath.clamp(view.top + view.height, top + 1, view.src_h)
-        right = dmath.clamp(view.left + view.width, left + 1, view.src_w)
-        start, shape = _pair(top, left), _pair(bottom - top, right - left)
-        if view.encoded:
-            image = self.decode_window(view.source, start, shape)
-        else:
-            image = fn.slice(view.source, start=start, shape=shape, axis_names="HW")
         if view.padded:
-            image = fn.slice(image, start=_pair(view.top - top, view.left - left),
-                             shape=_pair(view.height, view.width), axis_names="HW",
-                             out_of_bounds_policy="pad", fill_values=0)
-        return image
+            return self.mirrored(view)
+        start, shape = _pair(view.top, view.left), _pair(view.height, view.width)
+        return self.read(view, start, shape)
+
+    def read(self, view: _View, start: DataNode, shape: DataNode) -> DataNode:
+        """The source's pixels in the window `start` + `shape` (inside the source)."""
+        if view.encoded:
+            return self.decode_window(view.source, start, shape)
+        return fn.slice(view.source, start=start, shape=shape, axis_names="HW")
+
+    def mirrored(self, view: _View) -> DataNode:
+        """A window that may reach past the source: read what it needs, mirror, cut."""
+        top, bottom, pad_top, pad_bottom, row = _extent(view.top, view.height, view.src_h)
+        left, right, pad_left, pad_right, col = _extent(view.left, view.width, view.src_w)
+        image = self.read(view, _pair(top, left), _pair(bottom - top, right - left))
+        image = _reflect(_reflect(image, pad_top, pad_bottom, 0), pad_left, pad_right, 1)
+        return fn.slice(image, start=_pair(row, col), shape=_pair(view.height, view.width),
+                        axis_names="HW", out_of_bounds_policy="pad", fill_values=0)
 
     def decode_window(self, encoded: DataNode, start: DataNode, shape: DataNode) -> DataNode:
         """The window `start` + `shape` (HW) of encoded images: PNGs and WebPs through windows.py
@@ -168,12 +226,13 @@ class _Builder:
     def step(self, step: Step, view: _View, name: str | None) -> _View:
         """One step; geometry stays lazy, everything else works on pixels."""
         if isinstance(step, PadTo):
-            return replace(view, height=dmath.max(view.height, step.size),
-                           width=dmath.max(view.width, step.size), padded=True, cropped=True)
+            return self.pad(view, step.size)
         if isinstance(step, Crop):
             return self.crop(view, step)
         if isinstance(step, SquareResize):
             return self.square_resize(view, step, name)
+        if isinstance(step, ResizedCrop):
+            return self.resized_crop(view, step, name)
         if isinstance(step, OneOf):
             return self.one_of(view, step, name)
         if isinstance(step, Rot90):
@@ -184,9 +243,18 @@ class _Builder:
             return self.branch(view, step, name)
         raise ValueError(f"unknown preset step {step!r}")
 
-    def _record(self, name: str | None, value: DataNode) -> None:
+    def _record(self, name: str | None, value: DataNode, dtype: Any = types.INT32) -> None:
         if name is not None:
-            self.decisions[name] = _int(value)
+            self.decisions[name] = fn.cast(value, dtype=dtype)
+
+    def pad(self, view: _View, size: DataNode) -> _View:
+        """Centred reflect-101 padding to at least `size` (the odd pixel at the bottom/right)."""
+        if view.cropped:  # mirror at this view's borders, not the source's
+            view = self.pixel_view(self.pixels(view))
+        height, width = dmath.max(view.height, size), dmath.max(view.width, size)
+        return replace(view, top=view.top - (height - view.height) // 2,
+                       left=view.left - (width - view.width) // 2, height=height, width=width,
+                       padded=True, cropped=True)
 
     @staticmethod
     def crop(view: _View, step: Crop) -> _View:
@@ -200,54 +268,107 @@ class _Builder:
 
     def square_resize(self, view: _View, step: SquareResize, name: str | None) -> _View:
         short = dmath.min(view.height, view.width)
-        high = short if step.max_side is None else dmath.min(short, step.max_side)
-        low = dmath.min(step.min_side, high)
-        side = low + _randint(high - low + 1)
-        window = replace(view, top=view.top + _randint(view.height - side + 1),
-                         left=view.left + _randint(view.width - side + 1), height=side, width=side,
-                         cropped=True)
+        if step.max_side is not None:
+            short = dmath.min(short, step.max_side)
+        side = step.min_side + _randint(dmath.max(short, step.min_side) - step.min_side + 1)
+        self._record(name and f"{name}.side", side)
+        padded = self.pad(view, side)
+        window = replace(padded, top=padded.top + _randint(padded.height - side + 1),
+                         left=padded.left + _randint(padded.width - side + 1), height=side,
+                         width=side)
+        interpolation = {"linear": types.INTERP_LINEAR, "cubic": types.INTERP_CUBIC,
+                         "lanczos4": types.INTERP_LANCZOS3}.get(step.interpolation)
+        if interpolation is None:  # "auto": Lanczos when shrinking, cubic otherwise
+            interpolation = fn.cast(_where(side > step.size, int(types.INTERP_LANCZOS3),
+                                           int(types.INTERP_CUBIC)), dtype=types.INTERP_TYPE)
         if step.p >= 1.0:
-            return self.pixel_view(self._resized(window, step))
+            return self.pixel_view(self.resize(self.pixels(window), step.size, interpolation))
         apply = _coin(step.p)
         self._record(name, apply)
         if apply:
-            image = self._resized(window, step)
+            image = self.resize(self.pixels(window), step.size, interpolation)
         else:
             image = self.pixels(view)
         return self.pixel_view(image)
 
-    def _resized(self, window: _View, step: SquareResize) -> DataNode:
-        interp = types.INTERP_LANCZOS3 if step.lanczos else types.INTERP_LINEAR
-        return fn.resize(self.pixels(window), size=[step.size, step.size], interp_type=interp,
-                         antialias=True)
+    @staticmethod
+    def resize(image: DataNode, size: int, interpolation: Any) -> DataNode:
+        """OpenCV-style resizing: sample at pixel centres, no antialiasing."""
+        return fn.resize(image, size=[size, size], interp_type=interpolation, antialias=False)
+
+    def resized_crop(self, view: _View, step: ResizedCrop, name: str | None) -> _View:
+        """albumentations' RandomResizedCrop: the first of 10 (area, aspect) tries that fits,
+        else a centred crop of the whole view clamped to the aspect range."""
+        height, width = view.height, view.width
+        area = fn.cast(height * width, dtype=types.FLOAT)
+        low, high = min(step.ratio), max(step.ratio)
+        ratio = fn.cast(width, dtype=types.FLOAT) / fn.cast(height, dtype=types.FLOAT)
+        crop_h = _where(ratio < low, _round(fn.cast(width, dtype=types.FLOAT) / low), height)
+        crop_w = _where(ratio > high, _round(fn.cast(height, dtype=types.FLOAT) * high), width)
+        found = height * 0
+        for _ in range(10):
+            target = _uniform(*step.scale) * area
+            aspect = dmath.exp(_uniform(math.log(low), math.log(high)))
+            w, h = _round(dmath.sqrt(target * aspect)), _round(dmath.sqrt(target / aspect))
+            fits = (found == 0) & (w > 0) & (w <= width) & (h > 0) & (h <= height)
+            crop_h, crop_w, found = _where(fits, h, crop_h), _where(fits, w, crop_w), found | fits
+        top = _where(found, _randint(height - crop_h + 1), (height - crop_h) // 2)
+        left = _where(found, _randint(width - crop_w + 1), (width - crop_w) // 2)
+        self._record(name and f"{name}.height", crop_h)
+        self._record(name and f"{name}.width", crop_w)
+        window = replace(view, top=view.top + top, left=view.left + left, height=crop_h,
+                         width=crop_w, cropped=True)
+        return self.pixel_view(self.resize(self.pixels(window), step.size, types.INTERP_LINEAR))
 
     def one_of(self, view: _View, step: OneOf, name: str | None) -> _View:
         image = self.pixels(view)
         chosen = _chosen(step.p, fn.random.choice(len(step.options)))
         self._record(name, chosen)
+        # every option's parameters are drawn for every sample (outside the branches), so that
+        # the top level can report them
+        drawn = [self.draw(option, name and f"{name}.{index}")
+                 for index, option in enumerate(step.options)]
         for index, option in enumerate(step.options):
             if chosen == index:
-                image = self.degrade(image, option)
+                image = self.degrade(image, option, drawn[index])
         return self.pixel_view(image)
 
-    @staticmethod
-    def degrade(image: DataNode, option: Degradation) -> DataNode:
+    def draw(self, option: Degradation, name: str | None) -> dict[str, DataNode]:
+        """The per-sample parameters of one degradation (recorded as `name`.parameter)."""
         if isinstance(option, Compress):
             low, high = option.quality
-            quality = low + _randint(high - low + 1)
-            return fn.jpeg_compression_distortion(image, quality=quality)
+            params = {"quality": low + _randint(high - low + 1),
+                      "webp": _int(_coin(option.webp_fraction))}
+        elif isinstance(option, Blur):
+            low, high = option.limit
+            kernel = low + _randint(high - low + 1)
+            params = {"kernel": _where(kernel % 2 == 0, (kernel + 1) % (high + 1), kernel)}
+        elif isinstance(option, Noise):
+            params = {"variance": _uniform(*option.variance)}
+        else:
+            raise ValueError(f"unknown degradation {option!r}")
+        for key, value in params.items():
+            self._record(name and f"{name}.{key}", value,
+                         types.FLOAT if key == "variance" else types.INT32)
+        return params
+
+    @staticmethod
+    def degrade(image: DataNode, option: Degradation, params: dict[str, DataNode]) -> DataNode:
+        if isinstance(option, Compress):  # JPEG for WebP too; red and blue swapped as OpenCV's
+            swapped = fn.color_space_conversion(image, image_type=types.RGB, output_type=types.BGR)
+            damaged = fn.jpeg_compression_distortion(swapped, quality=params["quality"])
+            return fn.color_space_conversion(damaged, image_type=types.BGR, output_type=types.RGB)
         if isinstance(option, Blur):
-            kernel = fn.random.choice(list(option.kernels))
+            kernel = params["kernel"]
             sigma = 0.3 * ((fn.cast(kernel, dtype=types.FLOAT) - 1.0) * 0.5 - 1.0) + 0.8
             return fn.gaussian_blur(image, window_size=kernel, sigma=sigma)
-        if isinstance(option, Noise):
-            variance = fn.random.uniform(range=list(option.variance))
-            return fn.noise.gaussian(image, stddev=dmath.sqrt(variance))
+        if isinstance(option, Noise):  # mean -0.5, rounded: the reference's truncation
+            return fn.noise.gaussian(image, stddev=dmath.sqrt(params["variance"]), mean=-0.5)
         raise ValueError(f"unknown degradation {option!r}")
 
     def rot90(self, view: _View, step: Rot90, name: str | None) -> _View:
         image = self.pixels(view)
-        quarters = _chosen(step.p, fn.random.choice(3)) + 1  # 0 = no rotation
+        quarters = _int(_coin(step.p)) * _int(fn.random.choice(4))  # 0 = no rotation
         self._record(name, quarters)
         if (quarters == 1) | (quarters == 3):
             image = fn.transpose(image, perm=[1, 0, 2], transpose_layout=False)
