@@ -108,11 +108,12 @@ def _reflect(image: DataNode, before: DataNode, after: DataNode, axis: int) -> D
     for _ in range(_REFLECTIONS):
         length = image.shape(dtype=types.INT32)[axis]
         head, tail = dmath.min(before, length - 1), dmath.min(after, length - 1)
-        flip = {"vertical": 1, "horizontal": 0} if axis == 0 else {"horizontal": 1}
+        vertical = int(axis == 0)
         first = fn.flip(fn.slice(image, start=fn.stack(_int(head * 0 + 1)), shape=fn.stack(_int(head)),
-                                 axes=[axis]), **flip)
+                                 axes=[axis]), vertical=vertical, horizontal=1 - vertical)
         last = fn.flip(fn.slice(image, start=fn.stack(_int(length - 1 - tail)),
-                                shape=fn.stack(_int(tail)), axes=[axis]), **flip)
+                                shape=fn.stack(_int(tail)), axes=[axis]),
+                       vertical=vertical, horizontal=1 - vertical)
         image = fn.cat(first, image, last, axis=axis)
         before, after = before - head, after - tail
     return image

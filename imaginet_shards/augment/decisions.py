@@ -7,10 +7,9 @@ them in each sample's JSON, and tests count them to check rates, e.g.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Literal
-
-import math
 
 import numpy as np
 
