@@ -4,7 +4,8 @@ The public API is what `__all__` names; subpackages: `format` (annotations, tar 
 image checks), `io` (storage, cache, shard-set reading), `ops` (pack, perturb, verify, stats),
 `augment` (the perturbation spec and its CPU and DALI interpreters), `codecs` (window decoding),
 `loaders` (`make_loader` and both backends), `sample` (the embedded stand-in dataset) and `bench`
-(throughput). See docs/architecture.md.
+(throughput); `errors` holds the exceptions it raises for bad data and failed storage. See
+docs/architecture.md.
 """
 from __future__ import annotations
 
@@ -27,9 +28,12 @@ _EXPORTS = {
     "PackOptions": "imaginet_shards.ops.pack", "pack": "imaginet_shards.ops.pack",
     "PerturbOptions": "imaginet_shards.ops.perturb", "perturb": "imaginet_shards.ops.perturb",
     "verify": "imaginet_shards.ops.verify", "inspect": "imaginet_shards.ops.stats",
-    "open_shard_set": "imaginet_shards.io.shardset", "load_manifest": "imaginet_shards.format.manifest",
+    "open_shard_set": "imaginet_shards.io.shardset", "load_manifest": "imaginet_shards.io.shardset",
     "read_annotations": "imaginet_shards.format.annotations",
     "SampleOptions": "imaginet_shards.sample", "write_sample": "imaginet_shards.sample",
+    **{name: "imaginet_shards.errors" for name in (
+        "ImaginetError", "AnnotationError", "ImageError", "ShardSetError", "MissingShardSetError",
+        "SampleError", "PackError", "StorageError")},
 }
 
 __all__ = ["__version__", *_EXPORTS]

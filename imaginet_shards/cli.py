@@ -1,26 +1,70 @@
-"""`imaginet-shards`: thin click commands over the library functions."""
+"""`imaginet-shards`: thin click commands over the library functions, and `CommandGroup`, the click
+group both command lines use for the conventions of `cli_common` (exit statuses, -v/-q, errors)."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 
 from imaginet_shards import __version__
-from imaginet_shards.bench.cli import bench_options, run_bench_command
+from imaginet_shards.bench.cli import JSON_TARGET, bench_options, run_bench_command
+from imaginet_shards.cli_common import (
+    EXIT_ERROR,
+    EXIT_HELP,
+    EXIT_OK,
+    EXIT_PROBLEMS,
+    QUIET_HELP,
+    VERBOSE_HELP,
+    configure_logging,
+    user_error_message,
+    write_json,
+)
 
 
-@click.group()
+class CommandError(click.ClickException):
+    """A command could not run: click prints `Error: MESSAGE` and exits with status 2."""
+
+    exit_code = EXIT_ERROR
+
+
+class CommandGroup(click.Group):
+    """A click group whose `-v/--verbose` and `-q/--quiet` configure logging once for whichever
+    command runs, and whose commands end on a user error (see `cli_common.user_error_message`)
+    with one `Error: …` line and status 2 instead of a traceback."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("epilog", EXIT_HELP)
+        super().__init__(*args, **kwargs)
+        self.params += [click.Option(["-v", "--verbose"], count=True, help=VERBOSE_HELP),
+                        click.Option(["-q", "--quiet"], is_flag=True, help=QUIET_HELP)]
+
+    def invoke(self, ctx: click.Context) -> Any:
+        restore = configure_logging(ctx.params.pop("verbose"), ctx.params.pop("quiet"))
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            message = user_error_message(exc)
+            if message is None:
+                raise
+            raise CommandError(message) from None
+        finally:
+            restore()
+
+
+@click.group(cls=CommandGroup)
 @click.version_option(__version__, prog_name="imaginet-shards")
-@click.option("--endpoint-url", metavar="URL",
-              help="S3-compatible endpoint for s3:// locations (default: $AWS_ENDPOINT_URL).")
+@click.option("--endpoint-url", metavar="URL", envvar="AWS_ENDPOINT_URL",
+              help="S3-compatible endpoint for s3:// locations (default: $AWS_ENDPOINT_URL); "
+                   "sets AWS_ENDPOINT_URL for this command, its workers and DALI.")
 def main(endpoint_url: str | None) -> None:
     """Pack ImagiNet into WebDataset shards with DALI indexes, verify, inspect and load them.
 
     Shard sets are local directories or s3://, gs://, http(s):// URLs (read-only for http)."""
-    from imaginet_shards.io.storage import set_endpoint_url
-    set_endpoint_url(endpoint_url)
+    if endpoint_url:  # the command's own process: the library reads the environment, never writes it
+        os.environ["AWS_ENDPOINT_URL"] = endpoint_url
 
 
 @main.command()
@@ -52,7 +96,7 @@ def check_annotations(files: tuple[Path, ...], all_errors: bool) -> None:
             continue
         real = int((frame["origin"] == 0).sum())
         click.echo(f"{path}: {len(frame)} rows ({real} real, {len(frame) - real} synthetic)")
-    sys.exit(1 if failed else 0)
+    sys.exit(EXIT_PROBLEMS if failed else EXIT_OK)
 
 
 @main.command()
@@ -66,14 +110,12 @@ def check_annotations(files: tuple[Path, ...], all_errors: bool) -> None:
               help="balanced: format, quality and size independent of the class; realistic: each "
                    "source's own format and size (every WebP image is synthetic).")
 @click.option("--workers", default=1, show_default=True, help="Processes rendering images.")
-def sample(out: Path, count: int, seed: int, max_side: int, formats: str, workers: int) -> None:
+def sample(out: Path, count: int, seed: int, max_side: int,
+           formats: Literal["balanced", "realistic"], workers: int) -> None:
     """Write the embedded stand-in ImagiNet dataset under OUT, with train/calibration/test.txt."""
     from imaginet_shards.sample import SampleOptions, write_sample
-    try:
-        summary = write_sample(out, SampleOptions(count=count, seed=seed, max_side=max_side,
-                                                  formats=formats, workers=workers))
-    except (ValueError, OSError) as exc:
-        raise click.ClickException(str(exc)) from None
+    summary = write_sample(out, SampleOptions(count=count, seed=seed, max_side=max_side,
+                                              formats=formats, workers=workers))
     click.echo(str(summary))
 
 
@@ -104,21 +146,17 @@ def parse_size(text: str) -> int:
               help="Bad input file: stop with its path, or skip it and list it in the manifest.")
 @click.option("--overwrite", is_flag=True, help="Replace a different shard set already at --out.")
 def pack(root: Path, annotations: Path, out: str, prefix: str, max_count: int, max_size: str,
-         workers: int, seed: int, on_error: str, overwrite: bool) -> None:
+         workers: int, seed: int, on_error: Literal["raise", "skip"], overwrite: bool) -> None:
     """Pack annotated images into WebDataset shards with DALI indexes and a manifest."""
     import time
 
-    from imaginet_shards.format.annotations import AnnotationError
-    from imaginet_shards.ops.pack import PackError, PackOptions
+    from imaginet_shards.ops.pack import PackOptions
     from imaginet_shards.ops.pack import pack as run_pack
     started = time.monotonic()
-    try:
-        options = PackOptions(root=root, annotations=annotations, out=out, prefix=prefix,
-                              max_count=max_count, max_size=parse_size(max_size), workers=workers,
-                              seed=seed, on_error=on_error, overwrite=overwrite)
-        manifest = run_pack(options)
-    except (PackError, AnnotationError, ValueError, OSError) as exc:
-        raise click.ClickException(str(exc)) from None
+    options = PackOptions(root=root, annotations=annotations, out=out, prefix=prefix,
+                          max_count=max_count, max_size=parse_size(max_size), workers=workers,
+                          seed=seed, on_error=on_error, overwrite=overwrite)
+    manifest = run_pack(options)
     seconds = time.monotonic() - started
     total = manifest.totals
     click.echo(f"{out}: {total['samples']} samples in {total['shards']} shards, "
@@ -135,37 +173,33 @@ def pack(root: Path, annotations: Path, out: str, prefix: str, max_count: int, m
 @click.argument("dest")
 @click.option("--decode", is_flag=True, help="Also decode every image.")
 @click.option("--workers", default=2, show_default=True, help="Shards checked in parallel.")
-def verify(dest: str, decode: bool, workers: int) -> None:
+@click.option("--json", "json_out", type=JSON_TARGET, help="Also write the report as JSON ('-': stdout).")
+def verify(dest: str, decode: bool, workers: int, json_out: str | None) -> None:
     """Check a shard set against its manifest; exit 1 listing every problem."""
     from imaginet_shards.ops.verify import verify as run_verify
-    try:
-        report = run_verify(dest, decode=decode, workers=workers)
-    except (OSError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+    report = run_verify(dest, decode=decode, workers=workers)
     for problem in report.problems:
         click.echo(f"PROBLEM {problem}", err=True)
     status = "OK" if report.ok else f"FAILED ({len(report.problems)} problems)"
     click.echo(f"{dest}: {status}: {report.shards_checked} shards, {report.samples_checked} samples, "
-               f"{report.bytes_checked / 1e6:.1f} MB checked{' and decoded' if decode else ''}")
-    sys.exit(0 if report.ok else 1)
+               f"{report.bytes_checked / 1e6:.1f} MB checked{' and decoded' if decode else ''}",
+               err=json_out == "-")
+    if json_out is not None:
+        write_json(json_out, {"dest": dest, "decoded": decode, **report.to_dict()})
+    sys.exit(EXIT_OK if report.ok else EXIT_PROBLEMS)
 
 
 @main.command()
 @click.argument("dest")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the report as JSON.")
-def inspect(dest: str, json_out: Path | None) -> None:
+@click.option("--json", "json_out", type=JSON_TARGET, help="Also write the report as JSON ('-': stdout).")
+def inspect(dest: str, json_out: str | None) -> None:
     """Label, format and size statistics of a shard set, and the confounds a detector could learn."""
-    import json
-
     from imaginet_shards.ops.stats import format_report
     from imaginet_shards.ops.stats import inspect as run_inspect
-    try:
-        report = run_inspect(dest)
-    except (OSError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(format_report(report))
+    report = run_inspect(dest)
+    click.echo(format_report(report), err=json_out == "-")
     if json_out is not None:
-        json_out.write_text(json.dumps(report.to_dict(), indent=1) + "\n")
+        write_json(json_out, report.to_dict())
 
 
 @main.command()
@@ -179,11 +213,8 @@ def perturb(src: str, dest: Path, preset: str, seed: int, workers: int, overwrit
     """Write a copy of the shard set SRC at DEST with a preset applied once per sample."""
     from imaginet_shards.ops.perturb import PerturbOptions
     from imaginet_shards.ops.perturb import perturb as run_perturb
-    try:
-        manifest = run_perturb(PerturbOptions(source=src, out=dest, preset=preset, seed=seed,
-                                              workers=workers, overwrite=overwrite))
-    except (FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+    manifest = run_perturb(PerturbOptions(source=src, out=dest, preset=preset, seed=seed,
+                                          workers=workers, overwrite=overwrite))
     total = manifest.totals
     click.echo(f"{dest}: {total['samples']} samples in {total['shards']} shards, "
                f"{total['bytes'] / 1e6:.1f} MB ({preset}, seed {seed})")

@@ -1,7 +1,8 @@
 """`imaginet-train`: thin click commands over the trainer's library functions.
 
 Each command parses its options into a frozen config dataclass, calls one function and prints a
-summary. `selfcon` and `ce` run under `torchrun` as they are.
+summary. `selfcon` and `ce` run under `torchrun` as they are. The group is `imaginet-shards`' own
+(`CommandGroup`): -v/-q, exit statuses 0/1/2 and one `Error:` line for a bad value or input.
 """
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from typing import Any
 
 import click
 
+from imaginet_shards import __version__
 from imaginet_shards.bench.cli import bench_options, run_bench_command
+from imaginet_shards.cli import CommandGroup
 
 from .model import ARCHS
 
@@ -40,17 +43,19 @@ runtime_options = _apply(
 training_options = _apply(
     click.argument("data"),
     click.option("--out", required=True, help="Run folder (checkpoint.pt, metrics.jsonl)."),
-    click.option("--arch", type=click.Choice(ARCHS), default="resnet50nodown", show_default=True),
+    click.option("--arch", type=click.Choice(ARCHS), default="resnet50nodown", show_default=True,
+                 help="Encoder architecture."),
     click.option("--pretrained", default=None,
                  help="torchvision resnet50 state_dict file, or 'imagenet' to download (resnet50 archs)."),
-    click.option("--epochs", default=30, show_default=True),
+    click.option("--epochs", default=30, show_default=True, help="Training epochs."),
     click.option("--batch-size", default=200, show_default=True, help="Global batch (split over ranks)."),
-    click.option("--lr", default=0.005, show_default=True),
-    click.option("--momentum", default=0.9, show_default=True),
-    click.option("--weight-decay", default=1e-4, show_default=True),
+    click.option("--lr", default=0.005, show_default=True, help="Peak SGD learning rate."),
+    click.option("--momentum", default=0.9, show_default=True, help="SGD momentum."),
+    click.option("--weight-decay", default=1e-4, show_default=True, help="SGD weight decay."),
     click.option("--warmup-epochs", default=1.0, show_default=True, help="Linear warm-up, then cosine."),
     click.option("--crop", default=96, show_default=True, help="Training crop side (train preset)."),
-    click.option("--seed", default=0, show_default=True),
+    click.option("--seed", default=0, show_default=True,
+                 help="Seed of the initialisation, the data order and the perturbations."),
     click.option("--checkpoint-every", default=1, show_default=True, help="Epochs between checkpoints."),
     click.option("--log-every", default=10, show_default=True, help="Steps between metrics.jsonl step records."),
     click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt (same options)."),
@@ -58,7 +63,8 @@ training_options = _apply(
 )
 
 
-@click.group()
+@click.group(cls=CommandGroup)
+@click.version_option(__version__, prog_name="imaginet-train")
 def main() -> None:
     """Train and evaluate synthetic-image detectors on imaginet shards."""
 
@@ -66,7 +72,7 @@ def main() -> None:
 @main.command()
 @training_options
 @click.option("--feat-dim", default=128, show_default=True, help="Projection head output size.")
-@click.option("--temperature", default=0.07, show_default=True)
+@click.option("--temperature", default=0.07, show_default=True, help="Contrastive loss temperature.")
 def selfcon(**options: Any) -> None:
     """SelfCon pre-training (origin + family supervised contrastive loss) on DATA shards."""
     _train(objective="selfcon", **options)
@@ -93,12 +99,12 @@ def _train(**options: Any) -> None:
 @click.argument("checkpoint")
 @click.argument("data")
 @click.option("--out", required=True, help="Output folder (heads.pt, metrics.jsonl).")
-@click.option("--epochs", default=5, show_default=True)
-@click.option("--lr", default=1e-4, show_default=True)
-@click.option("--weight-decay", default=1e-3, show_default=True)
-@click.option("--batch-size", default=64, show_default=True)
+@click.option("--epochs", default=5, show_default=True, help="Head training epochs.")
+@click.option("--lr", default=1e-4, show_default=True, help="Learning rate of the heads.")
+@click.option("--weight-decay", default=1e-3, show_default=True, help="Weight decay of the heads.")
+@click.option("--batch-size", default=64, show_default=True, help="Samples per batch.")
 @click.option("--size", default=256, show_default=True, help="Calibration preset output side.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Seed of the heads and the data order.")
 @runtime_options
 def linear(**options: Any) -> None:
     """Train the origin and family heads on a frozen encoder (CHECKPOINT) with calibration shards (DATA)."""
@@ -131,9 +137,10 @@ def _numbers(kind: type) -> Callable[[click.Context, click.Parameter, str], tupl
 @click.argument("checkpoint")
 @click.argument("data")
 @click.option("--out", required=True, help="Output folder (evaluation.json, CSVs, PNG plots).")
-@click.option("--preset", type=click.Choice(["eval", "social"]), default="eval", show_default=True)
+@click.option("--preset", type=click.Choice(["eval", "social"]), default="eval", show_default=True,
+              help="Test preset: eval (pad and centre crop) or social (square crop, resize, JPEG/WebP).")
 @click.option("--size", default=256, show_default=True, help="Preset output side.")
-@click.option("--batch-size", default=64, show_default=True)
+@click.option("--batch-size", default=64, show_default=True, help="Samples per batch.")
 @click.option("--jpeg-qualities", default="40:100:5", show_default=True, callback=_numbers(int),
               help="JPEG sweep qualities: 'a,b,c', 'start:stop:step' or 'none'.")
 @click.option("--resize-scales", default="0.5,0.75,1,1.25,1.5", show_default=True, callback=_numbers(float),

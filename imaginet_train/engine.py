@@ -13,12 +13,14 @@ import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 import torch.distributed as tdist
 from torch import Tensor, nn
 from tqdm import tqdm
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 Objective = Callable[[nn.Module, Tensor, Tensor], Tensor]
 Amp = Literal["auto", "bf16", "off"]
@@ -45,10 +47,10 @@ class Runtime:
         """Device-agnostic bf16 autocast (disabled when `bf16` is off)."""
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
-    def prepare_model(self, model: nn.Module) -> nn.Module:
+    def prepare_model(self, model: ModuleT) -> ModuleT:
         """Move `model` to the device, in channels_last when asked."""
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        return model.to(self.device, memory_format=fmt)
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
     def prepare_images(self, images: Tensor) -> Tensor:
         """Move a batch to the device, in channels_last when asked."""

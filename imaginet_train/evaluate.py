@@ -203,8 +203,8 @@ def evaluate(config: EvalConfig) -> EvalResult:
     if config.threads:
         torch.set_num_threads(config.threads)
     runtime = Runtime.for_device(dist.device_for(dist.DistEnv()), config.amp, config.channels_last)
-    detector, heads_config = load_detector(config.checkpoint, runtime.device)
-    detector = runtime.prepare_model(detector)
+    loaded, heads_config = load_detector(config.checkpoint, runtime.device)
+    detector = runtime.prepare_model(loaded)
     preset = get_preset(config.preset, size=config.size)
     loader = make_loader(config.data, backend=config.backend, preset=preset, batch_size=config.batch_size,
                          rank=0, world_size=1, device=str(runtime.device), workers=config.workers,

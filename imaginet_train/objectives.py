@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .losses import FAMILY, ORIGIN, SYNTHETIC, TEMPERATURE, gathered_imaginet_selfcon_loss
+from .model import Encoder
 
 TRACKS = ("origin", "family")
 ORIGIN_CLASSES = 2
@@ -35,7 +36,7 @@ def family_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
 class Classifier(nn.Module):
     """An encoder with a linear classifier on its pooled features: the cross-entropy baseline."""
 
-    def __init__(self, encoder: nn.Module, num_classes: int) -> None:
+    def __init__(self, encoder: Encoder, num_classes: int) -> None:
         super().__init__()
         self.encoder = encoder
         self.fc = nn.Linear(encoder.out_dim, num_classes)

@@ -44,6 +44,7 @@ from imaginet_shards.augment.spec import (
     SquareResize,
     get_preset,
 )
+from imaginet_shards.codecs.windows import WindowDecoder
 
 A = ref.A
 DRAWS = 20_000
@@ -479,15 +480,20 @@ def _dali_pixels(preset: Preset, *images: np.ndarray) -> list[np.ndarray]:
     from imaginet_shards.augment.dali import build_graph
 
     data = [np.frombuffer(_encoded(image, "PNG"), np.uint8) for image in images]
+    windows = WindowDecoder(1)  # PNG windows through windows.py, as the loader decodes them
 
     @pipeline_def(batch_size=len(data), num_threads=1, device_id=None, enable_conditionals=True,
                   seed=1)
     def pipe():
-        return build_graph(fn.external_source(source=lambda: data, batch=True), preset)[0]
+        return build_graph(fn.external_source(source=lambda: data, batch=True), preset,
+                           windows=windows)[0]
 
-    pipeline = pipe()
-    pipeline.build()
-    out = pipeline.run()[0]
+    try:
+        pipeline = pipe()
+        pipeline.build()
+        out = pipeline.run()[0]
+    finally:
+        windows.close()
     return [(np.array(out[i]).transpose(1, 2, 0) * 255).round().astype(np.uint8)
             for i in range(len(data))]
 

@@ -1,4 +1,4 @@
-"""`imaginet-shards bench` (issue 3, item 10): every backend reports images/s, MB/s, CPU time and
+"""`imaginet-shards bench`: every backend reports images/s, MB/s, CPU time and
 peak memory (with DataLoader workers) in its JSON; bad option combinations are refused."""
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""The throughput lab (issue 6): the bench matrix JSON has every stage, machine information and
+"""The throughput lab: the bench matrix JSON has every stage, machine information and
 package versions; `--model` says how input-bound training is; `tools/gpu_check.py` imports only
-torch, torchvision and the trainer's model and loss, and exits cleanly without CUDA."""
+torch, torchvision, the trainer's model and loss and the command-line conventions, and exits cleanly
+without CUDA."""
 from __future__ import annotations
 
 import json
@@ -89,6 +90,7 @@ def test_gpu_check_without_cuda(tmp_path):
     modules = json.loads(done.stdout.split("MODULES", 1)[1])
     ours = {m for m in modules if m.startswith("imaginet")}
     assert ours == {"imaginet_train", "imaginet_train.model", "imaginet_train.losses",
-                    "imaginet_train.dist", "imaginet_shards", "imaginet_shards.env"}
+                    "imaginet_train.dist", "imaginet_shards", "imaginet_shards.env",
+                    "imaginet_shards.cli_common", "imaginet_shards.errors"}
     assert not {"webdataset", "nvidia"} & {m.split(".")[0] for m in modules}
     assert not (tmp_path / "g.json").exists()

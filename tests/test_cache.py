@@ -45,3 +45,19 @@ def test_prefetch_fills_the_cache_in_the_background(tmp_path):
 def test_cache_size_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="positive"):
         ShardCache(tmp_path, 0)
+
+
+def test_cache_threads_belong_to_their_process(tmp_path):
+    """A pickled copy (a spawned worker's) starts without the parent's prefetch threads and works;
+    close() stops the pool and prefetching can start again."""
+    import pickle
+
+    cache = ShardCache(tmp_path / "cache", max_bytes=10**6)
+    source = tmp_path / "a.bin"
+    source.write_bytes(b"x" * 100)
+    cache.prefetch([str(source)])
+    copy = pickle.loads(pickle.dumps(cache))
+    assert copy._pool is None and copy.directory == cache.directory
+    assert copy.fetch(str(source)).read_bytes() == b"x" * 100
+    cache.close()
+    assert cache._pool is None

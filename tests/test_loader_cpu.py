@@ -1,4 +1,4 @@
-"""The CPU backend against the loader contract (DESIGN §5), ranks run in-process, plus torchrun."""
+"""The CPU backend against the loader contract (docs/architecture.md, "The loader contract"), ranks run in-process, plus torchrun."""
 from __future__ import annotations
 
 import textwrap

@@ -15,8 +15,12 @@ pytest.importorskip("nvidia.dali")
 
 from helpers.shardsets import build_shards, labels_from_images, pack_arrays, rewrite_shard  # noqa: E402
 from imaginet_shards.augment.spec import Blur, Compress, Crop, Flip, Noise, OneOf, PadTo, Preset, Rot90  # noqa: E402
-from imaginet_shards.format.manifest import load_manifest  # noqa: E402
-from imaginet_shards.io.shardset import ShardIndex, open_shard_set  # noqa: E402
+from imaginet_shards.errors import SampleError  # noqa: E402
+from imaginet_shards.io.shardset import (  # noqa: E402
+    ShardIndex,
+    load_manifest,  # noqa: E402
+    open_shard_set,
+)
 from imaginet_shards.loaders import LoaderConfig, make_loader  # noqa: E402
 from imaginet_shards.loaders.dali import DaliLoader, segment_index  # noqa: E402
 from imaginet_shards.loaders.world import EpochSpec, batches_per_rank, rank_batch_sizes  # noqa: E402
@@ -209,9 +213,10 @@ def test_faults_name_shard_and_key(tmp_path_factory, inject, message):
     inject(dest / "imaginet-000001.tar")
     loader = make_loader(dest, backend="dali", preset="eval", batch_size=3, rank=0, world_size=1,
                          workers=1, drop_last=False, device="cpu")
-    with pytest.raises(ValueError, match=rf"imaginet-000001\.tar: sample 000000010: .*{message}"):
+    with pytest.raises(SampleError, match=rf"imaginet-000001\.tar: sample 000000010: .*{message}") as info:
         for _ in loader:
             pass
+    assert (info.value.shard, info.value.key) == ("imaginet-000001.tar", "000000010")
 
 
 def test_unsupported_options_are_refused(colour_shards):

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from helpers.shardsets import build_shards, labels_from_images, rewrite_shard
-from imaginet_shards.format.manifest import load_manifest
-from imaginet_shards.io.shardset import ShardIndex
+from imaginet_shards.errors import SampleError
+from imaginet_shards.io.shardset import ShardIndex, load_manifest
 from imaginet_shards.loaders import make_loader
 
 SHARD = "imaginet-000001.tar"  # samples 000000008..000000015
@@ -82,9 +82,11 @@ def loader_for(dest, on_error, rank=0, world_size=1):
 
 def test_raise_names_shard_and_key(broken):
     dest, keys, message = broken
-    with pytest.raises(ValueError, match=rf"{SHARD}: sample {keys[0]}: .*{message}"):
+    with pytest.raises(SampleError, match=rf"{SHARD}: sample {keys[0]}: .*{message}") as info:
         for _ in loader_for(dest, "raise"):
             pass
+    assert (info.value.shard, info.value.key) == (SHARD, keys[0])
+    assert message in info.value.reason and "on_error='skip'" in info.value.hint
 
 
 def test_skip_drops_counts_and_keeps_labels_aligned(broken):

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from helpers.trees import make_dataset
+from imaginet_shards.errors import AnnotationError
 from imaginet_shards.format.annotations import LABEL_COLUMNS
-from imaginet_shards.format.manifest import load_manifest
 from imaginet_shards.format.tar import parse_index
+from imaginet_shards.io.shardset import load_manifest
 from imaginet_shards.ops.pack import PackError, PackOptions, pack, split_shards, stratified_order
 
 
@@ -204,7 +205,7 @@ def test_bad_input_raises_with_path_and_reason(tiny_dataset, tmp_path, victim):
     keep = [line for line in lines
             if line.split(",")[0][2:] not in dict(problems) or line.split(",")[0][2:] == path]
     annotations.write_text("\n".join(keep) + "\n")
-    with pytest.raises((PackError, ValueError)) as info:  # ValueError: AnnotationError
+    with pytest.raises((PackError, AnnotationError)) as info:  # escaping the root: AnnotationError
         _pack(root, annotations, tmp_path / "out")
     assert path in str(info.value) and reason in str(info.value)
     assert not (tmp_path / "out" / "manifest.json").exists()

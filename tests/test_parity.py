@@ -1,4 +1,4 @@
-"""Backend parity (issue 3, item 9): the DALI and CPU backends on the same shards.
+"""Backend parity: the DALI and CPU backends on the same shards.
 
 - shapes, dtypes and value ranges are equal;
 - `eval` outputs agree pixel for pixel: PNG and WebP exactly, JPEG within DECODER_TOLERANCE levels

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from helpers.shardsets import build_shards
 from imaginet_shards.cli import main
-from imaginet_shards.format.manifest import load_manifest
+from imaginet_shards.io.shardset import load_manifest
 from imaginet_shards.loaders import make_loader
 from imaginet_shards.ops.perturb import PerturbOptions, perturb
 from imaginet_shards.ops.verify import verify

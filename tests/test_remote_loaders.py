@@ -70,7 +70,8 @@ def test_cache_dir_makes_the_second_epoch_local(shards, tmp_path):
 
 
 def test_server_gone_fails_with_a_clear_error_in_bounded_time(shards, monkeypatch):
-    monkeypatch.setattr(storage, "POLICY", storage.RetryPolicy(attempts=3, base_delay=0.1))
+    monkeypatch.setenv("IMAGINET_RETRIES", "2")
+    monkeypatch.setenv("IMAGINET_CONNECT_TIMEOUT", "2")
     with http_server(shards.parent) as (base, _):
         loader = make_loader(f"{base}/{shards.name}", backend="cpu", preset="eval", batch_size=6,
                              rank=0, world_size=1, device="cpu", workers=0)

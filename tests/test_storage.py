@@ -3,8 +3,8 @@ import time
 import pytest
 
 from helpers.servers import Faults, free_port, http_server, moto_server
-from imaginet_shards.format.manifest import load_manifest
 from imaginet_shards.io import storage
+from imaginet_shards.io.shardset import load_manifest
 from imaginet_shards.ops.pack import PackError, PackOptions, pack
 from imaginet_shards.ops.stats import inspect
 from imaginet_shards.ops.verify import verify
@@ -66,7 +66,8 @@ def test_http_reads_survive_failed_requests_and_a_cut_connection(tiny_dataset, t
 
 
 def test_unreachable_server_fails_fast_with_the_url(tmp_path, monkeypatch):
-    monkeypatch.setattr(storage, "POLICY", storage.RetryPolicy(attempts=3, base_delay=0.1))
+    monkeypatch.setenv("IMAGINET_RETRIES", "2")
+    monkeypatch.setenv("IMAGINET_CONNECT_TIMEOUT", "2")
     url = f"http://127.0.0.1:{free_port()}/set/manifest.json"
     started = time.monotonic()
     with pytest.raises(storage.StorageError, match=url.replace(".", r"\.")):
@@ -79,3 +80,32 @@ def test_unreachable_server_fails_fast_with_the_url(tmp_path, monkeypatch):
 def test_missing_remote_manifest_is_a_clear_error(s3):
     with pytest.raises(FileNotFoundError, match="no manifest.json"):
         load_manifest(f"s3://{BUCKET}/nothing-here")
+
+
+def test_retry_policy_is_read_at_call_time(monkeypatch):
+    calls = []
+
+    def refused():
+        calls.append(1)
+        raise ConnectionRefusedError("refused")
+
+    monkeypatch.setenv("IMAGINET_RETRIES", "2")
+    with pytest.raises(storage.StorageError, match="after 2 attempts"):
+        storage.retry(refused, "probe")
+    assert len(calls) == 2
+    monkeypatch.setenv("IMAGINET_RETRIES", "1")
+    with pytest.raises(storage.StorageError, match="after 1 attempts"):
+        storage.retry(refused, "probe")
+    assert len(calls) == 3
+    explicit = storage.RetryPolicy(attempts=3, base_delay=0.0)
+    with pytest.raises(storage.StorageError, match="after 3 attempts"):
+        storage.retry(refused, "probe", explicit)
+    assert len(calls) == 6
+
+
+def test_retry_policy_from_env_rejects_bad_values():
+    assert storage.RetryPolicy.from_env({"IMAGINET_READ_TIMEOUT": "5"}).read_timeout == 5.0
+    with pytest.raises(ValueError, match="IMAGINET_RETRIES"):
+        storage.RetryPolicy.from_env({"IMAGINET_RETRIES": "many"})
+    with pytest.raises(ValueError, match="invalid retry policy"):
+        storage.RetryPolicy.from_env({"IMAGINET_RETRIES": "0"})

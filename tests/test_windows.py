@@ -1,4 +1,4 @@
-"""Window decoding (windows.py, png_window.py, webp_window.py): every window equals the same window
+"""Window decoding (`codecs.windows`, `codecs.png`, `codecs.webp`): every window equals the same window
 of a full decode, nothing below a window is read, and bad data gets a clear error or a fallback."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Side-by-side loader benchmark (issue 3, item 10), reproducible from scratch:
+"""Side-by-side loader benchmark, reproducible from scratch:
 
     python tools/bench_loaders.py --out runs/bench
 
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
+from imaginet_shards.cli_common import run_command, run_tool, write_json
 from imaginet_shards.ops.pack import PackOptions, pack
 from imaginet_shards.sample import SPLITS, SampleOptions, write_sample
 
@@ -43,7 +43,7 @@ def bench(backend: str, root: Path, annotations: Path, shards: Path, args: argpa
                "--json", str(result)]
     if backend == "files":
         command += ["--root", str(root), "--annotations", str(annotations)]
-    subprocess.run(command, check=True)
+    run_command(command)
     return json.loads(result.read_text())["full"][0]
 
 
@@ -60,26 +60,31 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/bench"))
+    parser.add_argument("--out", type=Path, default=Path("runs/bench"),
+                        help="Folder for the sample, the shards and the results.")
     parser.add_argument("--count", type=int, default=400, help="Sample images to generate.")
-    parser.add_argument("--max-side", type=int, default=1024)
-    parser.add_argument("--backends", default="files,cpu,dali")
-    parser.add_argument("--preset", default="train")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-side", type=int, default=1024, help="Scale of the sample's image sizes.")
+    parser.add_argument("--backends", default="files,cpu,dali",
+                        help="Comma-separated backends (files, cpu, dali).")
+    parser.add_argument("--preset", default="train", help="Perturbation preset.")
+    parser.add_argument("--batch-size", type=int, default=64, help="Samples per batch.")
     parser.add_argument("--threads", type=int, default=2, help="DALI threads or DataLoader workers.")
-    parser.add_argument("--batches", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batches", type=int, default=30, help="Batches timed.")
+    parser.add_argument("--warmup", type=int, default=3, help="Batches drawn before timing.")
     parser.add_argument("--workers", type=int, default=2, help="Processes for sample and pack.")
-    args = parser.parse_args()
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     root, annotations, shards = prepare(args.out, args.count, args.max_side, args.workers)
     results = [bench(b, root, annotations, shards, args) for b in args.backends.split(",")]
     print(table(results))
     summary = {"settings": {k: str(v) for k, v in vars(args).items()}, "results": results}
-    (args.out / "bench.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_json(args.out / "bench.json", summary)
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(parser(), main)

@@ -10,14 +10,14 @@ image, writes `.cls/.labels/.json` members, DALI indexes and the manifest.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
-import subprocess
+import sys
 import tempfile
 import time
 from functools import partial
 from pathlib import Path
 
+from imaginet_shards.cli_common import run_command, run_tool, write_json
 from imaginet_shards.format.annotations import read_annotations
 from imaginet_shards.ops.pack import PackOptions, pack
 
@@ -28,15 +28,21 @@ def _timed(fn) -> float:
     return time.perf_counter() - started
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", type=Path)
-    parser.add_argument("--annotations", type=Path)
-    parser.add_argument("--count", type=int, default=400, help="sample images to generate")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", type=Path, help="write the figures here")
-    args = parser.parse_args()
+    parser.add_argument("--root", type=Path, help="Dataset root (default: generate the sample).")
+    parser.add_argument("--annotations", type=Path, help="Annotation file of the images under --root.")
+    parser.add_argument("--count", type=int, default=400, help="Sample images to generate.")
+    parser.add_argument("--workers", type=int, default=2, help="Pack worker processes.")
+    parser.add_argument("--repeats", type=int, default=3, help="Timed repeats (the best is kept).")
+    parser.add_argument("--json", help="Also write the figures as JSON ('-': stdout, the table goes to stderr).")
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
+    if (args.root is None) != (args.annotations is None):
+        raise ValueError("--root and --annotations go together")
+    out = sys.stderr if args.json == "-" else sys.stdout
     work = Path(tempfile.mkdtemp(prefix="bench-pack-"))
     try:
         if args.root is None:
@@ -51,12 +57,12 @@ def main() -> None:
         source_bytes = sum((args.root / p).stat().st_size for p in paths)
         listing = work / "files.txt"
         listing.write_text("\n".join(paths) + "\n")
-        subprocess.run(["tar", "cf", "/dev/null", "-C", str(args.root), "-T", str(listing)], check=True)
+        run_command(["tar", "cf", "/dev/null", "-C", str(args.root), "-T", str(listing)])
         tar_times, pack_times = [], []
         for repeat in range(args.repeats):
             tar_out = work / f"tar-{repeat}.tar"
-            tar_times.append(_timed(partial(subprocess.run, [
-                "tar", "cf", str(tar_out), "-C", str(args.root), "-T", str(listing)], check=True)))
+            tar_times.append(_timed(partial(run_command, [
+                "tar", "cf", str(tar_out), "-C", str(args.root), "-T", str(listing)])))
             tar_out.unlink()
             out = work / f"pack-{repeat}"
             pack_times.append(_timed(partial(pack, PackOptions(
@@ -68,15 +74,15 @@ def main() -> None:
         result = {"files": len(paths), "source_mb": round(source_bytes / 1e6, 1),
                   "tar_mb_per_sec": round(tar_mbs, 1), "pack_mb_per_sec": round(pack_mbs, 1),
                   "pack_workers": args.workers, "ratio": round(pack_mbs / tar_mbs, 2)}
-        print(f"{len(paths)} files, {source_bytes / 1e6:.1f} MB, best of {args.repeats}:")
-        print(f"  tar cf                      {tar_mbs:8.1f} MB/s")
+        print(f"{len(paths)} files, {source_bytes / 1e6:.1f} MB, best of {args.repeats}:", file=out)
+        print(f"  tar cf                      {tar_mbs:8.1f} MB/s", file=out)
         print(f"  imaginet-shards pack (x{args.workers})   {pack_mbs:8.1f} MB/s  "
-              f"({pack_mbs / tar_mbs:.2f}x tar; sha256, indexes and manifest included)")
+              f"({pack_mbs / tar_mbs:.2f}x tar; sha256, indexes and manifest included)", file=out)
         if args.json:
-            args.json.write_text(json.dumps(result, indent=1) + "\n")
+            write_json(args.json, result)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(parser(), main)

@@ -12,13 +12,13 @@ the streaming, retrying reader's overhead, not a network.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 from imaginet_shards.bench.run import BenchOptions, run_bench
+from imaginet_shards.cli_common import run_tool, write_json
 from imaginet_shards.io import storage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' local S3 server
@@ -38,15 +38,19 @@ def _sample_shards(work: Path, count: int) -> Path:
     return work / "shards"
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shards", type=Path, help="local shard set (default: generate the sample)")
-    parser.add_argument("--count", type=int, default=300)
-    parser.add_argument("--preset", default="train")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batches", type=int, default=15)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
+    parser.add_argument("--shards", type=Path, help="Local shard set (default: generate the sample).")
+    parser.add_argument("--count", type=int, default=300, help="Sample images to generate.")
+    parser.add_argument("--preset", default="train", help="Perturbation preset.")
+    parser.add_argument("--threads", type=int, default=2, help="DataLoader workers.")
+    parser.add_argument("--batches", type=int, default=15, help="Batches timed.")
+    parser.add_argument("--json", help="Also write the figures as JSON ('-': stdout, the lines go to stderr).")
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
+    out = sys.stderr if args.json == "-" else sys.stdout
     work = Path(tempfile.mkdtemp(prefix="bench-remote-"))
     try:
         local = args.shards or _sample_shards(work, args.count)
@@ -62,15 +66,14 @@ def main() -> None:
                 result = run_bench(BenchOptions(backend="cpu", shards=source, preset=args.preset,
                                                 threads=args.threads, batches=args.batches))
                 results[name] = result
-                print(f"{name:>10}: {result.summary()}", flush=True)
+                print(f"{name:>10}: {result.summary()}", file=out, flush=True)
         ratio = results["local S3"].images_per_sec / results["local disk"].images_per_sec
-        print(f"S3 / local: {ratio:.2f}x")
+        print(f"S3 / local: {ratio:.2f}x", file=out)
         if args.json:
-            args.json.write_text(json.dumps({k: v.record() for k, v in results.items()}
-                                            | {"ratio": round(ratio, 3)}, indent=1) + "\n")
+            write_json(args.json, {k: v.record() for k, v in results.items()} | {"ratio": round(ratio, 3)})
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(parser(), main)

@@ -1,4 +1,4 @@
-"""Benchmark report (issue 6, item 3), one command from a clean clone:
+"""Benchmark report, one command from a clean clone:
 
     python tools/bench_report.py
 
@@ -15,20 +15,22 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from bench_loaders import prepare
+from imaginet_shards.cli_common import run_command, run_tool
 
 BACKENDS = ("files", "cpu", "dali")
 
 
 def bench_command(args: argparse.Namespace, root: Path, annotations: Path, shards: Path,
                   out: Path) -> list[str]:
-    """The `imaginet-shards bench` matrix command the report is made from."""
-    command = [sys.executable, "-m", "imaginet_shards", "bench", str(shards),
+    """The bench matrix command the report is made from: `imaginet-shards bench`, or
+    `imaginet-train bench` with a model in the loop."""
+    module = "imaginet_train" if args.model else "imaginet_shards"
+    command = [sys.executable, "-m", module, "bench", str(shards),
                "--root", str(root), "--annotations", str(annotations),
                "--batch-size", str(args.batch_size), "--batches", str(args.batches),
                "--warmup", str(args.warmup), "--repeats", str(args.repeats),
@@ -202,32 +204,37 @@ def markdown(report: dict, command: str, bench: str, plot_name: str) -> str:
     return "\n\n".join(sections) + "\n"
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path("runs/report"),
                         help="Sample, shards and the raw JSON go here.")
-    parser.add_argument("--docs", type=Path, default=Path("docs"))
+    parser.add_argument("--docs", type=Path, default=Path("docs"),
+                        help="Where benchmarks.md and its plot are written.")
     parser.add_argument("--count", type=int, default=300, help="Sample images to generate.")
-    parser.add_argument("--backends", default="files,cpu,dali")
-    parser.add_argument("--threads", default="1,2")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--backends", default="files,cpu,dali",
+                        help="Comma-separated backends (files, cpu, dali).")
+    parser.add_argument("--threads", default="1,2", help="Comma-separated thread counts.")
+    parser.add_argument("--batch-size", type=int, default=32, help="Samples per batch.")
     parser.add_argument("--batches", type=int, default=12,
                         help="Batches per timed repeat: several per worker, or bursts skew it.")
-    parser.add_argument("--warmup", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=4, help="Batches drawn before timing.")
+    parser.add_argument("--repeats", type=int, default=5, help="Timed repeats (figures are medians).")
     parser.add_argument("--decode-images", type=int, default=128,
                         help="Decode-only images per format (128: all of them in the 300-image sample).")
     parser.add_argument("--model", default="small", help="Model in the loop ('' for none).")
-    parser.add_argument("--model-steps", type=int, default=8)
-    args = parser.parse_args()
+    parser.add_argument("--model-steps", type=int, default=8, help="Timed model steps.")
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
     root, annotations, shards = prepare(args.work, args.count, 1024, workers=2)
     out = args.work / "matrix.json"
     command = bench_command(args, root, annotations, shards, out)
-    subprocess.run(command, check=True)
+    run_command(command)
     report = json.loads(out.read_text())
     plot_path = args.docs / "benchmarks-threads.png"
     plot(report, plot_path)
-    shown = shlex.join(["imaginet-shards", *command[3:]])
+    shown = shlex.join([command[2].replace("_", "-"), *command[3:]])
     text = markdown(report, shlex.join(["python", "tools/bench_report.py", *sys.argv[1:]]), shown,
                     plot_path.name)
     (args.docs / "benchmarks.md").write_text(text)
@@ -235,4 +242,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(parser(), main)

@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from imaginet_shards.cli_common import run_command, run_tool
 
 SPLITS = ("train", "calibration", "test")
 # One process per stage, one torch thread and one loader worker: the two cores of a laptop-class machine.
@@ -23,21 +24,26 @@ CPU = ("--backend", "cpu", "--workers", "1", "--threads", "1")
 
 
 def run(tool: str, *args: str) -> float:
-    """Run `python -m {tool} ARGS` as a user would; returns its wall time in seconds."""
+    """Run `python -m {tool} ARGS` as a user would; returns its wall time in seconds (a failing
+    stage ends the demo with its exit status)."""
     module = tool.replace("-", "_")
     print(f"\n$ {tool} {shlex.join(args)}", flush=True)
     started = time.monotonic()
-    subprocess.run([sys.executable, "-m", module, *args], check=True)
+    run_command([sys.executable, "-m", module, *args])
     return time.monotonic() - started
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"))
-    parser.add_argument("--count", type=int, default=1000, help="sample images")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=20, help="selfcon epochs")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"),
+                        help="Folder for the sample, the shards, the runs and the report.")
+    parser.add_argument("--count", type=int, default=1000, help="Sample images.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the sample and the training.")
+    parser.add_argument("--epochs", type=int, default=20, help="SelfCon epochs.")
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
     started = time.monotonic()
     out = args.out
     data, shards = out / "sample", out / "shards"
@@ -116,4 +122,4 @@ def _f(value: float | None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(parser(), main)

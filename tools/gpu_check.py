@@ -1,4 +1,4 @@
-"""GPU check (issue 6, item 4): one command for a machine with one NVIDIA GPU and only torch and
+"""GPU check: one command for a machine with one NVIDIA GPU and only torch and
 torchvision installed. From the repository root:
 
     PYTHONPATH=. python tools/gpu_check.py --out gpu_check.json
@@ -7,27 +7,27 @@ measures, after warm-up, (1) the trainer's SelfCon step (forward, loss, backward
 `resnet50nodown` at 96 px with bf16 autocast and channels_last, images/s; (2) torchvision's batched
 GPU JPEG decode (`decode_jpeg(..., device="cuda")`), images/s, on JPEGs made on the fly from
 synthetic images (nothing travels with the script); (3) a DALI mixed-device decode of the same
-JPEGs where `nvidia.dali` imports. Imports only the standard library, torch, torchvision and
-`imaginet_train.model` and `.losses` (themselves torch, torchvision and the standard library only;
-`tests/test_bench_matrix.py` checks that). Without CUDA it exits with status 2 and says so. Takes
-a few minutes at the defaults.
+JPEGs where `nvidia.dali` imports. Imports only the standard library, torch, torchvision,
+`imaginet_train.model` and `.losses` and `imaginet_shards.cli_common` (themselves torch, torchvision
+and the standard library only; `tests/test_bench_matrix.py` checks that). Writes the figures as
+JSON to `--out` and stdout (`--out -`: stdout only). Without CUDA it exits with status 2 and says
+so. Takes a few minutes at the defaults.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import torchvision
 from torchvision.io import decode_jpeg, encode_jpeg
 
+from imaginet_shards.cli_common import EXIT_ERROR, run_tool, write_json
 from imaginet_train.losses import imaginet_selfcon_loss
 from imaginet_train.model import build_model
 
@@ -115,25 +115,29 @@ def machine() -> dict:
             "python": platform.python_version(), "os": platform.platform()}
 
 
-def main() -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("gpu_check.json"))
-    parser.add_argument("--arch", default="resnet50nodown")
+    parser.add_argument("--out", default="gpu_check.json",
+                        help="JSON file for the figures ('-': stdout only).")
+    parser.add_argument("--arch", default="resnet50nodown", help="Model of the training step.")
     parser.add_argument("--size", type=int, default=96, help="Training crop side.")
     parser.add_argument("--batch", type=int, default=128, help="Training batch size.")
     parser.add_argument("--images", type=int, default=256, help="Sample JPEGs to decode.")
     parser.add_argument("--jpeg-side", type=int, default=512, help="Side of the sample JPEGs.")
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=20)
-    args = parser.parse_args()
+    parser.add_argument("--warmup", type=int, default=5, help="Untimed calls before timing.")
+    parser.add_argument("--repeats", type=int, default=20, help="Timed calls (figures are medians).")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
     if not torch.cuda.is_available():
-        print("gpu_check: CUDA is not available here (no NVIDIA GPU or driver visible to torch "
-              f"{torch.__version__}); run it on a machine with one NVIDIA GPU.", file=sys.stderr)
-        return 2
+        print("Error: CUDA is not available here (no NVIDIA GPU or driver visible to torch "
+              f"{torch.__version__}); run gpu_check on a machine with one NVIDIA GPU.", file=sys.stderr)
+        return EXIT_ERROR
     jpegs = sample_jpegs(args.images, args.jpeg_side)
     result = {
         "machine": machine(),
-        "settings": vars(args) | {"out": str(args.out),
+        "settings": vars(args) | {
                                   "jpeg_mib": round(sum(j.numel() for j in jpegs) / 2**20, 2)},
         "train_images_per_sec": round(train_rate(args.arch, args.batch, args.size, args.warmup,
                                                  args.repeats), 1),
@@ -148,10 +152,11 @@ def main() -> int:
     except RuntimeError as exc:  # DALI present but unusable here: keep the other figures
         dali = f"DALI failed: {exc}"
     result["dali_gpu_decode_images_per_sec"] = dali
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result, indent=1))
+    write_json(args.out, result)
+    if args.out != "-":
+        write_json("-", result)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_tool(parser(), main)

@@ -1,4 +1,4 @@
-"""The perturbation spec (augment.py) interpreted as a DALI graph, step by step.
+"""The perturbation spec (`augment.spec`) interpreted as a DALI graph, step by step.
 
 `build_graph` turns encoded images into normalised CHW float images inside a DALI pipeline defined
 with `enable_conditionals=True`. Geometry is lazy: `PadTo`, `Crop` and the crops of `SquareResize`
@@ -16,11 +16,13 @@ every operator after the decoder follows its input's device, so nothing else cha
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import nvidia.dali.math as dmath
 from nvidia.dali import fn, types
+from nvidia.dali.data_node import DataNode as DaliNode
 
 from imaginet_shards.augment.spec import (
     Blur,
@@ -41,6 +43,13 @@ from imaginet_shards.augment.spec import (
 from imaginet_shards.codecs.windows import WindowDecoder
 
 DataNode = Any  # nvidia.dali.pipeline.DataNode (or a Python int where a value is static)
+
+
+def outputs(nodes: DaliNode | Sequence[DaliNode] | None, count: int) -> tuple[DataNode, ...]:
+    """The `count` outputs of a DALI operator called with several outputs, checked."""
+    if isinstance(nodes, DaliNode) or nodes is None or len(nodes) != count:
+        raise TypeError(f"expected {count} DALI outputs, got {nodes!r}")
+    return tuple(nodes)
 
 
 @dataclass(frozen=True)
@@ -148,10 +157,10 @@ def _pair(a: DataNode, b: DataNode) -> DataNode:
 class _Builder:
     """Interprets steps for one pipeline; `decisions` collects per-sample draws of top-level steps."""
 
-    def __init__(self, decode_device: str, threads: int):
+    def __init__(self, decode_device: str, windows: WindowDecoder | None):
         # on the CPU, PNG and WebP windows skip DALI's whole-image decoding (windows.py); with
         # "mixed", nvImageCodec decodes them on the CPU too, but that route is untested: off
-        self.windows = WindowDecoder(threads) if decode_device == "cpu" else None
+        self.windows = windows if decode_device == "cpu" else None
         self.decoder = {"device": decode_device, "adjust_orientation": False,
                         "output_type": types.RGB}
         if decode_device == "mixed":  # nvJPEG with libjpeg-turbo's chroma upsampling
@@ -202,9 +211,9 @@ class _Builder:
             return self.decode_slice(encoded, start, shape)
         start, shape = (types.Constant(v, dtype=types.INT32) if isinstance(v, list) else v
                         for v in (start, shape))
-        window, done = fn.python_function(encoded, start, shape, function=self.windows,
-                                          num_outputs=2, output_layouts=["HWC", ""],
-                                          batch_processing=True)
+        window, done = outputs(fn.python_function(encoded, start, shape, function=self.windows,
+                                                  num_outputs=2, output_layouts=["HWC", ""],
+                                                  batch_processing=True), 2)
         if done:
             image = window
         else:
@@ -407,9 +416,10 @@ class _Builder:
         return image
 
 
-def build_graph(encoded: DataNode, preset: Preset, decode_device: str = "cpu", threads: int = 1
-                ) -> tuple[DataNode, dict[str, DataNode]]:
+def build_graph(encoded: DataNode, preset: Preset, decode_device: str = "cpu",
+                windows: WindowDecoder | None = None) -> tuple[DataNode, dict[str, DataNode]]:
     """(images float32 CHW normalised, per-sample decisions of the top-level steps) for `preset`.
+    On the CPU, `windows` (owned by the caller, which closes it) decodes PNG and WebP crops.
 
     Call inside a pipeline defined with `enable_conditionals=True`. As in `decisions.draw_params`,
     a Crop needs an image at least its size (a PadTo first); here a smaller one would give a batch
@@ -420,7 +430,7 @@ def build_graph(encoded: DataNode, preset: Preset, decode_device: str = "cpu", t
     """
     if decode_device not in ("cpu", "mixed"):
         raise ValueError(f"decode_device must be 'cpu' or 'mixed', got {decode_device!r}")
-    builder = _Builder(decode_device, threads)
+    builder = _Builder(decode_device, windows)
     image = builder.pixels(builder.run(preset.steps, builder.encoded_view(encoded), record=True))
     mean = [255.0 * m for m in preset.mean] if preset.normalize else [0.0, 0.0, 0.0]
     std = [255.0 * s for s in preset.std] if preset.normalize else [255.0, 255.0, 255.0]

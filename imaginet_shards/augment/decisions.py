@@ -1,4 +1,4 @@
-"""Per-sample decisions of a preset: `draw_params` turns the spec (`spec.py`) plus a generator and an
+"""Per-sample decisions of a preset: `draw_params` turns the spec (`augment.spec`) plus a generator and an
 image size into a concrete list of operations (where to crop, which degradation, which quality…).
 
 Backend neutral and pure (numpy only): the CPU backend executes the operations, `perturb` records

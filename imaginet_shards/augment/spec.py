@@ -1,4 +1,5 @@
-"""The one perturbation spec: presets as data that both loader backends interpret.
+"""The one perturbation spec (docs/architecture.md, "Perturbations"): presets as data that both loader
+backends interpret.
 
 A preset is a tuple of steps applied in order to a decoded HWC uint8 image, followed by ImageNet
 normalisation. Probabilities and ranges are per sample. They are those of the ImagiNet reference
@@ -8,6 +9,7 @@ DALI backend each implement every step type below; nothing else describes the pr
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -185,7 +187,7 @@ def social_preset(size: int = 256, max_side: int = 1000, compress_p: float = 0.7
     return Preset("social", size, steps, per_sample_seed=True)
 
 
-PRESETS = {"train": train_preset, "eval": eval_preset, "calibration": calibration_preset,
+PRESETS: dict[str, Callable[..., Preset]] = {"train": train_preset, "eval": eval_preset, "calibration": calibration_preset,
            "social": social_preset}
 
 

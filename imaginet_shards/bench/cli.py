@@ -2,17 +2,21 @@
 (which adds the model-in-the-loop diagnosis)."""
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from imaginet_shards.cli_common import write_json
+
 if TYPE_CHECKING:  # the CLI starts without importing torch
     from imaginet_shards.bench.model import StepFactory
 
-__all__ = ["bench_options", "run_bench_command"]
+__all__ = ["JSON_TARGET", "bench_options", "run_bench_command"]
+
+JSON_TARGET = click.Path(dir_okay=False, allow_dash=True)  # a file, or "-" for stdout
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -45,33 +49,31 @@ bench_options = _apply([
     click.option("--stage", "stages", multiple=True, type=click.Choice(["tar", "decode", "full"]),
                  default=("tar", "decode", "full"), show_default=True,
                  help="Stages timed: tar read only, decode only (per format), full pipeline."),
-    click.option("--batch-size", default=64, show_default=True),
+    click.option("--batch-size", default=64, show_default=True, help="Samples per batch."),
     click.option("--batches", default=30, show_default=True, help="Batches timed per repeat."),
     click.option("--warmup", default=3, show_default=True, help="Batches drawn before timing."),
     click.option("--repeats", default=3, show_default=True, help="Timed repeats (figures are medians)."),
     click.option("--decode-images", default=64, show_default=True, help="Decode-only: images per format."),
-    click.option("--seed", default=0, show_default=True),
-    click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the results as JSON."),
+    click.option("--seed", default=0, show_default=True, help="Seed of the loaders' order and perturbations."),
+    click.option("--json", "json_out", type=JSON_TARGET,
+                 help="Also write the results as JSON ('-': stdout, the progress lines go to stderr)."),
 ])
 
 
 def run_bench_command(options: dict[str, Any], model: str | None = None, model_steps: int = 10,
                       make_step: StepFactory | None = None) -> None:
-    """Run the matrix the options describe, print a line per run, write `--json` if given."""
+    """Run the matrix the options describe, print a line per run (on stderr when the JSON goes to
+    stdout), write `--json` if given."""
     from imaginet_shards.bench.matrix import MatrixOptions, run_matrix
     from imaginet_shards.bench.run import BenchOptions
     o = options
-    try:
-        base = BenchOptions(backend=o["backends"][0], shards=o["shards"], root=o["root"],
-                            annotations=o["annotations"], batch_size=o["batch_size"],
-                            batches=o["batches"], warmup=o["warmup"], repeats=o["repeats"],
-                            seed=o["seed"])
-        matrix = MatrixOptions(base, o["backends"], o["threads"], o["presets"], o["crops"] or (None,),
-                               o["devices"], o["stages"], o["decode_images"], model, model_steps)
-        report = run_matrix(matrix, log=click.echo, make_step=make_step)
-    except (OSError, ValueError, NotImplementedError) as exc:
-        raise click.ClickException(str(exc)) from None
-    json_out: Path | None = o["json_out"]
+    json_out: str | None = o["json_out"]
+    base = BenchOptions(backend=o["backends"][0], shards=o["shards"], root=o["root"],
+                        annotations=o["annotations"], batch_size=o["batch_size"],
+                        batches=o["batches"], warmup=o["warmup"], repeats=o["repeats"],
+                        seed=o["seed"])
+    matrix = MatrixOptions(base, o["backends"], o["threads"], o["presets"], o["crops"] or (None,),
+                           o["devices"], o["stages"], o["decode_images"], model, model_steps)
+    report = run_matrix(matrix, log=partial(click.echo, err=json_out == "-"), make_step=make_step)
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report, indent=1) + "\n")
+        write_json(json_out, report)

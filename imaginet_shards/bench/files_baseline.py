@@ -1,6 +1,6 @@
 """The per-file baseline of the benchmark: the reference implementation's design, one image file
 per sample opened with PIL in a `torch.utils.data.DataLoader`, with the same preset as the shard
-loaders (decisions from `decisions.draw_params`, executed by `transforms_cpu.apply_ops`)."""
+loaders (decisions from `augment.decisions.draw_params`, executed by `augment.cpu.apply_ops`)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from imaginet_shards.bench.model import StepFactory, run_model_bench
-from imaginet_shards.bench.run import BACKENDS, BenchOptions, run_bench
+from imaginet_shards.bench.run import BACKENDS, BenchBackend, BenchOptions, run_bench
 from imaginet_shards.bench.stages import decode_only, format_counts, read_images, tar_read
 
 STAGES = ("tar", "decode", "full")
@@ -33,7 +33,7 @@ class MatrixOptions:
     for decode-only."""
 
     base: BenchOptions
-    backends: tuple[str, ...] = BACKENDS
+    backends: tuple[BenchBackend, ...] = BACKENDS
     threads: tuple[int, ...] = (2,)
     presets: tuple[str, ...] = ("train",)
     crops: tuple[int | None, ...] = (None,)
@@ -61,7 +61,7 @@ class MatrixOptions:
         for backend in self.backends:  # validates each backend's needs before anything runs
             replace(self.base, backend=backend)
 
-    def cells(self, backend: str) -> list[BenchOptions]:
+    def cells(self, backend: BenchBackend) -> list[BenchOptions]:
         """The full-pipeline runs of one backend."""
         return [replace(self.base, backend=backend, device=d, preset=p, crop=c, threads=t)
                 for d in self.devices for p in self.presets for c in self.crops
@@ -115,6 +115,8 @@ def run_matrix(options: MatrixOptions, log: Callable[[str], None] = print,
         raise ValueError("the model-in-the-loop diagnosis needs the trainer: run "
                          "`imaginet-train bench --model ARCH`")
     shards, repeats = options.base.shards, options.base.repeats
+    if shards is None:
+        raise ValueError("the bench matrix needs a shard set (SHARDS)")
     report: dict = {"machine": machine_info(), "packages": package_versions(),
                     "settings": _settings(options), "formats": format_counts(shards),
                     "tar_read": None, "decode": [], "full": [], "model": []}
@@ -134,9 +136,9 @@ def run_matrix(options: MatrixOptions, log: Callable[[str], None] = print,
         if "full" not in options.stages:
             continue
         results = [run_bench(cell) for cell in options.cells(backend)]
-        for result in results:
-            report["full"].append(result.record())
-            log(result.summary())
+        for full in results:
+            report["full"].append(full.record())
+            log(full.summary())
         if options.model is not None and make_step is not None:
             cell = max(options.cells(backend)[:len(options.threads)], key=lambda c: c.threads)
             model = run_model_bench(cell, options.model, make_step, options.model_steps,

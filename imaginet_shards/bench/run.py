@@ -1,4 +1,4 @@
-"""Loader throughput (issue 3, item 10): images/s, MB/s of compressed input and peak memory of one
+"""Loader throughput: images/s, MB/s of compressed input and peak memory of one
 backend over a fixed number of batches after a warm-up.
 
 Backends: `dali` and `cpu` read a shard set through `make_loader`; `files` is the per-file baseline
@@ -10,7 +10,7 @@ pipeline start) are part of the figure. Peak memory and CPU time sum this proces
 noisy. `repeats` windows of `batches` batches each are timed: images/s and MB/s are medians over
 the windows (each should span several batches per worker: workers deliver in bursts), CPU time
 and memory cover them all. `bench_matrix` runs a grid of these next to the tar-read and
-decode-only stages (`bench_stages`).
+decode-only stages (`bench.stages`).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from imaginet_shards.augment.spec import Preset, get_preset
 from imaginet_shards.bench.resources import PeakMemory, tree_cpu_seconds
 
 BenchBackend = Literal["dali", "cpu", "files"]
-BACKENDS: tuple[str, ...] = ("dali", "cpu", "files")
+BACKENDS: tuple[BenchBackend, ...] = ("dali", "cpu", "files")
 
 
 @dataclass(frozen=True)
@@ -127,12 +127,16 @@ def open_stream(options: BenchOptions) -> tuple[Iterable, float]:
     if options.backend == "files":
         from imaginet_shards.bench.files_baseline import FileDataset, file_loader
 
+        if options.root is None or options.annotations is None:
+            raise ValueError("the files backend needs --root and --annotations")
         dataset = FileDataset(options.root, options.annotations, options.resolved_preset())
-        loader = file_loader(dataset, options.batch_size, options.threads, options.seed)
-        return _epochs(loader, lambda epoch: None), dataset.input_bytes() / len(dataset)
+        files = file_loader(dataset, options.batch_size, options.threads, options.seed)
+        return _epochs(files, lambda epoch: None), dataset.input_bytes() / len(dataset)
     from imaginet_shards.io.shardset import open_shard_set
     from imaginet_shards.loaders import make_loader
 
+    if options.shards is None or options.backend == "files":
+        raise ValueError(f"the {options.backend} backend needs a shard set (SHARDS)")
     loader = make_loader(options.shards, backend=options.backend, preset=options.resolved_preset(),
                          batch_size=options.batch_size, rank=0, world_size=1, seed=options.seed,
                          workers=options.threads, device=options.device)

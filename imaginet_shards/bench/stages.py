@@ -1,7 +1,7 @@
-"""The stages under a loader, timed alone (issue 6, item 1): reading the tars (raw sample bytes
+"""The stages under a loader, timed alone: reading the tars (raw sample bytes
 through `shardset.read_samples`, nothing decoded) and decoding (full-frame, per image format, with
 each backend's decoder and parallelism: PIL in DataLoader workers for `files`, the CPU backend's
-`transforms_cpu.decode` in DataLoader workers for `cpu` (torchvision for JPEG, windows.py for PNG
+`augment.cpu.decode` in DataLoader workers for `cpu` (torchvision for JPEG, `codecs.windows` for PNG
 and WebP), `fn.decoders.image` on `threads` DALI threads for `dali`).
 
 Decode-only is the physical bound of a backend that decodes whole images; its full pipeline also
@@ -21,7 +21,8 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from imaginet_shards.bench.resources import tree_cpu_seconds
-from imaginet_shards.format.tar import IMAGE_EXTENSIONS
+from imaginet_shards.errors import SampleError
+from imaginet_shards.format.images import IMAGE_MEMBERS
 from imaginet_shards.io.shardset import load_index, open_shard_set, read_samples
 
 DECODE_BATCH = 4  # small, so that workers share a few dozen images evenly
@@ -69,11 +70,11 @@ def read_images(shards: str, per_format: int) -> dict[str, list[bytes]]:
     """Image bytes of the shard set by format (extension): the first `per_format` of each in
     shard order."""
     shard_set = open_shard_set(shards)
-    found: dict[str, list[bytes]] = {ext: [] for ext in IMAGE_EXTENSIONS}
+    found: dict[str, list[bytes]] = {ext: [] for ext in IMAGE_MEMBERS}
     for entry in shard_set.manifest.shards:
         for record in read_samples(shard_set, load_index(shard_set, entry), 0, entry.samples):
             if record.error:
-                raise ValueError(f"{record.shard} {record.key}: {record.error}")
+                raise SampleError(record.shard, record.key, record.error)
             if len(found[record.image_ext]) < per_format:
                 found[record.image_ext].append(record.image)
     return {ext: blobs for ext, blobs in found.items() if blobs}
@@ -82,7 +83,7 @@ def read_images(shards: str, per_format: int) -> dict[str, list[bytes]]:
 def format_counts(shards: str) -> dict[str, int]:
     """Images per format (extension) in the shard set, from the indexes alone."""
     shard_set = open_shard_set(shards)
-    counts = dict.fromkeys(IMAGE_EXTENSIONS, 0)
+    counts = dict.fromkeys(IMAGE_MEMBERS, 0)
     for entry in shard_set.manifest.shards:
         for sample in load_index(shard_set, entry).samples:
             for member in sample:
@@ -101,7 +102,7 @@ def tar_read(shards: str, repeats: int = 3) -> StageResult:
         for entry, index in zip(manifest.shards, indexes):
             for record in read_samples(shard_set, index, 0, entry.samples):
                 if record.error:
-                    raise ValueError(f"{record.shard} {record.key}: {record.error}")
+                    raise SampleError(record.shard, record.key, record.error)
 
     return _timed(run_pass, "tar_read", "-", "all", 1, manifest.samples,
                   sum(s.bytes for s in manifest.shards), repeats)

@@ -20,12 +20,13 @@ import numba
 import numpy as np
 from zlib_ng import zlib_ng
 
+from imaginet_shards.errors import ImageError
 from imaginet_shards.format.images import MAX_PIXELS, PNG_SIGNATURE, check_window
 
 _CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # colour type -> samples per pixel (8-bit only)
 
 
-class PngError(ValueError):
+class PngError(ImageError):
     """The bytes are not a well-formed PNG (bad chunk, CRC, filter or zlib data)."""
 
 
@@ -77,6 +78,8 @@ def read_layout(data) -> PngLayout | None:
             header = struct.unpack_from(">IIBBBBB", view, offset)
         elif kind == b"IDAT":
             idat.append((offset, length))
+    if header is None:
+        raise PngError("no chunks after the signature")
     width, height, depth, colour, compression, filtering, interlace = header
     if width == 0 or height == 0 or width * height > MAX_PIXELS:
         raise PngError(f"{width}x{height}: empty or over the {MAX_PIXELS}-pixel limit")
@@ -96,7 +99,7 @@ def _inflate_rows(view: memoryview, layout: PngLayout, rows: int) -> np.ndarray:
         _check_crc(view, b"IDAT", offset, length)
         try:
             part = stream.decompress(view[offset:offset + length], need - have)
-        except zlib_ng.error as error:
+        except zlib_ng.error as error:  # type: ignore[misc]  # its stub types `error` as an instance
             raise PngError(f"corrupt image data: {error}") from None
         parts.append(part)
         have += len(part)

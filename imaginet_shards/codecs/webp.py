@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 from webp import ffi, lib
 
+from imaginet_shards.errors import ImageError
 from imaginet_shards.format.images import MAX_PIXELS, check_window
 
 _OPTIONS = ffi.offsetof("WebPDecoderConfig", "options")
@@ -27,7 +28,7 @@ _STATUS = {1: "out of memory", 2: "invalid parameter", 3: "bitstream error",
            4: "unsupported feature", 7: "truncated data"}  # VP8StatusCode
 
 
-class WebpError(ValueError):
+class WebpError(ImageError):
     """libwebp could not decode the bytes."""
 
 

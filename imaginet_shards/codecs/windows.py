@@ -1,6 +1,6 @@
 """Window decoding: the pixels of a crop, decoding as little of the image as each format allows.
 
-`decode_window` serves PNG (png_window.py) and WebP (webp_window.py) and returns None for other
+`decode_window` serves PNG (`codecs.png`) and WebP (`codecs.webp`) and returns None for other
 formats (JPEG: DALI decodes JPEG windows itself, and a full libjpeg-turbo decode is cheap on the
 CPU backend) and for the rare PNGs and WebPs outside the fast paths. Both loaders crop through it,
 so they decode the same pixels, which are exactly those of a full decode.
@@ -17,22 +17,10 @@ from imaginet_shards.codecs import webp as webp_window
 from imaginet_shards.format.images import sniff_format
 
 _DECODERS = {"png": png_window.decode_window, "webp": webp_window.decode_window}
-_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}  # (pid, threads): one per process and size
-
-
-def _executor(threads: int) -> ThreadPoolExecutor:
-    """A shared pool (pipelines are rebuilt every epoch; their pools would pile up), per process
-    because threads do not survive a fork."""
-    key = (os.getpid(), threads)
-    if key not in _POOLS:
-        _POOLS[key] = ThreadPoolExecutor(threads, "imaginet-window")
-    return _POOLS[key]
-
-
 def decode_window(data, top: int, left: int, height: int, width: int) -> np.ndarray | None:
     """RGB uint8 (height, width, 3) of the window, or None when the format has no window decoder
     here; ValueError for corrupt data or a window outside the image."""
-    decoder = _DECODERS.get(sniff_format(bytes(memoryview(data)[:12])))
+    decoder = _DECODERS.get(sniff_format(bytes(memoryview(data)[:12])) or "")
     return None if decoder is None else decoder(data, top, left, height, width)
 
 
@@ -44,6 +32,21 @@ class WindowDecoder:
 
     def __init__(self, threads: int):
         self.threads = max(int(threads), 1)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pid = os.getpid()
+
+    def _executor(self) -> ThreadPoolExecutor:
+        """This decoder's pool, started on first use; a forked copy starts its own (threads do not
+        survive a fork)."""
+        if self._pool is None or self._pid != os.getpid():
+            self._pool, self._pid = ThreadPoolExecutor(self.threads, "imaginet-window"), os.getpid()
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the pool's threads (a later call starts a new pool)."""
+        if self._pool is not None and self._pid == os.getpid():
+            self._pool.shutdown(wait=True)
+        self._pool = None
 
     @staticmethod
     def _one(data: np.ndarray, start: np.ndarray, shape: np.ndarray) -> np.ndarray | None:
@@ -55,7 +58,7 @@ class WindowDecoder:
     def __call__(self, encoded: list[np.ndarray], starts: list[np.ndarray],
                  shapes: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # longest first
-        decoded = _executor(self.threads).map(self._one, *([column[i] for i in order]
+        decoded = self._executor().map(self._one, *([column[i] for i in order]
                                                      for column in (encoded, starts, shapes)))
         images: list[np.ndarray | None] = [None] * len(encoded)
         for i, image in zip(order, decoded):

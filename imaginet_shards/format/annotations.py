@@ -1,4 +1,4 @@
-"""ImagiNet annotation files: label vocabularies, parsing, validation and tracks (DESIGN §3).
+"""ImagiNet annotation files: label vocabularies, parsing, validation and tracks (docs/architecture.md, "Annotations").
 
 One sample a line, no header: `relative/path,origin,content,family,generator`.
 """
@@ -11,6 +11,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
+
+from imaginet_shards.errors import AnnotationError
+from imaginet_shards.format.images import SOURCE_SUFFIXES
 
 LABEL_COLUMNS: tuple[str, ...] = ("origin", "content", "family", "generator")
 
@@ -34,18 +37,6 @@ TRACKS: dict[str, str] = {
     "all": "the 4-vector (origin, content, family, generator), all rows",
 }
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpeg", ".jpg", ".png", ".webp"})
-
-
-class AnnotationError(ValueError):
-    """An annotation file failed validation; `problems` lists every (line, message) found."""
-
-    def __init__(self, path: str, problems: list[tuple[int, str]]):
-        self.path = path
-        self.problems = problems
-        shown = "\n".join(f"  {path}:{line}: {msg}" for line, msg in problems[:20])
-        more = f"\n  … and {len(problems) - 20} more" if len(problems) > 20 else ""
-        super().__init__(f"{len(problems)} bad line(s) in {path}:\n{shown}{more}")
 
 
 def schema() -> dict:
@@ -55,7 +46,7 @@ def schema() -> dict:
         "vocabularies": {k: dict(enumerate(v)) for k, v in VOCABULARIES.items()},
         "generator_family": list(GENERATOR_FAMILY),
         "tracks": TRACKS,
-        "image_extensions": sorted(IMAGE_EXTENSIONS),
+        "image_extensions": sorted(SOURCE_SUFFIXES),
     }
 
 
@@ -171,7 +162,7 @@ def read_annotations(path: str | Path, collect: bool = False) -> pd.DataFrame:
 
 
 def select_track(frame: pd.DataFrame, track: str) -> pd.DataFrame:
-    """Rows and a `target` column for one track (DESIGN §3); `all` keeps the 4 label columns."""
+    """Rows and a `target` column for one track (docs/architecture.md, "Annotations"); `all` keeps the 4 label columns."""
     if track not in TRACKS:
         raise ValueError(f"unknown track {track!r}; choose one of {sorted(TRACKS)}")
     if track == "all":

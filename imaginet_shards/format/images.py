@@ -6,19 +6,26 @@ from __future__ import annotations
 import io
 import struct
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from PIL import Image
+
+from imaginet_shards.errors import ImageError
 
 MAX_PIXELS = 128 * 1024 * 1024  # larger images are refused (decompression bombs)
 MAX_FILE_BYTES = 256 * 1024 * 1024
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
-EXTENSION = {"jpeg": "jpg", "png": "png", "webp": "webp"}
+# Image format (as `sniff_format` names it) -> the extension of the shard member that stores it.
+FORMAT_MEMBER: Mapping[str, str] = {"jpeg": "jpg", "png": "png", "webp": "webp"}
+IMAGE_MEMBERS: tuple[str, ...] = tuple(FORMAT_MEMBER.values())
+# File-name suffixes of source images an annotation file may name (compared lower-cased).
+SOURCE_SUFFIXES: frozenset[str] = frozenset({".jpeg", *(f".{ext}" for ext in IMAGE_MEMBERS)})
 
 
-class ImageCheckError(ValueError):
+class ImageCheckError(ImageError):
     """The bytes are not a usable JPEG/PNG/WebP image; the message says why."""
 
 
@@ -30,7 +37,7 @@ class ImageInfo:
 
     @property
     def extension(self) -> str:
-        return EXTENSION[self.format]
+        return FORMAT_MEMBER[self.format]
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -77,7 +84,6 @@ def check_image(data: bytes, decode: bool = False) -> ImageInfo:
     fmt = sniff_format(data)
     if fmt is None:
         raise ImageCheckError("not a JPEG, PNG or WebP image (unknown magic bytes)")
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
         image = _open(data)
         width, height = image.size

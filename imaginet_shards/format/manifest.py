@@ -1,4 +1,4 @@
-"""manifest.json: the record that makes a shard set complete (DESIGN §4). Written last, atomically."""
+"""manifest.json: the record that makes a shard set complete (docs/architecture.md, "The shard format"). Written last, atomically."""
 from __future__ import annotations
 
 import json
@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from imaginet_shards.errors import ShardSetError
 from imaginet_shards.format.annotations import LABEL_COLUMNS
 
 FORMAT_VERSION = 1
@@ -73,25 +74,23 @@ class Manifest:
                 plan_sha256=data.get("plan_sha256", ""),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{source}: not a valid imaginet manifest: {exc}") from exc
+            raise ShardSetError(source, f"not a valid imaginet manifest: {exc}") from exc
 
 
-def load_manifest(dest: str) -> Manifest:
-    """Read DEST/manifest.json (DEST a directory or URL, or the manifest's own path)."""
-    from imaginet_shards.io import storage
+def build_manifest(annotations: dict[str, Any], options: dict[str, Any], entries: Iterable[ShardEntry],
+                   skipped: Iterable[Skipped], plan_sha256: str) -> Manifest:
+    """The manifest of a finished shard set (pack's and perturb's): this format and tool version,
+    and the totals and merged label histogram of `entries`."""
+    from imaginet_shards import __version__
 
-    dest = str(dest)
-    location = dest if dest.endswith(".json") else storage.join(dest, MANIFEST_NAME)
-    if not storage.exists(location):
-        raise FileNotFoundError(f"{location}: no manifest.json; not a complete imaginet shard set "
-                                f"(packing unfinished, or the wrong directory)")
-    return Manifest.from_json(storage.read_bytes(location).decode("utf-8"), source=location)
-
-
-def shard_set_root(dest: str) -> str:
-    """The directory or URL prefix holding a shard set, given it or its manifest path."""
-    dest = str(dest).rstrip("/")
-    return dest.rsplit("/", 1)[0] if dest.endswith(".json") else dest
+    shards, left_out = tuple(entries), tuple(skipped)
+    return Manifest(
+        format_version=FORMAT_VERSION, tool_version=__version__, annotations=annotations,
+        options=options, shards=shards,
+        totals={"shards": len(shards), "samples": sum(e.samples for e in shards),
+                "bytes": sum(e.bytes for e in shards), "skipped": len(left_out),
+                "histogram": merge_histograms(e.histogram for e in shards)},
+        skipped=left_out, plan_sha256=plan_sha256)
 
 
 def label_histogram(labels: Iterable[tuple[int, ...]]) -> dict[str, dict[str, int]]:

@@ -1,4 +1,4 @@
-"""Reproducible WebDataset tar members and DALI index files (DESIGN §4).
+"""Reproducible WebDataset tar members and DALI index files (docs/architecture.md, "The shard format").
 
 Tar headers are deterministic (fixed mtime, owner, mode), so the same samples always give the same
 bytes. The DALI index (the v1.2 text format of DALI's `wds2idx`) is built while writing: first line
@@ -12,13 +12,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from imaginet_shards.errors import ShardSetError
+
 BLOCK = 512
 RECORD = 20 * BLOCK  # GNU tar's default record size; archives end padded to it
 INDEX_VERSION = "v1.2"
 MTIME = 946684800  # 2000-01-01T00:00:00Z: fixed so that shards are byte-reproducible
 MAX_MEMBER_BYTES = 1 << 31
 
-IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "png", "webp")
 
 
 @dataclass(frozen=True)
@@ -100,23 +101,23 @@ def format_index_line(entries: Iterable[IndexEntry]) -> str:
 
 
 def parse_index(text: str, source: str = "<index>") -> list[list[IndexEntry]]:
-    """Parse a DALI v1.2 index into per-sample member lists; ValueError names the bad line."""
+    """Parse a DALI v1.2 index into per-sample member lists; ShardSetError names the bad line."""
     lines = text.splitlines()
     if not lines:
-        raise ValueError(f"{source}: empty index")
+        raise ShardSetError(source, "empty index")
     head = lines[0].split()
     if len(head) != 2 or head[0] != INDEX_VERSION or not head[1].isdigit():
-        raise ValueError(f"{source}:1: expected '{INDEX_VERSION} <samples>', got {lines[0]!r}")
+        raise ShardSetError(f"{source}:1", f"expected '{INDEX_VERSION} <samples>', got {lines[0]!r}")
     samples: list[list[IndexEntry]] = []
     for number, line in enumerate(lines[1:], start=2):
         fields = line.split()
         if not fields or len(fields) % 4:
-            raise ValueError(f"{source}:{number}: expected groups of 'ext offset size name'")
+            raise ShardSetError(f"{source}:{number}", "expected groups of 'ext offset size name'")
         try:
             samples.append([IndexEntry(fields[i], int(fields[i + 1]), int(fields[i + 2]), fields[i + 3])
                             for i in range(0, len(fields), 4)])
         except ValueError:
-            raise ValueError(f"{source}:{number}: non-integer offset or size") from None
+            raise ShardSetError(f"{source}:{number}", "non-integer offset or size") from None
     if len(samples) != int(head[1]):
-        raise ValueError(f"{source}: header says {head[1]} samples, found {len(samples)}")
+        raise ShardSetError(source, f"header says {head[1]} samples, found {len(samples)}")
     return samples

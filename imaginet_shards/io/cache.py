@@ -21,6 +21,10 @@ DEFAULT_CACHE_BYTES = 64 * 2**30
 
 
 class ShardCache:
+    """One cache directory with its prefetch threads. The threads belong to the process that
+    started them: a forked copy (a DataLoader worker) starts its own, and a pickled copy starts
+    without any. `close()` stops them."""
+
     def __init__(self, directory: str | os.PathLike, max_bytes: int, prefetch_threads: int = 2):
         if max_bytes <= 0:
             raise ValueError(f"cache size must be positive, got {max_bytes}")
@@ -28,9 +32,25 @@ class ShardCache:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
         self._prefetch_threads = prefetch_threads
+        self._reset()
+
+    def _reset(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._pending: dict[str, Future] = {}
+        self._pid = os.getpid()
+
+    def _own(self) -> None:
+        if self._pid != os.getpid():  # forked: the parent's threads and futures are not ours
+            self._reset()
+
+    def __getstate__(self) -> dict:
+        return {"directory": self.directory, "max_bytes": self.max_bytes,
+                "_prefetch_threads": self._prefetch_threads}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._reset()
 
     def path_for(self, url: str) -> Path:
         """Cache file of a URL: readable name, plus a hash so equal names from different sets differ."""
@@ -39,6 +59,7 @@ class ShardCache:
 
     def fetch(self, url: str) -> Path:
         """The local copy of `url`, downloading it first if it is not cached (or being prefetched)."""
+        self._own()
         with self._lock:
             pending = self._pending.pop(url, None)
         if pending is not None and pending.result().exists():
@@ -61,6 +82,7 @@ class ShardCache:
 
     def prefetch(self, urls: list[str]) -> None:
         """Start downloading `urls` in the background, in order."""
+        self._own()
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self._prefetch_threads, thread_name_prefix="prefetch")
@@ -88,20 +110,8 @@ class ShardCache:
                 log.debug("evicted %s (%d bytes)", path.name, size)
 
     def close(self) -> None:
+        """Stop prefetching (downloads under way finish under their temporary names)."""
+        self._own()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
-
-
-_CACHES: dict[tuple[str, int], ShardCache] = {}
-# Prefetch threads do not survive a fork: each process (DataLoader worker) makes its own cache object.
-os.register_at_fork(after_in_child=_CACHES.clear)
-
-
-def shared_cache(directory: str, max_bytes: int = DEFAULT_CACHE_BYTES) -> ShardCache:
-    """This process's ShardCache for `directory` (one per directory and size)."""
-    key = (str(directory), max_bytes)
-    if key not in _CACHES:
-        _CACHES[key] = ShardCache(directory, max_bytes)
-        log.info("remote shards go through the local cache %s (at most %d bytes)", directory, max_bytes)
-    return _CACHES[key]

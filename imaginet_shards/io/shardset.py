@@ -8,6 +8,7 @@ so callers decide whether to raise or to skip without ever shifting labels.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -15,30 +16,56 @@ from typing import BinaryIO
 import numpy as np
 from webdataset.tariterators import tar_file_iterator
 
-from imaginet_shards.format.images import MAX_FILE_BYTES
-from imaginet_shards.format.manifest import Manifest, ShardEntry, load_manifest, shard_set_root
+from imaginet_shards.errors import MissingShardSetError, ShardSetError
+from imaginet_shards.format.images import IMAGE_MEMBERS, MAX_FILE_BYTES
+from imaginet_shards.format.manifest import MANIFEST_NAME, Manifest, ShardEntry
+from imaginet_shards.format.members import MAX_META_BYTES, decode_labels
 from imaginet_shards.format.tar import (
     BLOCK,
-    IMAGE_EXTENSIONS,
     IndexEntry,
     padding,
     parse_index,
     split_member_name,
 )
 from imaginet_shards.io import storage
-from imaginet_shards.io.cache import DEFAULT_CACHE_BYTES, shared_cache
-from imaginet_shards.ops.verify import MAX_META_BYTES
+from imaginet_shards.io.cache import DEFAULT_CACHE_BYTES, ShardCache
+
+log = logging.getLogger(__name__)
+
+
+def load_manifest(dest: str) -> Manifest:
+    """Read DEST/manifest.json (DEST a directory or URL, or the manifest's own path)."""
+    dest = str(dest)
+    location = dest if dest.endswith(".json") else storage.join(dest, MANIFEST_NAME)
+    if not storage.exists(location):
+        raise MissingShardSetError(location, "no manifest.json; not a complete imaginet shard set",
+                                   hint="packing unfinished, or the wrong directory")
+    try:
+        text = storage.read_bytes(location).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ShardSetError(location, f"not a valid imaginet manifest: {exc}") from None
+    return Manifest.from_json(text, source=location)
+
+
+def shard_set_root(dest: str) -> str:
+    """The directory or URL prefix holding a shard set, given it or its manifest path."""
+    dest = str(dest).rstrip("/")
+    return dest.rsplit("/", 1)[0] if dest.endswith(".json") else dest
 
 
 @dataclass(frozen=True)
 class ShardSet:
     """A complete shard set: where it lives, its manifest, and the local cache remote shards go
-    through (when `cache_dir` is set)."""
+    through (`cache`, for remote shard sets opened with a cache directory). `close()` stops the
+    cache's prefetching."""
 
     root: str
     manifest: Manifest
-    cache_dir: str | None = None
-    cache_bytes: int = DEFAULT_CACHE_BYTES
+    cache: ShardCache | None = None
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
 
     @property
     def counts(self) -> tuple[int, ...]:
@@ -48,7 +75,7 @@ class ShardSet:
     @property
     def cached(self) -> bool:
         """Remote shards are read from the local cache (downloaded whole on first use)."""
-        return self.cache_dir is not None and storage.is_remote(self.root)
+        return self.cache is not None
 
     def location(self, name: str) -> str:
         return storage.join(self.root, name)
@@ -56,14 +83,14 @@ class ShardSet:
     def local_path(self, name: str) -> str:
         """A path for readers that need one (DALI): the cached copy of a remote shard, or the shard
         itself."""
-        if self.cached:
-            return str(shared_cache(self.cache_dir, self.cache_bytes).fetch(self.location(name)))
+        if self.cache is not None:
+            return str(self.cache.fetch(self.location(name)))
         return self.location(name)
 
     def prefetch(self, names: list[str]) -> None:
         """Start filling the cache with `names`, in order (no-op without a cache)."""
-        if self.cached:
-            shared_cache(self.cache_dir, self.cache_bytes).prefetch([self.location(n) for n in names])
+        if self.cache is not None:
+            self.cache.prefetch([self.location(n) for n in names])
 
     def open(self, name: str) -> BinaryIO:
         """A seekable binary stream over one shard: the one place shard bytes are opened."""
@@ -74,9 +101,15 @@ class ShardSet:
 
 def open_shard_set(source: str, cache_dir: str | None = None,
                    cache_bytes: int = DEFAULT_CACHE_BYTES) -> ShardSet:
-    """A shard set from its directory, its manifest.json path, or a URL of either."""
+    """A shard set from its directory, its manifest.json path, or a URL of either; a remote one
+    reads through a local cache in `cache_dir` when given."""
     source = str(source)
-    return ShardSet(shard_set_root(source), load_manifest(source), cache_dir, cache_bytes)
+    root = shard_set_root(source)
+    cache = None
+    if cache_dir is not None and storage.is_remote(root):
+        cache = ShardCache(cache_dir, cache_bytes)
+        log.info("remote shards go through the local cache %s (at most %d bytes)", cache_dir, cache_bytes)
+    return ShardSet(root, load_manifest(source), cache)
 
 
 @dataclass(frozen=True)
@@ -99,11 +132,11 @@ class ShardIndex:
         self.entry = entry
         self.samples: list[list[IndexEntry]] = parse_index(text, entry.index)
         if len(self.samples) != entry.samples:
-            raise ValueError(f"{entry.index}: lists {len(self.samples)} samples, the manifest "
-                             f"says {entry.samples} for {entry.name}")
+            raise ShardSetError(entry.index, f"lists {len(self.samples)} samples, the manifest says "
+                                             f"{entry.samples} for {entry.name}")
         self.oversized = frozenset(
             e.name for sample in self.samples for e in sample
-            if e.size > (MAX_FILE_BYTES if e.ext in IMAGE_EXTENSIONS else MAX_META_BYTES))
+            if e.size > (MAX_FILE_BYTES if e.ext in IMAGE_MEMBERS else MAX_META_BYTES))
 
     def key(self, i: int) -> str:
         return split_member_name(self.samples[i][0].name)[0]
@@ -121,7 +154,11 @@ class ShardIndex:
 def load_index(shards: ShardSet, entry: ShardEntry) -> ShardIndex:
     """The parsed `.idx` of one shard (through the cache, like the shard, when there is one)."""
     with shards.open(entry.index) as stream:
-        return ShardIndex(entry, stream.read().decode("ascii"))
+        data = stream.read()
+    try:
+        return ShardIndex(entry, data.decode("ascii"))
+    except UnicodeDecodeError as exc:
+        raise ShardSetError(entry.index, f"not an ASCII index file: {exc}") from None
 
 
 class _Window:
@@ -181,13 +218,13 @@ def _record(shard: str, index: ShardIndex, i: int, members: Iterator[dict]) -> R
     too_big = [f"{e.name} ({e.size} bytes)" for e in expected if e.name in index.oversized]
     if too_big:
         return Record(shard, key, error=f"member above the size limit: {', '.join(too_big)}")
-    images = [ext for ext in found if ext in IMAGE_EXTENSIONS]
+    images = [ext for ext in found if ext in IMAGE_MEMBERS]
     if len(images) != 1:
         return Record(shard, key, error=f"expected one image member, found {len(images)}")
     if "labels" not in found:
         return Record(shard, key, error="missing .labels member")
-    labels = np.frombuffer(found["labels"], dtype="<i4")
-    if labels.shape != (4,):
-        return Record(shard, key, error=f".labels holds {len(found['labels'])} bytes, expected 16")
-    return Record(shard, key, found[images[0]], images[0], labels.astype(np.int64),
-                  found.get("json", b""))
+    try:
+        labels = decode_labels(found["labels"])
+    except ValueError as exc:
+        return Record(shard, key, error=str(exc))
+    return Record(shard, key, found[images[0]], images[0], labels, found.get("json", b""))

@@ -4,8 +4,9 @@ Every read and write of a shard set goes through this module, so the rest of the
 whether a location is a directory or a bucket. Remote operations are retried with exponential backoff
 on transient errors (5xx, timeouts, connection resets, cut connections); after the last attempt a
 StorageError names the URL. Credentials and endpoints come from the standard places: the `AWS_*`
-variables (`AWS_ENDPOINT_URL` for S3-compatible stores, which DALI reads too), `~/.aws`, or
-`set_endpoint_url` (the CLI's `--endpoint-url`).
+variables (`AWS_ENDPOINT_URL` for S3-compatible stores, which DALI reads too; the CLI's
+`--endpoint-url` sets it for its own process) or `~/.aws`; this module reads the environment at
+each call and never writes it.
 """
 from __future__ import annotations
 
@@ -14,33 +15,46 @@ import io
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
+from imaginet_shards.errors import StorageError
+
 REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "http://", "https://")
 T = TypeVar("T")
 
 
-class StorageError(OSError):
-    """A remote operation failed for good (after retries, or with a non-transient error)."""
-
-
 @dataclass(frozen=True)
 class RetryPolicy:
-    attempts: int = int(os.environ.get("IMAGINET_RETRIES", 5))
+    """How remote operations are retried (exponential backoff) and how long a connection may hang."""
+
+    attempts: int = 5
     base_delay: float = 0.25
     max_delay: float = 8.0
-    connect_timeout: float = float(os.environ.get("IMAGINET_CONNECT_TIMEOUT", 10))
-    read_timeout: float = float(os.environ.get("IMAGINET_READ_TIMEOUT", 60))
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or self.base_delay < 0 or self.connect_timeout <= 0 or self.read_timeout <= 0:
+            raise ValueError(f"invalid retry policy {self}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RetryPolicy:
+        """The defaults, overridden by IMAGINET_RETRIES, IMAGINET_CONNECT_TIMEOUT and
+        IMAGINET_READ_TIMEOUT; read at each call, so a change of the environment takes effect."""
+        environ = os.environ if environ is None else environ
+        try:
+            return cls(attempts=int(environ.get("IMAGINET_RETRIES", cls.attempts)),
+                       connect_timeout=float(environ.get("IMAGINET_CONNECT_TIMEOUT", cls.connect_timeout)),
+                       read_timeout=float(environ.get("IMAGINET_READ_TIMEOUT", cls.read_timeout)))
+        except ValueError as exc:
+            raise ValueError(f"bad IMAGINET_RETRIES / IMAGINET_*_TIMEOUT setting: {exc}") from None
 
     def delay(self, attempt: int) -> float:
         return min(self.max_delay, self.base_delay * 2 ** attempt)
-
-
-POLICY = RetryPolicy()
 
 
 def is_remote(location: str | os.PathLike) -> bool:
@@ -53,13 +67,6 @@ def join(base: str | os.PathLike, name: str) -> str:
     if is_remote(base):
         return base.rstrip("/") + "/" + name
     return str(Path(base) / name)
-
-
-def set_endpoint_url(url: str | None) -> None:
-    """Use an S3-compatible endpoint (MinIO, Ceph, a local test server) for s3:// URLs.
-    Set in the environment so that worker processes and DALI see it too."""
-    if url:
-        os.environ["AWS_ENDPOINT_URL"] = url
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -85,8 +92,10 @@ def is_transient(exc: BaseException) -> bool:
     return cause is not None and cause is not exc and is_transient(cause)
 
 
-def retry(operation: Callable[[], T], what: str, policy: RetryPolicy = POLICY) -> T:
-    """Run `operation`, retrying transient failures with exponential backoff."""
+def retry(operation: Callable[[], T], what: str, policy: RetryPolicy | None = None) -> T:
+    """Run `operation`, retrying transient failures with exponential backoff (`policy`, by default
+    `RetryPolicy.from_env()`)."""
+    policy = RetryPolicy.from_env() if policy is None else policy
     for attempt in range(policy.attempts):
         try:
             return operation()
@@ -94,29 +103,27 @@ def retry(operation: Callable[[], T], what: str, policy: RetryPolicy = POLICY) -
             if not is_transient(exc):
                 if isinstance(exc, (FileNotFoundError, PermissionError)):
                     raise
-                raise StorageError(f"{what}: {type(exc).__name__}: {exc}") from exc
+                raise StorageError(what, f"{type(exc).__name__}: {exc}") from exc
             if attempt == policy.attempts - 1:
-                raise StorageError(f"{what}: still failing after {policy.attempts} attempts: "
-                                   f"{type(exc).__name__}: {exc}") from exc
+                raise StorageError(what, f"still failing after {policy.attempts} attempts: "
+                                         f"{type(exc).__name__}: {exc}") from exc
             time.sleep(policy.delay(attempt))
     raise AssertionError("unreachable")
 
 
 @cache
-def _filesystem(protocol: str, endpoint: str | None):
+def _filesystem(protocol: str, endpoint: str | None, connect_timeout: float, read_timeout: float):
     import fsspec
 
     if protocol == "s3":
         return fsspec.filesystem(
             "s3", endpoint_url=endpoint, skip_instance_cache=True,
-            config_kwargs={"connect_timeout": POLICY.connect_timeout,
-                           "read_timeout": POLICY.read_timeout,
+            config_kwargs={"connect_timeout": connect_timeout, "read_timeout": read_timeout,
                            "retries": {"max_attempts": 2, "mode": "standard"}})
     if protocol in ("http", "https"):
         import aiohttp
 
-        timeout = aiohttp.ClientTimeout(sock_connect=POLICY.connect_timeout,
-                                        sock_read=POLICY.read_timeout)
+        timeout = aiohttp.ClientTimeout(sock_connect=connect_timeout, sock_read=read_timeout)
         return fsspec.filesystem(protocol, skip_instance_cache=True,
                                  client_kwargs={"timeout": timeout})
     return fsspec.filesystem(protocol, skip_instance_cache=True)
@@ -126,11 +133,13 @@ def _filesystem(protocol: str, endpoint: str | None):
 os.register_at_fork(after_in_child=_filesystem.cache_clear)
 
 
-def filesystem(url: str):
-    """(fsspec filesystem, path within it) for a remote URL."""
+def filesystem(url: str, policy: RetryPolicy | None = None):
+    """(fsspec filesystem, path within it) for a remote URL, with the policy's timeouts."""
+    policy = RetryPolicy.from_env() if policy is None else policy
     protocol = url.split("://", 1)[0]
     fs = _filesystem("gcs" if protocol == "gs" else protocol,
-                     os.environ.get("AWS_ENDPOINT_URL") if protocol == "s3" else None)
+                     os.environ.get("AWS_ENDPOINT_URL") if protocol == "s3" else None,
+                     policy.connect_timeout, policy.read_timeout)
     return fs, (url if protocol in ("http", "https") else url.split("://", 1)[1])
 
 
@@ -138,14 +147,14 @@ class RetryingReader(io.RawIOBase):
     """A seekable read-only stream over a remote object that survives cut connections: a failed
     read reopens the object at the current offset (with backoff) instead of failing the epoch."""
 
-    def __init__(self, url: str, policy: RetryPolicy = POLICY):
+    def __init__(self, url: str, policy: RetryPolicy | None = None):
         super().__init__()
         self.url = url
-        self._policy = policy
-        self._fs, self._path = filesystem(url)
+        self._policy = policy = RetryPolicy.from_env() if policy is None else policy
+        self._fs, self._path = filesystem(url, policy)
         self._size = retry(lambda: self._fs.size(self._path), f"size of {url}", policy)
         self._pos = 0
-        self._stream = None
+        self._stream: BinaryIO | None = None
 
     def readable(self) -> bool:
         return True
@@ -164,9 +173,10 @@ class RetryingReader(io.RawIOBase):
     def _read_once(self, size: int) -> bytes:
         if self._stream is None:
             self._stream = self._fs.open(self._path, "rb", block_size=8 << 20)
-        if self._stream.tell() != self._pos:
-            self._stream.seek(self._pos)
-        return self._stream.read(size)
+        stream = self._stream
+        if stream.tell() != self._pos:
+            stream.seek(self._pos)
+        return stream.read(size)
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
@@ -208,7 +218,7 @@ def open_read(location: str | os.PathLike) -> BinaryIO:
     location = str(location)
     if not is_remote(location):
         return open(location, "rb")
-    return io.BufferedReader(RetryingReader(location), buffer_size=1 << 20)  # type: ignore[return-value]
+    return io.BufferedReader(RetryingReader(location), buffer_size=1 << 20)
 
 
 def read_bytes(location: str | os.PathLike) -> bytes:

@@ -72,6 +72,8 @@ class Loader(Protocol):
     @property
     def skipped(self) -> tuple[SkippedSample, ...]: ...
 
+    def close(self) -> None: ...
+
 
 class EpochLoader:
     """What both backends share: the shard set, the config, `len()` and `set_epoch`."""
@@ -100,3 +102,13 @@ class EpochLoader:
     def skipped(self) -> tuple[SkippedSample, ...]:
         """The samples dropped so far with `on_error="skip"` (always empty with "raise")."""
         return tuple(self._skipped)
+
+    def close(self) -> None:
+        """Stop background work the loader owns (the shard cache's prefetching)."""
+        self.shards.close()
+
+    def __enter__(self) -> EpochLoader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

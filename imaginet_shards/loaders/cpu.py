@@ -5,7 +5,7 @@ sample (decisions keyed by (seed, epoch, key): independent of worker count), mix
 shuffle buffer of small uint8 crops, and ships whole uint8 batches with their labels and keys; the
 main process normalises them on `config.device`. Unusable samples travel as tombstones through the
 buffer, so batch counts never change: with `on_error="skip"` a batch is just smaller, and the
-skipped samples are listed in `loader.skipped`; with "raise" the main process raises a ValueError
+skipped samples are listed in `loader.skipped`; with "raise" the main process raises a SampleError
 naming shard and key (workers never raise for bad data, so no worker traceback wraps the error).
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from imaginet_shards.augment.cpu import augment, normalize
+from imaginet_shards.errors import SampleError
 from imaginet_shards.io.shardset import Record, ShardSet, load_index, read_samples
 from imaginet_shards.loaders.base import EpochLoader, LoaderConfig, SkippedSample
 from imaginet_shards.loaders.world import WorkerPlan, sample_rng, stream_rng, worker_plan
@@ -73,13 +74,14 @@ def shuffled(items: Iterable, size: int, rng: np.random.Generator, initial: int 
 
 def _collate(items: list[_Item], size: int, epoch: int):
     """(uint8 images [n,3,S,S], int64 labels [n,4], keys, skipped records) of one batch."""
-    kept = [item for item in items if item.image is not None]
-    images = (torch.stack([item.image for item in kept]) if kept
+    kept = [(item.key, item.image, item.labels) for item in items
+            if item.image is not None and item.labels is not None]
+    images = (torch.stack([image for _, image, _ in kept]) if kept
               else torch.empty((0, 3, size, size), dtype=torch.uint8))
-    labels = torch.from_numpy(np.stack([item.labels for item in kept]) if kept
+    labels = torch.from_numpy(np.stack([label for _, _, label in kept]) if kept
                               else np.empty((0, 4), dtype=np.int64))
     skipped = [SkippedSample(i.shard, i.key, i.error, epoch) for i in items if i.image is None]
-    return images, labels, [item.key for item in kept], skipped
+    return images, labels, [key for key, _, _ in kept], skipped
 
 
 class _Failure(Exception):
@@ -159,8 +161,8 @@ class CpuLoader(EpochLoader):
         for images, labels, keys, skipped in self._loader:
             if skipped and self.config.on_error == "raise":
                 bad = skipped[0]
-                raise ValueError(f"{bad.shard}: sample {bad.key}: {bad.reason} "
-                                 f"(pass on_error='skip' to drop such samples)")
+                raise SampleError(bad.shard, bad.key, bad.reason,
+                                  hint="pass on_error='skip' to drop such samples")
             self._skipped.extend(skipped)
             images = images.to(device, non_blocking=True)
             yield Batch(normalize(images, self.config.preset), labels.to(device, non_blocking=True),

@@ -1,5 +1,5 @@
 """The DALI backend: `fn.readers.webdataset` over our shards, the preset as a DALI graph
-(`dali_graph`), and a PyTorch iterator with the loader contract of DESIGN §5.
+(`augment.dali`), and a PyTorch iterator with the loader contract (docs/architecture.md).
 
 Each epoch (`__iter__`) builds one pipeline for this rank. `world.worker_plan` says which samples
 the rank reads (the same partition as the CPU backend: contiguous ranges of the (seed, epoch) shard
@@ -40,7 +40,7 @@ DALI substitutions and limitations
   the social test set with `imaginet-shards perturb` (CPU).
 - **Faults**: a truncated shard (checked against the index before DALI reads it: DALI would crash
   on a member cut by the end of the file), a missing `.labels` member and an image the decoders
-  reject raise ValueError naming the shard and the sample key. A corrupted JPEG or WebP payload
+  reject raise a SampleError (a ValueError) naming the shard and the sample key. A corrupted JPEG or WebP payload
   that libjpeg-turbo/libwebp still decode passes as garbage pixels (CPU decoders behave alike; the
   formats carry no checksum): `imaginet-shards verify` checks shard checksums. DALI has no
   decompression-bomb limit; the packer refuses such images. `on_error="skip"` is not available
@@ -53,7 +53,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -64,8 +64,10 @@ from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.backend import TensorListCPU
 from nvidia.dali.pipeline import Pipeline
 
-from imaginet_shards.augment.dali import build_graph
-from imaginet_shards.format.tar import IMAGE_EXTENSIONS as IMAGE_EXTENSIONS_TUPLE
+from imaginet_shards.augment.dali import build_graph, outputs
+from imaginet_shards.codecs.windows import WindowDecoder
+from imaginet_shards.errors import SampleError, ShardSetError
+from imaginet_shards.format.images import IMAGE_MEMBERS
 from imaginet_shards.format.tar import INDEX_VERSION, format_index_line
 from imaginet_shards.io import storage
 from imaginet_shards.io.shardset import ShardIndex, ShardSet, load_index, open_shard_set
@@ -76,12 +78,12 @@ from imaginet_shards.loaders.world import EpochSpec, WorkerPlan, derive_seed, wo
 log = logging.getLogger(__name__)
 
 PREFETCH = 2  # batches DALI prepares ahead
-IMAGE_EXTENSIONS = ";".join(IMAGE_EXTENSIONS_TUPLE)
+IMAGE_EXTENSIONS = ";".join(IMAGE_MEMBERS)  # the reader's "any of these" component
 
 
 class DaliBatch(NamedTuple):
     """A batch with its sample keys and the per-sample decisions of the preset's top-level steps
-    (see `dali_graph.build_graph` for names and values)."""
+    (see `augment.dali.build_graph` for names and values)."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -119,24 +121,23 @@ def _pipeline_seed(config: LoaderConfig, epoch: int) -> int:
     return int(derive_seed("dali", config.seed, epoch, config.rank).generate_state(1)[0])
 
 
-def build_pipeline(files: EpochFiles, config: LoaderConfig, epoch: int, depth: int = 2
-                   ) -> tuple[Pipeline, tuple[str, ...]]:
+def build_pipeline(files: EpochFiles, config: LoaderConfig, epoch: int, depth: int = 2,
+                   windows: WindowDecoder | None = None) -> tuple[Pipeline, tuple[str, ...]]:
     """The epoch's pipeline (outputs: images, labels, source info, decisions; `depth` batches
-    prefetched) and the decision names."""
+    prefetched) and the decision names; `windows` decodes PNG/WebP crops on the CPU."""
     device_id, decode_device = device_ids(config.device)
     shuffle = config.shuffle and config.shuffle_buffer > 1
     names: list[str] = []
 
     @pipeline_def(enable_conditionals=True)
     def pipeline():
-        encoded, labels = fn.readers.webdataset(
+        encoded, labels = outputs(fn.readers.webdataset(
             paths=list(files.tars), index_paths=list(files.indexes),
             ext=[IMAGE_EXTENSIONS, "labels"],
             dtypes=[types.UINT8, types.INT32], missing_component_behavior="error",
             random_shuffle=shuffle, initial_fill=max(config.shuffle_buffer, 1),
-            pad_last_batch=True)
-        images, decisions = build_graph(encoded, config.preset, decode_device,
-                                          threads=max(config.workers, 1))
+            pad_last_batch=True), 2)
+        images, decisions = build_graph(encoded, config.preset, decode_device, windows)
         names.extend(decisions)
         return (images, labels, fn.get_property(encoded, key="source_info"), *decisions.values())
 
@@ -203,6 +204,12 @@ class DaliLoader(EpochLoader):
         device_ids(config.device)
         super().__init__(shards, config)
         self._indexes: dict[int, ShardIndex] = {}
+        # one window decoder (and thread pool) for the loader's life, not one per epoch's pipeline
+        self._windows = WindowDecoder(max(config.workers, 1))
+
+    def close(self) -> None:
+        self._windows.close()
+        super().close()
 
     def plan(self) -> WorkerPlan:
         """This rank's samples and batch sizes for the current epoch (one DALI "worker")."""
@@ -234,14 +241,15 @@ class DaliLoader(EpochLoader):
             yield batch.images, batch.labels
 
     def _run(self, files: EpochFiles, plan: WorkerPlan, epoch: int, device: torch.device
-             ) -> Iterator[DaliBatch]:
+             ) -> Generator[DaliBatch, None, None]:
         """The epoch's DALI batches, just enough for the plan's samples. Runs are scheduled by hand
         so that prefetching stops at the epoch's end (DALI's `run()` would decode up to a queue's
-        worth of the next epoch). DALI errors become ValueErrors naming the shard and sample."""
+        worth of the next epoch). DALI errors become SampleErrors naming the shard and sample."""
         runs = -(-plan.samples // self.config.batch_size)
         done = 0
         try:
-            pipe, names = build_pipeline(files, self.config, epoch, depth=min(PREFETCH, runs))
+            pipe, names = build_pipeline(files, self.config, epoch, depth=min(PREFETCH, runs),
+                                         windows=self._windows)
             scheduled = 0
             while done < runs:
                 if scheduled < runs:
@@ -258,18 +266,23 @@ class DaliLoader(EpochLoader):
         except RuntimeError as exc:
             raise self._failure(str(exc), files, plan, done) from exc
 
-    def _failure(self, message: str, files: EpochFiles, plan: WorkerPlan, done: int) -> ValueError:
-        """A ValueError naming the shard and sample of a DALI failure during run `done`."""
+    def _failure(self, message: str, files: EpochFiles, plan: WorkerPlan, done: int
+                 ) -> SampleError | ShardSetError:
+        """A SampleError naming the shard and sample of a DALI failure during run `done`, or a
+        ShardSetError when no sample can be blamed."""
         reason = dali_reason(message)
+        hint = "DALI backend; to skip unusable samples use backend='cpu' with on_error='skip'"
         where = describe_failure(message, files.segments)
-        if where:
-            text = f"{where}: {reason}"
-        else:  # search the samples DALI may have read so far
-            limit = (done + PREFETCH + 1) * self.config.batch_size + self.config.shuffle_buffer
-            found = find_unusable(self.shards, plan, self._indexes, limit)
-            text = f"{found} (DALI: {reason})" if found else f"{self.shards.root}: {reason}"
-        return ValueError(f"{text} [DALI backend; to skip unusable samples use backend='cpu' "
-                          f"with on_error='skip']")
+        if where is not None:
+            return SampleError(*where, reason, hint)
+        limit = (done + PREFETCH + 1) * self.config.batch_size + self.config.shuffle_buffer
+        found = find_unusable(self.shards, plan, self._indexes, limit)  # what DALI may have read
+        if found is not None:
+            shard, key, cause = found
+            return SampleError(shard, key, f"{cause} (DALI: {reason})", hint)
+        return ShardSetError(self.shards.root, f"DALI failed: {reason}",
+                             "no sample could be blamed; `imaginet-shards verify --decode` checks "
+                             "every sample")
 
     def _empty(self, device: torch.device) -> DaliBatch:
         size = self.config.preset.size

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from imaginet_shards.errors import SampleError
 from imaginet_shards.format.images import ImageCheckError, check_image
 from imaginet_shards.io import storage
 from imaginet_shards.io.shardset import ShardIndex, ShardSet, read_samples
@@ -22,8 +23,8 @@ _INDEX_RE = re.compile(r"index file at \"[^\"]*?([^/\"]+)\.idx\" line (\d+)")
 
 
 def check_complete(shards: ShardSet, index: ShardIndex, start: int, stop: int) -> None:
-    """Raise ValueError naming the first of samples [start, stop) whose members reach past the end
-    of the shard file (DALI itself only checks where members start)."""
+    """Raise a SampleError naming the first of samples [start, stop) whose members reach past the
+    end of the shard file (DALI itself only checks where members start)."""
     def end(i: int) -> int:
         return max(member.offset + member.size for member in index.samples[i])
 
@@ -31,28 +32,29 @@ def check_complete(shards: ShardSet, index: ShardIndex, start: int, stop: int) -
     size = storage.size(shards.location(name))
     if start < stop and end(stop - 1) > size:  # samples lie in tar order: the last ends last
         first = next(i for i in range(start, stop) if end(i) > size)
-        raise ValueError(f"{name}: sample {index.key(first)}: truncated shard ({size} bytes, the "
-                         f"sample's members end at byte {end(first)})")
+        raise SampleError(name, index.key(first), f"truncated shard ({size} bytes, the sample's "
+                                                  f"members end at byte {end(first)})")
 
 
-def describe_failure(message: str, segments: Mapping[str, tuple[ShardIndex, int]]) -> str:
-    """"NAME.tar: sample KEY" from a DALI error's source info, or from the line of the segment
-    index it rejected (`segments`: index file stem -> (shard index, first sample); DALI counts
-    lines from 0, the header); "" when the message names neither."""
+def describe_failure(message: str, segments: Mapping[str, tuple[ShardIndex, int]]
+                     ) -> tuple[str, str] | None:
+    """(shard, key) from a DALI error's source info, or from the line of the segment index it
+    rejected (`segments`: index file stem -> (shard index, first sample); DALI counts lines from 0,
+    the header); None when the message names neither."""
     sample = _SAMPLE_RE.search(message)
     if sample:
-        return f"{sample.group(1)}: sample {sample.group(2)}"
+        return sample.group(1), sample.group(2)
     found = _INDEX_RE.search(message)
     if found and found.group(1) in segments:
         index, start = segments[found.group(1)]
-        return f"{index.entry.name}: sample {index.key(start + int(found.group(2)) - 1)}"
-    return ""
+        return index.entry.name, index.key(start + int(found.group(2)) - 1)
+    return None
 
 
 def find_unusable(shards: ShardSet, plan: WorkerPlan, indexes: Mapping[int, ShardIndex],
-                  limit: int) -> str:
-    """"NAME.tar: sample KEY: reason" for the first of the plan's first `limit` samples that the CPU
-    checks reject (unreadable member, or `images.check_image` with a full decode); "" if none."""
+                  limit: int) -> tuple[str, str, str] | None:
+    """(shard, key, reason) of the first of the plan's first `limit` samples that the CPU checks
+    reject (unreadable member, or `images.check_image` with a full decode); None if none."""
     for segment in plan.segments:
         stop = min(segment.stop, segment.start + limit)
         for record in read_samples(shards, indexes[segment.shard], segment.start, stop):
@@ -63,11 +65,11 @@ def find_unusable(shards: ShardSet, plan: WorkerPlan, indexes: Mapping[int, Shar
                 except ImageCheckError as exc:
                     reason = str(exc)
             if reason:
-                return f"{record.shard}: sample {record.key}: {reason}"
+                return record.shard, record.key, reason
         limit -= stop - segment.start
         if limit <= 0:
             break
-    return ""
+    return None
 
 
 def dali_reason(message: str) -> str:

@@ -1,6 +1,7 @@
 """make_loader: the one entry point to both backends (docs/architecture.md, "The loader contract")."""
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 
@@ -10,6 +11,8 @@ from imaginet_shards.io.cache import DEFAULT_CACHE_BYTES
 from imaginet_shards.loaders.base import Backend, Loader, LoaderConfig, OnError
 
 __all__ = ["make_loader", "resolve_world"]
+
+log = logging.getLogger(__name__)
 
 
 def resolve_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -54,7 +57,10 @@ def make_loader(source: str | os.PathLike[str], *, backend: Backend = "auto",
                           device=default_device() if device is None else device, workers=workers,
                           on_error=on_error, shuffle=shuffle, shuffle_buffer=shuffle_buffer,
                           drop_last=drop_last, cache_dir=cache_dir, cache_bytes=cache_bytes)
-    return _build(str(source), backend, config)
+    loader = _build(str(source), backend, config)
+    log.info("%s: %s (asked for backend %r), rank %d of %d, device %s, %d worker(s)", source,
+             type(loader).__name__, backend, rank, world_size, config.device, workers)
+    return loader
 
 
 def _build(source: str, backend: Backend, config: LoaderConfig) -> Loader:

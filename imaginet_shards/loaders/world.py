@@ -1,4 +1,4 @@
-"""Who reads what: the partitioning of a shard set over ranks, workers and epochs (DESIGN §5).
+"""Who reads what: the partitioning of a shard set over ranks, workers and epochs (docs/architecture.md, "The loader contract").
 
 Pure functions of (per-shard sample counts, world size, rank, workers, worker, seed, epoch, batch
 size, drop_last, shuffle); no processes, no I/O. Both loader backends use them for `len()` and for

@@ -20,18 +20,18 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from imaginet_shards import __version__
+from imaginet_shards.errors import ImaginetError, PackError
 from imaginet_shards.format.annotations import LABEL_COLUMNS, read_annotations, resolve_inside
 from imaginet_shards.format.images import ImageCheckError, ImageInfo, check_image
 from imaginet_shards.format.manifest import (
-    FORMAT_VERSION,
     MANIFEST_NAME,
     Manifest,
     ShardEntry,
     Skipped,
+    build_manifest,
     label_histogram,
-    merge_histograms,
 )
+from imaginet_shards.format.members import encode_members
 from imaginet_shards.format.tar import ShardWriter
 from imaginet_shards.io import storage
 
@@ -39,10 +39,7 @@ STATE_DIR = ".imaginet-pack"
 PLAN_MARKER = "plan"
 KEY_DIGITS = 9
 MEMBER_OVERHEAD = 2560  # tar headers, padding, .cls/.labels/.json members: for shard size planning
-
-
-class PackError(RuntimeError):
-    """Packing stopped on bad input (`on_error="raise"`) or on a destination it must not touch."""
+_SKIP_HINT = "on_error='skip' (--on-error skip) leaves such files out and lists them in the manifest"
 
 
 @dataclass(frozen=True)
@@ -144,7 +141,7 @@ def _locate(root: Path, frame: pd.DataFrame, on_error: str) -> tuple[pd.DataFram
         except (OSError, ValueError) as exc:
             reason = f"missing or unreadable: {exc}" if isinstance(exc, OSError) else str(exc)
             if on_error == "raise":
-                raise PackError(f"line {row.line}: {row.path}: {reason}") from None
+                raise PackError(f"line {row.line}: {row.path}", reason, _SKIP_HINT) from None
             skipped.append(Skipped(row.path, int(row.line), reason))
     return frame.assign(size=sizes)[sizes >= 0], skipped
 
@@ -171,19 +168,11 @@ def plan_shards(frame: pd.DataFrame, options: PackOptions) -> list[ShardPlan]:
 
 def sample_members(key: str, data: bytes, info: ImageInfo, sample: PlannedSample,
                    extra_meta: dict | None = None) -> list[tuple[str, bytes]]:
-    """The tar members of one sample, in order: image, .cls, .labels, .json (with `extra_meta`
-    merged into the .json, e.g. what `perturb` applied)."""
-    meta = {"key": key, "path": sample.path, "line": sample.line,
-            "labels": dict(zip(LABEL_COLUMNS, sample.labels)),
-            "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
-            "width": info.width, "height": info.height, "format": info.format,
+    """The tar members of one sample (`format.members`), with `extra_meta` merged into the .json
+    (e.g. what `perturb` applied)."""
+    meta = {"path": sample.path, "line": sample.line, "width": info.width, "height": info.height,
             **(extra_meta or {})}
-    return [
-        (info.extension, data),
-        ("cls", str(sample.labels[0]).encode()),
-        ("labels", np.asarray(sample.labels, dtype="<i4").tobytes()),
-        ("json", json.dumps(meta, sort_keys=True).encode()),
-    ]
+    return encode_members(key, data, info.format, sample.labels, meta)
 
 
 def write_shard(plan: ShardPlan, root: str, out: str, on_error: str) -> dict:
@@ -204,7 +193,8 @@ def write_shard(plan: ShardPlan, root: str, out: str, on_error: str) -> dict:
                     info = check_image(data)
                 except (OSError, ImageCheckError) as exc:
                     if on_error == "raise":
-                        raise PackError(f"line {sample.line}: {sample.path}: {exc}") from None
+                        raise PackError(f"line {sample.line}: {sample.path}", str(exc),
+                                        _SKIP_HINT) from None
                     skipped.append(asdict(Skipped(sample.path, sample.line, str(exc))))
                     continue
                 writer.add_sample(sample.key, sample_members(sample.key, data, info, sample))
@@ -270,11 +260,11 @@ def _prepare_destination(out: str, options: PackOptions, plan_sha: str) -> Manif
         if existing.plan_sha256 == plan_sha:
             return existing
         if not options.overwrite:
-            raise PackError(f"{out} already holds a different shard set (manifest.json from other "
-                            f"inputs or options); pass --overwrite to replace it")
+            raise PackError(out, "already holds a different shard set (manifest.json from other "
+                                 "inputs or options)", "pass --overwrite to replace it")
     elif ours and not started and not options.overwrite:
-        raise PackError(f"{out} holds {len(ours)} shard files from an unknown pack (no manifest, no "
-                        f"{STATE_DIR}/); pass --overwrite to replace them")
+        raise PackError(out, f"holds {len(ours)} shard files from an unknown pack (no manifest, "
+                             f"no {STATE_DIR}/)", "pass --overwrite to replace them")
     if options.overwrite:
         storage.remove(manifest_path)
     if not storage.is_remote(out):
@@ -295,7 +285,7 @@ def pack(options: PackOptions) -> Manifest:
     or an s3://, gs:// URL prefix)."""
     root, out = Path(options.root), str(options.out)
     if not root.is_dir():
-        raise PackError(f"dataset root {root} is not a directory")
+        raise PackError(str(root), "the dataset root is not a directory")
     frame = read_annotations(options.annotations)
     duplicates = [Skipped(path, line, f"duplicate of line {first}")
                   for line, path, first in frame.attrs["duplicates"]]
@@ -340,20 +330,16 @@ def pack(options: PackOptions) -> Manifest:
                     for other in pending:
                         other.cancel()
                     bar.close()
-                    raise PackError(f"{plan.name}: {error}") from error
+                    if isinstance(error, ImaginetError):
+                        raise error
+                    raise PackError(plan.name, f"{type(error).__name__}: {error}") from error
                 records[plan.index] = future.result()
                 bar.update(sum(s.size for s in plan.samples))
     bar.close()
 
     entries = [ShardEntry(**records[p.index]["entry"]) for p in plans]
     skipped += [Skipped(**s) for p in plans for s in records[p.index]["skipped"]]
-    manifest = Manifest(
-        format_version=FORMAT_VERSION, tool_version=__version__, annotations=annotations,
-        options=options.recorded(), shards=tuple(entries),
-        totals={"shards": len(entries), "samples": sum(e.samples for e in entries),
-                "bytes": sum(e.bytes for e in entries), "skipped": len(skipped),
-                "histogram": merge_histograms(e.histogram for e in entries)},
-        skipped=tuple(skipped), plan_sha256=plan_sha)
+    manifest = build_manifest(annotations, options.recorded(), entries, skipped, plan_sha)
     storage.write_bytes(storage.join(out, MANIFEST_NAME), manifest.to_json().encode())
     _clear_state(out)
     return manifest

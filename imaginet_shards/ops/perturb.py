@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
@@ -23,18 +24,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from imaginet_shards import __version__
 from imaginet_shards.augment.cpu import apply_ops, decode_for, encode
 from imaginet_shards.augment.decisions import Op, ops_to_json
 from imaginet_shards.augment.spec import Preset, get_preset
+from imaginet_shards.errors import SampleError
 from imaginet_shards.format.images import ImageInfo
 from imaginet_shards.format.manifest import (
-    FORMAT_VERSION,
     MANIFEST_NAME,
     Manifest,
     ShardEntry,
+    build_manifest,
     label_histogram,
-    merge_histograms,
 )
 from imaginet_shards.format.tar import ShardWriter
 from imaginet_shards.io import storage
@@ -83,14 +83,17 @@ def perturb_shard(shards: ShardSet, number: int, out: str, preset: Preset, seed:
             writer = ShardWriter(stream)
             for record in read_samples(shards, load_index(shards, entry), 0, entry.samples):
                 if record.error:
-                    raise ValueError(f"{entry.name}: sample {record.key}: {record.error}")
+                    raise SampleError(entry.name, record.key, record.error)
                 try:
                     data, fmt, ops = render(record.image, preset,
                                              sample_rng(seed, record.key, None))
                     source = json.loads(record.meta)
                 except ValueError as exc:
-                    raise ValueError(f"{entry.name}: sample {record.key}: {exc}") from None
-                sample_labels = tuple(int(v) for v in record.labels)
+                    raise SampleError(entry.name, record.key, str(exc)) from None
+                if record.labels is None:  # read_samples sets labels on every usable record
+                    raise SampleError(entry.name, record.key, "no labels")
+                origin, content, family, generator = (int(v) for v in record.labels)
+                sample_labels = (origin, content, family, generator)
                 planned = PlannedSample(record.key, source.get("path", ""), int(source.get("line", 0)),
                                         sample_labels, len(data))
                 extra = {"source": {"key": record.key, "shard": entry.name,
@@ -130,6 +133,7 @@ def perturb(options: PerturbOptions) -> Manifest:
     columns = ([shards] * count, range(count), [str(out)] * count, [preset] * count,
                [options.seed] * count)
     with ExitStack() as stack:
+        results: Iterator[dict]
         if options.workers == 1:
             results = map(perturb_shard, *columns)
         else:
@@ -142,13 +146,8 @@ def perturb(options: PerturbOptions) -> Manifest:
     source = shards.manifest
     recipe = {"preset": preset.name, "seed": options.seed, "spec": repr(preset),
               "source_plan_sha256": source.plan_sha256}
-    manifest = Manifest(
-        format_version=FORMAT_VERSION, tool_version=__version__, annotations=source.annotations,
-        options={**source.options, "perturb": recipe}, shards=tuple(entries),
-        totals={"shards": len(entries), "samples": sum(e.samples for e in entries),
-                "bytes": sum(e.bytes for e in entries), "skipped": len(source.skipped),
-                "histogram": merge_histograms(e.histogram for e in entries)},
-        skipped=source.skipped,
-        plan_sha256=hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest())
+    manifest = build_manifest(
+        source.annotations, {**source.options, "perturb": recipe}, entries, source.skipped,
+        hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest())
     storage.write_bytes(out / MANIFEST_NAME, manifest.to_json().encode())
     return manifest

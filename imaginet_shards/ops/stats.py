@@ -15,10 +15,12 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from imaginet_shards.errors import SampleError
 from imaginet_shards.format.annotations import LABEL_COLUMNS, VOCABULARIES
-from imaginet_shards.format.manifest import Manifest, ShardEntry, load_manifest, shard_set_root
-from imaginet_shards.format.tar import parse_index
+from imaginet_shards.format.manifest import Manifest, ShardEntry
+from imaginet_shards.format.tar import parse_index, split_member_name
 from imaginet_shards.io import storage
+from imaginet_shards.io.shardset import load_manifest, shard_set_root
 
 BIAS_AUC_MARGIN = 0.1  # |AUC - 0.5| above this is flagged
 
@@ -31,7 +33,8 @@ def shard_metadata(root: str, entry: ShardEntry) -> list[dict]:
         for members in index:
             meta = next((m for m in members if m.ext == "json"), None)
             if meta is None:
-                raise ValueError(f"{entry.index}: sample {members[0].name} has no .json member")
+                raise SampleError(entry.name, split_member_name(members[0].name)[0],
+                                  "no .json member")
             stream.seek(meta.offset)
             record = json.loads(stream.read(meta.size))
             record["shard"] = entry.name

@@ -8,29 +8,27 @@ counts and label histograms match the manifest.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import tarfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import BinaryIO
 
-import numpy as np
 from tqdm import tqdm
 
 from imaginet_shards.format.annotations import LABEL_COLUMNS
-from imaginet_shards.format.images import ImageCheckError, check_image
+from imaginet_shards.format.images import IMAGE_MEMBERS, ImageCheckError, check_image
 from imaginet_shards.format.manifest import (
     Manifest,
     ShardEntry,
     label_histogram,
-    load_manifest,
-    shard_set_root,
 )
-from imaginet_shards.format.tar import IMAGE_EXTENSIONS, IndexEntry, parse_index, split_member_name
+from imaginet_shards.format.members import MAX_META_BYTES, decode_labels, member_order_problem
+from imaginet_shards.format.tar import IndexEntry, parse_index, split_member_name
 from imaginet_shards.io import storage
-
-MAX_META_BYTES = 1 << 20
+from imaginet_shards.io.shardset import load_manifest, shard_set_root
 
 
 @dataclass(frozen=True)
@@ -56,6 +54,12 @@ class VerifyReport:
     def ok(self) -> bool:
         return not self.problems
 
+    def to_dict(self) -> dict:
+        """The report as JSON-able data (what `verify --json` writes)."""
+        return {"ok": self.ok, "shards_checked": self.shards_checked,
+                "samples_checked": self.samples_checked, "bytes_checked": self.bytes_checked,
+                "problems": [asdict(problem) for problem in self.problems]}
+
 
 class _HashingReader:
     """A read-only stream that hashes and counts what passes through it."""
@@ -71,6 +75,18 @@ class _HashingReader:
         self.count += len(data)
         return data
 
+    def tell(self) -> int:
+        return self.count
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        raise io.UnsupportedOperation("a hashing reader only reads forward")
+
+    def write(self, data: bytes) -> int:
+        raise io.UnsupportedOperation("a hashing reader is read-only")
+
+    def close(self) -> None:
+        """The underlying stream belongs to the caller."""
+
     def drain(self) -> None:
         while self.read(1 << 20):
             pass
@@ -79,36 +95,43 @@ class _HashingReader:
 def _samples(archive: tarfile.TarFile, problems: list, shard: str
              ) -> Iterator[tuple[str, list[tuple[str, bytes, IndexEntry]]]]:
     """Group the archive's members into samples by key (members of a sample are adjacent)."""
-    key, members = None, []
+    key: str | None = None
+    members: list[tuple[str, bytes, IndexEntry]] = []
     for info in archive:
         if not info.isreg():
             problems.append(Problem(shard, "", f"member {info.name!r} is not a regular file"))
             continue
         member_key, ext = split_member_name(info.name)
-        limit = None if ext in IMAGE_EXTENSIONS else MAX_META_BYTES
+        limit = None if ext in IMAGE_MEMBERS else MAX_META_BYTES
         if limit is not None and info.size > limit:
             problems.append(Problem(shard, member_key, f"{info.name} is {info.size} bytes, too large"))
             continue
-        payload = archive.extractfile(info).read()
-        if member_key != key and members:
+        payload = _payload(archive, info)
+        if key is not None and member_key != key and members:
             yield key, members
             members = []
         key = member_key
         members.append((ext, payload, IndexEntry(ext, info.offset_data, info.size, info.name)))
-    if members:
+    if key is not None and members:
         yield key, members
+
+
+def _payload(archive: tarfile.TarFile, info: tarfile.TarInfo) -> bytes:
+    stream = archive.extractfile(info)
+    return b"" if stream is None else stream.read()
 
 
 def _check_sample(shard: str, key: str, members: list, decode: bool) -> tuple[list[Problem], tuple | None]:
     problems = []
     exts = [m[0] for m in members]
-    if len(exts) != 4 or exts[0] not in IMAGE_EXTENSIONS or exts[1:] != ["cls", "labels", "json"]:
-        return [Problem(shard, key, f"incomplete or misordered sample: members {exts}, expected "
-                                    f"[jpg|png|webp, cls, labels, json]")], None
+    order = member_order_problem(exts)
+    if order is not None:
+        return [Problem(shard, key, order)], None
     image, cls, labels_raw, meta_raw = (m[1] for m in members)
-    if len(labels_raw) != 16:
-        return [Problem(shard, key, f".labels has {len(labels_raw)} bytes, expected 16")], None
-    labels = tuple(int(v) for v in np.frombuffer(labels_raw, dtype="<i4"))
+    try:
+        labels = tuple(int(v) for v in decode_labels(labels_raw))
+    except ValueError as exc:
+        return [Problem(shard, key, str(exc))], None
     try:
         meta = json.loads(meta_raw)
         meta_labels = tuple(int(meta["labels"][c]) for c in LABEL_COLUMNS)

@@ -8,6 +8,7 @@ for instance every WebP image is synthetic: the confound `inspect` must flag.
 
 import math
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -82,7 +83,7 @@ def validate_options(options: SampleOptions) -> None:
                          f"got {options.splits!r}")
 
 
-def allocate(total: int, weights: list[float], floor: int = 0) -> list[int]:
+def allocate(total: int, weights: Sequence[float], floor: int = 0) -> list[int]:
     """Split `total` into integer parts proportional to `weights` (largest remainder), each >= floor."""
     rest = total - floor * len(weights)
     if rest < 0:

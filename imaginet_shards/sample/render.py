@@ -59,7 +59,7 @@ def pink_noise(rng: np.random.Generator, width: int, height: int, beta: float = 
     field = np.fft.irfft2(spectrum, s=(lh, lw)).astype(np.float32)
     field = (field - field.mean()) / (field.std() + 1e-8)
     if (lw, lh) != (width, height):
-        field = np.asarray(Image.fromarray(field).resize((width, height), Image.BICUBIC))
+        field = np.asarray(Image.fromarray(field).resize((width, height), Image.Resampling.BICUBIC))
     return field
 
 
@@ -91,7 +91,7 @@ def photo(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
     if cw > bw:
         cw, ch = bw, bw / aspect
     x0, y0 = rng.uniform(0, bw - cw), rng.uniform(0, bh - ch)
-    img = Image.fromarray(base).resize((width, height), Image.BICUBIC, box=(x0, y0, x0 + cw, y0 + ch))
+    img = Image.fromarray(base).resize((width, height), Image.Resampling.BICUBIC, box=(x0, y0, x0 + cw, y0 + ch))
     arr = np.asarray(img, dtype=np.float32)
     if rng.random() < 0.5:
         arr = arr[:, ::-1]

@@ -53,7 +53,7 @@ _PHOTO_4x3 = ((500, 375), (500, 333), (375, 500), (333, 500))
 _COCO = ((640, 480), (640, 427), (480, 640), (427, 640))
 _SQUARE = {side: ((side, side),) for side in (256, 512, 768, 1024)}
 
-# Names, labels, sizes and formats follow the official annotation files (DESIGN §3); weights are each
+# Names, labels, sizes and formats follow the official annotation files (docs/architecture.md, "Annotations"); weights are each
 # source's rows in the official test split, so that every content type is half real, half synthetic.
 SOURCES: tuple[Source, ...] = (
     Source("imagenet", (0, 0, 4, 8), 1500, _PHOTO_4x3, "jpeg",
