@@ -121,9 +121,10 @@ def apply_cv(image: np.ndarray, op: Op) -> np.ndarray:
     if isinstance(op, CompressOp):
         extension, flag = _CV_FORMATS[op.format]
         ok, encoded = cv2.imencode(extension, image, (int(flag), int(op.quality)))
-        if not ok:
-            raise ValueError(f"OpenCV could not encode a {image.shape} image as {op.format}")
-        return cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)
+        decoded = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED) if ok else None
+        if decoded is None:
+            raise ValueError(f"OpenCV could not re-encode a {image.shape} image as {op.format}")
+        return decoded
     raise ValueError(f"unknown operation {op!r}")
 
 
