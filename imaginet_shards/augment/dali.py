@@ -24,6 +24,19 @@ import nvidia.dali.math as dmath
 from nvidia.dali import fn, types
 from nvidia.dali.data_node import DataNode as DaliNode
 
+from imaginet_shards.augment.dali_nodes import (
+    DataNode,
+    as_int,
+    chosen_or_none,
+    coin,
+    extent,
+    pair,
+    randint,
+    reflect,
+    rounded,
+    uniform,
+    where,
+)
 from imaginet_shards.augment.spec import (
     Blur,
     Branch,
@@ -41,8 +54,6 @@ from imaginet_shards.augment.spec import (
     Step,
 )
 from imaginet_shards.codecs.windows import WindowDecoder
-
-DataNode = Any  # nvidia.dali.pipeline.DataNode (or a Python int where a value is static)
 
 
 def outputs(nodes: DaliNode | Sequence[DaliNode] | None, count: int) -> tuple[DataNode, ...]:
@@ -77,83 +88,6 @@ class _View:
         return cls(source, encoded, height, width, height * 0, width * 0, height, width)
 
 
-def _int(node: DataNode) -> DataNode:
-    return fn.cast(node, dtype=types.INT32)
-
-
-def _coin(p: float) -> DataNode:
-    return fn.random.coin_flip(probability=p, dtype=types.BOOL)
-
-
-def _randint(count: DataNode) -> DataNode:
-    """Uniform integer in [0, count) per sample (count >= 1, a DataNode or int)."""
-    scale = float(count) if isinstance(count, int) else fn.cast(count, dtype=types.FLOAT)
-    draw = _int(dmath.floor(fn.random.uniform(range=[0.0, 1.0]) * scale))
-    return dmath.min(draw, count - 1)
-
-
-def _where(condition: DataNode, a: DataNode, b: DataNode) -> DataNode:
-    """`a` where `condition` holds, else `b` (per sample, integers)."""
-    chosen = _int(condition)
-    return chosen * a + (1 - chosen) * b
-
-
-def _uniform(low: float, high: float) -> DataNode:
-    return fn.random.uniform(range=[float(low), float(high)])
-
-
-def _round(node: DataNode) -> DataNode:
-    return _int(dmath.floor(node + 0.5))
-
-
-_REFLECTIONS = 5  # rounds of mirroring: a side n pads to 3**5 * (n - 1) + 1 (487 for n = 3)
-
-
-def _reflect(image: DataNode, before: DataNode, after: DataNode, axis: int) -> DataNode:
-    """`image` mirrored (reflect-101) by `before` / `after` rows (axis 0) or columns (axis 1).
-    Each round mirrors at most length - 1 per side, and the new ends are again mirror axes of
-    the same periodic extension, so rounds compose; what 5 rounds cannot reach (sides of 1 or 2
-    pixels) stays short, and `mirrored` fills it with zeros."""
-    for _ in range(_REFLECTIONS):
-        length = image.shape(dtype=types.INT32)[axis]
-        head, tail = dmath.min(before, length - 1), dmath.min(after, length - 1)
-        vertical = int(axis == 0)
-        first = fn.flip(fn.slice(image, start=fn.stack(_int(head * 0 + 1)), shape=fn.stack(_int(head)),
-                                 axes=[axis]), vertical=vertical, horizontal=1 - vertical)
-        last = fn.flip(fn.slice(image, start=fn.stack(_int(length - 1 - tail)),
-                                shape=fn.stack(_int(tail)), axes=[axis]),
-                       vertical=vertical, horizontal=1 - vertical)
-        image = fn.cat(first, image, last, axis=axis)
-        before, after = before - head, after - tail
-    return image
-
-
-def _extent(start: DataNode, size: DataNode, limit: DataNode
-            ) -> tuple[DataNode, DataNode, DataNode, DataNode, DataNode]:
-    """Along one axis, for a window [start, start + size) over a source [0, limit): the source
-    range to read (all of it if the window reaches past it), the mirrored pads before/after that
-    range, and the window's offset into the padded range."""
-    outside = (start < 0) | (start + size > limit)
-    low = _where(outside, start * 0, start)
-    high = _where(outside, limit, start + size)
-    before = dmath.max(low - start, 0)
-    after = dmath.max(start + size - high, 0)
-    return low, high, before, after, start - low + before
-
-
-def _chosen(p: float, index: DataNode) -> DataNode:
-    """`index` for samples whose coin (probability p) came up, else -1."""
-    return _int(_coin(p)) * (index + 1) - 1
-
-
-def _pair(a: DataNode, b: DataNode) -> DataNode:
-    """[a, b] per sample, as a static list when both are Python ints."""
-    if isinstance(a, int) and isinstance(b, int):
-        return [a, b]
-    return fn.stack(*(types.Constant(v, dtype=types.INT32) if isinstance(v, int) else _int(v)
-                      for v in (a, b)))
-
-
 class _Builder:
     """Interprets steps for one pipeline; `decisions` collects per-sample draws of top-level steps."""
 
@@ -186,7 +120,7 @@ class _Builder:
             return fn.decoders.image(view.source, **self.decoder)
         if view.padded:
             return self.mirrored(view)
-        start, shape = _pair(view.top, view.left), _pair(view.height, view.width)
+        start, shape = pair(view.top, view.left), pair(view.height, view.width)
         return self.read(view, start, shape)
 
     def read(self, view: _View, start: DataNode, shape: DataNode) -> DataNode:
@@ -197,11 +131,11 @@ class _Builder:
 
     def mirrored(self, view: _View) -> DataNode:
         """A window that may reach past the source: read what it needs, mirror, cut."""
-        top, bottom, pad_top, pad_bottom, row = _extent(view.top, view.height, view.src_h)
-        left, right, pad_left, pad_right, col = _extent(view.left, view.width, view.src_w)
-        image = self.read(view, _pair(top, left), _pair(bottom - top, right - left))
-        image = _reflect(_reflect(image, pad_top, pad_bottom, 0), pad_left, pad_right, 1)
-        return fn.slice(image, start=_pair(row, col), shape=_pair(view.height, view.width),
+        top, bottom, pad_top, pad_bottom, row = extent(view.top, view.height, view.src_h)
+        left, right, pad_left, pad_right, col = extent(view.left, view.width, view.src_w)
+        image = self.read(view, pair(top, left), pair(bottom - top, right - left))
+        image = reflect(reflect(image, pad_top, pad_bottom, 0), pad_left, pad_right, 1)
+        return fn.slice(image, start=pair(row, col), shape=pair(view.height, view.width),
                         axis_names="HW", out_of_bounds_policy="pad", fill_values=0)
 
     def decode_window(self, encoded: DataNode, start: DataNode, shape: DataNode) -> DataNode:
@@ -270,7 +204,7 @@ class _Builder:
     def crop(view: _View, step: Crop) -> _View:
         size = step.size
         if step.random:
-            top, left = _randint(view.height - size + 1), _randint(view.width - size + 1)
+            top, left = randint(view.height - size + 1), randint(view.width - size + 1)
         else:
             top, left = (view.height - size) // 2, (view.width - size) // 2
         return replace(view, top=view.top + top, left=view.left + left, height=size, width=size,
@@ -280,20 +214,20 @@ class _Builder:
         short = dmath.min(view.height, view.width)
         if step.max_side is not None:
             short = dmath.min(short, step.max_side)
-        side = step.min_side + _randint(dmath.max(short, step.min_side) - step.min_side + 1)
+        side = step.min_side + randint(dmath.max(short, step.min_side) - step.min_side + 1)
         self._record(name and f"{name}.side", side)
         padded = self.pad(view, side)
-        window = replace(padded, top=padded.top + _randint(padded.height - side + 1),
-                         left=padded.left + _randint(padded.width - side + 1), height=side,
+        window = replace(padded, top=padded.top + randint(padded.height - side + 1),
+                         left=padded.left + randint(padded.width - side + 1), height=side,
                          width=side)
         interpolation = {"linear": types.INTERP_LINEAR, "cubic": types.INTERP_CUBIC,
                          "lanczos4": types.INTERP_LANCZOS3}.get(step.interpolation)
         if interpolation is None:  # "auto": Lanczos when shrinking, cubic otherwise
-            interpolation = fn.cast(_where(side > step.size, int(types.INTERP_LANCZOS3),
+            interpolation = fn.cast(where(side > step.size, int(types.INTERP_LANCZOS3),
                                            int(types.INTERP_CUBIC)), dtype=types.INTERP_TYPE)
         if step.p >= 1.0:
             return self.pixel_view(self.resize(self.pixels(window), step.size, interpolation))
-        apply = _coin(step.p)
+        apply = coin(step.p)
         self._record(name, apply)
         if apply:
             image = self.resize(self.pixels(window), step.size, interpolation)
@@ -313,17 +247,17 @@ class _Builder:
         area = fn.cast(height * width, dtype=types.FLOAT)
         low, high = min(step.ratio), max(step.ratio)
         ratio = fn.cast(width, dtype=types.FLOAT) / fn.cast(height, dtype=types.FLOAT)
-        crop_h = _where(ratio < low, _round(fn.cast(width, dtype=types.FLOAT) / low), height)
-        crop_w = _where(ratio > high, _round(fn.cast(height, dtype=types.FLOAT) * high), width)
+        crop_h = where(ratio < low, rounded(fn.cast(width, dtype=types.FLOAT) / low), height)
+        crop_w = where(ratio > high, rounded(fn.cast(height, dtype=types.FLOAT) * high), width)
         found = height * 0
         for _ in range(10):
-            target = _uniform(*step.scale) * area
-            aspect = dmath.exp(_uniform(math.log(low), math.log(high)))
-            w, h = _round(dmath.sqrt(target * aspect)), _round(dmath.sqrt(target / aspect))
+            target = uniform(*step.scale) * area
+            aspect = dmath.exp(uniform(math.log(low), math.log(high)))
+            w, h = rounded(dmath.sqrt(target * aspect)), rounded(dmath.sqrt(target / aspect))
             fits = (found == 0) & (w > 0) & (w <= width) & (h > 0) & (h <= height)
-            crop_h, crop_w, found = _where(fits, h, crop_h), _where(fits, w, crop_w), found | fits
-        top = _where(found, _randint(height - crop_h + 1), (height - crop_h) // 2)
-        left = _where(found, _randint(width - crop_w + 1), (width - crop_w) // 2)
+            crop_h, crop_w, found = where(fits, h, crop_h), where(fits, w, crop_w), found | fits
+        top = where(found, randint(height - crop_h + 1), (height - crop_h) // 2)
+        left = where(found, randint(width - crop_w + 1), (width - crop_w) // 2)
         self._record(name and f"{name}.height", crop_h)
         self._record(name and f"{name}.width", crop_w)
         window = replace(view, top=view.top + top, left=view.left + left, height=crop_h,
@@ -332,7 +266,7 @@ class _Builder:
 
     def one_of(self, view: _View, step: OneOf, name: str | None) -> _View:
         image = self.pixels(view)
-        chosen = _chosen(step.p, fn.random.choice(len(step.options)))
+        chosen = chosen_or_none(step.p, fn.random.choice(len(step.options)))
         self._record(name, chosen)
         # every option's parameters are drawn for every sample (outside the branches), so that
         # the top level can report them
@@ -347,14 +281,14 @@ class _Builder:
         """The per-sample parameters of one degradation (recorded as `name`.parameter)."""
         if isinstance(option, Compress):
             low, high = option.quality
-            params = {"quality": low + _randint(high - low + 1),
-                      "webp": _int(_coin(option.webp_fraction))}
+            params = {"quality": low + randint(high - low + 1),
+                      "webp": as_int(coin(option.webp_fraction))}
         elif isinstance(option, Blur):
             low, high = option.limit
-            kernel = low + _randint(high - low + 1)
-            params = {"kernel": _where(kernel % 2 == 0, (kernel + 1) % (high + 1), kernel)}
+            kernel = low + randint(high - low + 1)
+            params = {"kernel": where(kernel % 2 == 0, (kernel + 1) % (high + 1), kernel)}
         elif isinstance(option, Noise):
-            params = {"variance": _uniform(*option.variance)}
+            params = {"variance": uniform(*option.variance)}
         else:
             raise ValueError(f"unknown degradation {option!r}")
         for key, value in params.items():
@@ -378,22 +312,22 @@ class _Builder:
 
     def rot90(self, view: _View, step: Rot90, name: str | None) -> _View:
         image = self.pixels(view)
-        quarters = _int(_coin(step.p)) * _int(fn.random.choice(4))  # 0 = no rotation
+        quarters = as_int(coin(step.p)) * as_int(fn.random.choice(4))  # 0 = no rotation
         self._record(name, quarters)
         if (quarters == 1) | (quarters == 3):
             image = fn.transpose(image, perm=[1, 0, 2], transpose_layout=False)
         # counter-clockwise like torch.rot90: 1 = transpose + vertical flip, 3 = transpose +
         # horizontal flip, 2 = both flips
-        image = fn.flip(image, horizontal=_int((quarters == 2) | (quarters == 3)),
-                        vertical=_int((quarters == 1) | (quarters == 2)))
+        image = fn.flip(image, horizontal=as_int((quarters == 2) | (quarters == 3)),
+                        vertical=as_int((quarters == 1) | (quarters == 2)))
         return self.pixel_view(image)
 
     def flip(self, view: _View, step: Flip, name: str | None) -> _View:
         image = self.pixels(view)
-        mode = _chosen(step.p, fn.random.choice(3))  # -1 none, 0 horizontal, 1 vertical, 2 both
+        mode = chosen_or_none(step.p, fn.random.choice(3))  # -1 none, 0 horizontal, 1 vertical, 2 both
         self._record(name, mode)
-        image = fn.flip(image, horizontal=_int((mode == 0) | (mode == 2)),
-                        vertical=_int((mode == 1) | (mode == 2)))
+        image = fn.flip(image, horizontal=as_int((mode == 0) | (mode == 2)),
+                        vertical=as_int((mode == 1) | (mode == 2)))
         return self.pixel_view(image)
 
     def branch(self, view: _View, step: Branch, name: str | None) -> _View:
@@ -401,7 +335,7 @@ class _Builder:
         total = sum(weights)
         if len(weights) == 0 or total <= 0 or min(weights) < 0:
             raise ValueError(f"branch weights must be >= 0 with a positive sum, got {weights}")
-        chosen = _chosen(step.p, fn.random.choice(len(weights), p=[w / total for w in weights]))
+        chosen = chosen_or_none(step.p, fn.random.choice(len(weights), p=[w / total for w in weights]))
         self._record(name, chosen)
         return self.pixel_view(self._select(view, chosen, step.choices, 0))
 
