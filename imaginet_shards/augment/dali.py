@@ -130,13 +130,18 @@ class _Builder:
         return fn.slice(view.source, start=start, shape=shape, axis_names="HW")
 
     def mirrored(self, view: _View) -> DataNode:
-        """A window that may reach past the source: read what it needs, mirror, cut."""
+        """A window that may reach past the source: read what it needs, mirror, cut. Samples
+        whose window lies inside the source skip the mirroring (a conditional)."""
         top, bottom, pad_top, pad_bottom, row = extent(view.top, view.height, view.src_h)
         left, right, pad_left, pad_right, col = extent(view.left, view.width, view.src_w)
-        image = self.read(view, pair(top, left), pair(bottom - top, right - left))
-        image = reflect(reflect(image, pad_top, pad_bottom, 0), pad_left, pad_right, 1)
-        return fn.slice(image, start=pair(row, col), shape=pair(view.height, view.width),
-                        axis_names="HW", out_of_bounds_policy="pad", fill_values=0)
+        if (pad_top + pad_bottom + pad_left + pad_right + row + col) > 0:
+            image = self.read(view, pair(top, left), pair(bottom - top, right - left))
+            image = reflect(reflect(image, pad_top, pad_bottom, 0), pad_left, pad_right, 1)
+            image = fn.slice(image, start=pair(row, col), shape=pair(view.height, view.width),
+                             axis_names="HW", out_of_bounds_policy="pad", fill_values=0)
+        else:
+            image = self.read(view, pair(view.top, view.left), pair(view.height, view.width))
+        return image
 
     def decode_window(self, encoded: DataNode, start: DataNode, shape: DataNode) -> DataNode:
         """The window `start` + `shape` (HW) of encoded images: PNGs and WebPs through windows.py
