@@ -12,7 +12,7 @@ install: $(STAMP)
 
 $(STAMP): setup.cfg constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,seedref]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import shutil
 
+import cv2
 import numpy as np
 import pytest
 import torch
-import torchvision.transforms.v2.functional as tvf
 from PIL import Image
 
 pytest.importorskip("nvidia.dali")
@@ -45,12 +45,15 @@ def pixels(images: torch.Tensor) -> torch.Tensor:
     return (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
 
 
+COORDINATE_SIZES = [(60, 130), (130, 60), (50, 70), (200, 240), (96, 96), (97, 150)]
+
+
 @pytest.fixture(scope="module")
 def coordinate_shards(tmp_path_factory):
     """PNG coordinate images smaller and larger than a 96 crop, in both directions."""
-    sizes = [(60, 130), (130, 60), (50, 70), (200, 240), (96, 96), (97, 150)] * 2
     return pack_arrays(tmp_path_factory.mktemp("coords"),
-                       [(coordinate_image(h, w), "png") for h, w in sizes], max_count=5)
+                       [(coordinate_image(h, w), "png") for h, w in COORDINATE_SIZES * 2],
+                       max_count=5)
 
 
 @pytest.fixture(scope="module")
@@ -68,20 +71,28 @@ def colour_shards(tmp_path_factory):
     return build_shards(tmp_path_factory.mktemp("colour"), 30, max_count=7, seed=3)
 
 
+def _window_of(image: np.ndarray, sizes: list[tuple[int, int]]) -> tuple[int, int, int]:
+    """(source size index, top, left) of the 96x96 window of a centred reflect-101 padded
+    coordinate image that `image` is, found from its first row and column."""
+    for number, (height, width) in enumerate(sizes):
+        pad_h, pad_w = max(96 - height, 0), max(96 - width, 0)
+        padded = cv2.copyMakeBorder(coordinate_image(height, width), pad_h // 2, pad_h - pad_h // 2,
+                                    pad_w // 2, pad_w - pad_w // 2, cv2.BORDER_REFLECT_101)
+        for top in range(padded.shape[0] - 95):
+            for left in range(padded.shape[1] - 95):
+                if np.array_equal(padded[top:top + 96, left:left + 96], image):
+                    return number, top, left
+    raise AssertionError("not a window of any padded source image")
+
+
 def test_pad_and_random_crop_are_exact(coordinate_shards):
+    """Windows of the centred reflect-101 padded images (PNG windows decoded by windows.py)."""
     preset = Preset("crop", 96, (PadTo(96), Crop(96, random=True)), normalize=False)
-    tops, lefts = [], []
+    found = []
     for batch in dali_batches(coordinate_shards, preset, batch_size=5):
-        for image in pixels(batch.images):
-            image = image.numpy().astype(int)
-            left, top = image[0, 0, 0], image[0, 0, 1]
-            valid = image[:, :, 2] == 255
-            rows, cols = valid[:, 0].sum(), valid[0].sum()
-            expected = np.zeros((96, 96, 3), dtype=int)
-            expected[:rows, :cols] = coordinate_image(top + rows, left + cols)[top:, left:]
-            np.testing.assert_array_equal(image, expected)  # a window, zero-padded bottom/right
-            tops.append(top), lefts.append(left)
-    assert len(tops) == 12 and max(tops) > 0 and max(lefts) > 0
+        found += [_window_of(image.numpy(), COORDINATE_SIZES) for image in pixels(batch.images)]
+    assert len(found) == 12 and {0, 1, 2} <= {n for n, _, _ in found}  # the padded ones
+    assert max(top for _, top, _ in found) > 0 and max(left for _, _, left in found) > 0
 
 
 def test_rot90_and_flip_match_torch(texture_shards):
@@ -96,7 +107,7 @@ def test_rot90_and_flip_match_torch(texture_shards):
             dims = {0: [1], 1: [0], 2: [0, 1]}[int(mode)]  # horizontal, vertical, both
             assert torch.equal(image, torch.flip(expected, dims))
             seen.add((int(quarters), int(mode)))
-    assert all(q in (1, 2, 3) for q, _ in seen) and len(seen) > 2
+    assert {q for q, _ in seen} <= {0, 1, 2, 3} and len(seen) > 2
 
 
 @pytest.mark.parametrize("option", [Blur(), Noise(), Compress()], ids=lambda o: type(o).__name__)
@@ -108,12 +119,12 @@ def test_degradations(texture_shards, option):
         assert (batch.decisions["2.OneOf"] == 0).all()
         for image in pixels(batch.images):
             difference = image.float() - crop.float()
-            if isinstance(option, Blur):  # one of the kernels, sigma as torchvision's default
-                errors = [(image.float() - tvf.gaussian_blur(crop.permute(2, 0, 1), [k, k])
-                           .permute(1, 2, 0).float()).abs().max() for k in option.kernels]
+            if isinstance(option, Blur):  # one of the kernels, as OpenCV's (sigma from the kernel)
+                errors = [np.abs(image.numpy().astype(int) - cv2.GaussianBlur(crop.numpy(), (k, k), 0))
+                          .max() for k in (3, 5, 7)]
                 assert min(errors) <= 1 and difference.abs().max() > 2
-            elif isinstance(option, Noise):  # std within sqrt of the variance range (+ rounding)
-                assert 1.5 < difference.std() < 3.5 and abs(difference.mean()) < 0.5
+            elif isinstance(option, Noise):  # std within sqrt of the variance range; truncated
+                assert 1.5 < difference.std() < 3.5 and abs(difference.mean() + 0.5) < 0.3
             else:  # JPEG at quality 50-95: changed, but close
                 assert 0 < difference.abs().mean() < 8
 

@@ -52,10 +52,8 @@ def test_output_is_a_valid_shard_set_with_provenance(source, perturbed):
         meta = json.loads(archive.extractfile(names[3]).read())
     assert meta["source"]["key"] == meta["key"] == names[0].split(".")[0]
     assert meta["width"] == meta["height"] == 256
-    ops = meta["perturbation"]["ops"]
-    compressed = ops[-1]["op"] == "CompressOp"
-    assert meta["format"] == (ops[-1]["format"] if compressed else "png")
-    assert {"png": "png", "jpeg": "jpg", "webp": "webp"}[meta["format"]] == names[0].split(".")[1]
+    assert meta["perturbation"]["ops"][-1]["op"] in ("ResizeOp", "CompressOp")
+    assert meta["format"] == "png" == names[0].split(".")[1]  # compression damage stored losslessly
 
 
 def test_identical_whatever_the_worker_count(source, perturbed, tmp_path):

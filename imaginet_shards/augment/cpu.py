@@ -5,17 +5,21 @@ device), so workers ship 4x fewer bytes than float32 would take. Decoding is tor
 for JPEG (libjpeg-turbo, faster than PIL here) and for the rare PNGs outside windows.py's fast path;
 other PNGs and WebPs go through windows.py, which decodes only what a leading crop needs (as in
 `train`); JPEGs decode whole, then get cropped: nothing else runs on the full image.
-Encoding (JPEG, WebP, PNG) is PIL's: torchvision has no WebP encoder, and one encoder for both
-formats keeps the loader and `perturb` byte-identical.
+
+The pixel operations are OpenCV's, called as the reference's albumentations 1.3.1 calls them, so
+they give its pixels: reflect-101 padding, resizing without antialiasing, Gaussian blur with
+OpenCV's sigma rule and reflect-101 borders, and re-compression through `cv2.imencode`/`imdecode`
+on the RGB array (which OpenCV takes for BGR: the chroma damage sees red and blue swapped).
+`encode` (PIL) writes files instead: real colours, as `perturb` stores them.
 """
 from __future__ import annotations
 
 import io
 import math
 
+import cv2
 import numpy as np
 import torch
-import torch.nn.functional as nnf
 import torchvision.transforms.v2.functional as tvf
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_image
@@ -37,6 +41,9 @@ from imaginet_shards.codecs.windows import decode_window
 from imaginet_shards.format.images import check_image
 
 _PIL_FORMATS = {"jpeg": "JPEG", "webp": "WEBP", "png": "PNG"}
+_CV_FORMATS = {"jpeg": (".jpg", cv2.IMWRITE_JPEG_QUALITY), "webp": (".webp", cv2.IMWRITE_WEBP_QUALITY)}
+_CV_INTERPOLATIONS = {"linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC,
+                      "lanczos4": cv2.INTER_LANCZOS4}
 
 
 def decode(data: bytes) -> torch.Tensor:
@@ -83,29 +90,41 @@ def encode(image: torch.Tensor, fmt: str, quality: int | None = None) -> bytes:
 
 def apply_op(image: torch.Tensor, op: Op) -> torch.Tensor:
     """Execute one operation on a uint8 [3, H, W] image."""
-    if isinstance(op, PadOp):
-        return nnf.pad(image, (0, op.width - image.shape[2], 0, op.height - image.shape[1]))
     if isinstance(op, CropOp):
         return image[:, op.top:op.top + op.height, op.left:op.left + op.width]
-    if isinstance(op, ResizeOp):
-        if op.lanczos:
-            pil = Image.fromarray(image.permute(1, 2, 0).contiguous().numpy())
-            resized = pil.resize((op.size, op.size), Image.Resampling.LANCZOS)
-            return torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1).contiguous()
-        return tvf.resize(image, [op.size, op.size], antialias=True)
-    if isinstance(op, CompressOp):
-        return decode(encode(image, op.format, op.quality))
-    if isinstance(op, BlurOp):
-        return tvf.gaussian_blur(image, [op.kernel, op.kernel])
-    if isinstance(op, NoiseOp):
-        generator = torch.Generator().manual_seed(op.seed)
-        noise = torch.randn(image.shape, generator=generator) * math.sqrt(op.variance)
-        return (image.float() + noise).round_().clamp_(0, 255).to(torch.uint8)
     if isinstance(op, RotOp):
         return torch.rot90(image, op.quarters, dims=(1, 2))
     if isinstance(op, FlipOp):
         dims = [d for d, on in ((2, op.horizontal), (1, op.vertical)) if on]
         return torch.flip(image, dims)
+    if isinstance(op, NoiseOp):
+        generator = torch.Generator().manual_seed(op.seed)
+        noise = torch.randn(image.shape, generator=generator) * math.sqrt(op.variance)
+        return (image.float() + noise).clamp_(0, 255).to(torch.uint8)  # truncates, as numpy's cast
+    return torch.from_numpy(apply_cv(image.permute(1, 2, 0).numpy(), op)).permute(2, 0, 1)
+
+
+def apply_cv(image: np.ndarray, op: Op) -> np.ndarray:
+    """The OpenCV operations (pad, resize, blur, re-compression) on a uint8 HWC array."""
+    image = np.ascontiguousarray(image)
+    if isinstance(op, PadOp):
+        height, width = image.shape[:2]
+        top, left = (op.height - height) // 2, (op.width - width) // 2
+        return cv2.copyMakeBorder(image, top, op.height - height - top, left,
+                                  op.width - width - left, cv2.BORDER_REFLECT_101)
+    if isinstance(op, ResizeOp):
+        if image.shape[:2] == (op.size, op.size):
+            return image
+        return cv2.resize(image, (op.size, op.size), interpolation=_CV_INTERPOLATIONS[op.interpolation])
+    if isinstance(op, BlurOp):
+        return cv2.GaussianBlur(image, (op.kernel, op.kernel), 0)
+    if isinstance(op, CompressOp):
+        extension, flag = _CV_FORMATS[op.format]
+        ok, encoded = cv2.imencode(extension, image, (int(flag), int(op.quality)))
+        decoded = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED) if ok else None
+        if decoded is None:
+            raise ValueError(f"OpenCV could not re-encode a {image.shape} image as {op.format}")
+        return decoded
     raise ValueError(f"unknown operation {op!r}")
 
 

@@ -7,6 +7,7 @@ them in each sample's JSON, and tests count them to check rates, e.g.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -23,6 +24,7 @@ from imaginet_shards.augment.spec import (
     OneOf,
     PadTo,
     Preset,
+    ResizedCrop,
     Rot90,
     SquareResize,
     Step,
@@ -31,7 +33,8 @@ from imaginet_shards.augment.spec import (
 
 @dataclass(frozen=True)
 class PadOp:
-    """Zero-pad bottom/right to `height` x `width`."""
+    """Pad to `height` x `width`, centred (top = (height - image height) // 2, likewise left),
+    with OpenCV's BORDER_REFLECT_101 (mirrored without repeating the edge)."""
 
     height: int
     width: int
@@ -49,15 +52,16 @@ class CropOp:
 
 @dataclass(frozen=True)
 class ResizeOp:
-    """Resize to `size` x `size`: Lanczos when `lanczos`, else antialiased bilinear."""
+    """Resize to `size` x `size` with OpenCV's `interpolation` (no antialiasing; nothing to do
+    when the image has that size already)."""
 
     size: int
-    lanczos: bool
+    interpolation: Literal["linear", "cubic", "lanczos4"]
 
 
 @dataclass(frozen=True)
 class CompressOp:
-    """Encode as `format` at `quality` and decode again."""
+    """Encode as `format` at `quality` and decode again (OpenCV, which reads RGB as BGR)."""
 
     format: Literal["jpeg", "webp"]
     quality: int
@@ -72,7 +76,8 @@ class BlurOp:
 
 @dataclass(frozen=True)
 class NoiseOp:
-    """Add N(0, variance) noise (0-255 scale) per pixel and channel; `seed` fixes the noise field."""
+    """Add N(0, variance) noise (0-255 scale) per pixel and channel, then clip to [0, 255] and
+    truncate; `seed` fixes the noise field."""
 
     variance: float
     seed: int
@@ -80,7 +85,7 @@ class NoiseOp:
 
 @dataclass(frozen=True)
 class RotOp:
-    """Rotate counter-clockwise by `quarters` x 90°."""
+    """Rotate counter-clockwise by `quarters` x 90° (1, 2 or 3)."""
 
     quarters: int
 
@@ -125,10 +130,8 @@ def _draw_steps(steps: tuple[Step, ...], rng: np.random.Generator, height: int, 
 def _draw_step(step: Step, rng: np.random.Generator, height: int, width: int, ops: list[Op]
                ) -> tuple[int, int]:
     if isinstance(step, PadTo):
-        if height < step.size or width < step.size:
-            height, width = max(height, step.size), max(width, step.size)
-            ops.append(PadOp(height, width))
-    elif isinstance(step, Crop):
+        return _pad(step.size, height, width, ops)
+    if isinstance(step, Crop):
         if height < step.size or width < step.size:
             raise ValueError(f"cannot crop {step.size}x{step.size} from a {height}x{width} image "
                              "(put a PadTo step before the Crop)")
@@ -137,22 +140,20 @@ def _draw_step(step: Step, rng: np.random.Generator, height: int, width: int, op
         else:
             top, left = (height - step.size) // 2, (width - step.size) // 2
         ops.append(CropOp(top, left, step.size, step.size))
-        height = width = step.size
-    elif isinstance(step, SquareResize):
-        if rng.random() < step.p:
-            short = min(height, width)
-            high = short if step.max_side is None else min(short, step.max_side)
-            side = int(rng.integers(min(step.min_side, high), high + 1))
-            top, left = int(rng.integers(height - side + 1)), int(rng.integers(width - side + 1))
-            ops += [CropOp(top, left, side, side), ResizeOp(step.size, step.lanczos)]
-            height = width = step.size
-    elif isinstance(step, OneOf):
+        return step.size, step.size
+    if isinstance(step, SquareResize):
+        return _square_resize(step, rng, height, width, ops)
+    if isinstance(step, ResizedCrop):
+        ops += [resized_crop_window(step, rng, height, width), ResizeOp(step.size, "linear")]
+        return step.size, step.size
+    if isinstance(step, OneOf):
         if rng.random() < step.p:
             ops.append(_draw_degradation(step.options[int(rng.integers(len(step.options)))], rng))
     elif isinstance(step, Rot90):
         if rng.random() < step.p:
-            quarters = int(rng.integers(1, 4))
-            ops.append(RotOp(quarters))
+            quarters = int(rng.integers(4))
+            if quarters:
+                ops.append(RotOp(quarters))
             if quarters % 2:
                 height, width = width, height
     elif isinstance(step, Flip):
@@ -169,12 +170,60 @@ def _draw_step(step: Step, rng: np.random.Generator, height: int, width: int, op
     return height, width
 
 
+def _pad(size: int, height: int, width: int, ops: list[Op]) -> tuple[int, int]:
+    if height < size or width < size:
+        height, width = max(height, size), max(width, size)
+        ops.append(PadOp(height, width))
+    return height, width
+
+
+def _square_resize(step: SquareResize, rng: np.random.Generator, height: int, width: int,
+                   ops: list[Op]) -> tuple[int, int]:
+    short = min(height, width) if step.max_side is None else min(height, width, step.max_side)
+    side = int(rng.integers(step.min_side, max(short, step.min_side) + 1))
+    if rng.random() >= step.p:
+        return height, width
+    height, width = _pad(side, height, width, ops)
+    ops.append(CropOp(int(rng.integers(height - side + 1)), int(rng.integers(width - side + 1)),
+                      side, side))
+    interpolation = step.interpolation
+    if interpolation == "auto":
+        interpolation = "lanczos4" if side > step.size else "cubic"
+    ops.append(ResizeOp(step.size, interpolation))
+    return step.size, step.size
+
+
+def resized_crop_window(step: ResizedCrop, rng: np.random.Generator, height: int, width: int
+                        ) -> CropOp:
+    """The crop of albumentations 1.3.1's `RandomResizedCrop` on a `height` x `width` image: up to
+    10 tries, then a centred crop of the whole image clamped to the aspect-ratio range."""
+    area = height * width
+    log_ratio = (math.log(step.ratio[0]), math.log(step.ratio[1]))
+    for _ in range(10):
+        target = float(rng.uniform(*step.scale)) * area
+        aspect = math.exp(float(rng.uniform(*log_ratio)))
+        w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return CropOp(int(rng.integers(height - h + 1)), int(rng.integers(width - w + 1)), h, w)
+    aspect = width / height
+    h, w = height, width
+    if aspect < min(step.ratio):
+        h = int(round(w / min(step.ratio)))
+    elif aspect > max(step.ratio):
+        w = int(round(h * max(step.ratio)))
+    return CropOp((height - h) // 2, (width - w) // 2, h, w)
+
+
 def _draw_degradation(option: Degradation, rng: np.random.Generator) -> Op:
     if isinstance(option, Compress):
         fmt: Literal["jpeg", "webp"] = "webp" if rng.random() < option.webp_fraction else "jpeg"
         return CompressOp(fmt, int(rng.integers(option.quality[0], option.quality[1] + 1)))
     if isinstance(option, Blur):
-        return BlurOp(int(option.kernels[int(rng.integers(len(option.kernels)))]))
+        low, high = option.limit
+        kernel = int(rng.integers(low, high + 1))
+        if kernel % 2 == 0:  # albumentations rounds even sizes up (wrapping past `high`)
+            kernel = (kernel + 1) % (high + 1)
+        return BlurOp(kernel)
     if isinstance(option, Noise):
         return NoiseOp(float(rng.uniform(*option.variance)), int(rng.integers(2**63)))
     raise ValueError(f"unknown degradation {option!r}")

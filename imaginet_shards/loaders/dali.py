@@ -16,19 +16,20 @@ and WebP) and every later operator on the GPU; on the CPU the same graph runs wi
 
 DALI substitutions and limitations
 ----------------------------------
-- **WebP re-compression** (`Compress` with `webp_fraction`): DALI has no WebP encoder, so every
-  `Compress` draw is JPEG (`fn.jpeg_compression_distortion`) at the drawn quality U[lo, hi].
-- **Blur**: `fn.gaussian_blur` with the drawn kernel and OpenCV's sigma rule
-  (0.3 * ((k - 1) / 2 - 1) + 0.8), as torchvision; within 1 level of torchvision's output.
-- **Noise**: `fn.noise.gaussian` with stddev sqrt(variance), rounded and saturated to uint8.
+- **WebP re-compression** (`Compress` with `webp_fraction`): DALI has no WebP encoder, so a WebP
+  draw is JPEG (`fn.jpeg_compression_distortion`) at the drawn quality. JPEG itself runs on the
+  red/blue-swapped image, as OpenCV's encoder sees the reference's RGB: 0 levels from OpenCV.
+- **Blur**: `fn.gaussian_blur` with the drawn kernel and OpenCV's sigma rule; within 1 level.
+- **Noise**: `fn.noise.gaussian` with stddev sqrt(variance) and mean -0.5, rounded and saturated
+  to uint8 (the reference truncates).
 - **Rot90 / Flip**: `fn.transpose` + `fn.flip`: exact, counter-clockwise turns as `torch.rot90`.
 - **PadTo + Crop**: ROI decode of the part of the window inside the image
-  (`fn.decoders.image_slice`), then zero padding bottom/right (`fn.slice`,
-  `out_of_bounds_policy="pad"`): identical to pad-then-crop. Only JPEG decodes just the window
-  (libjpeg-turbo on the CPU, nvJPEG on a GPU); PNG and WebP (nvImageCodec's OpenCV decoders) decode
-  the whole image, as on the CPU backend.
-- **SquareResize**: `fn.resize` with `INTERP_LANCZOS3` (PIL's Lanczos on the CPU backend) or
-  antialiased linear; the resamplers differ by a few levels.
+  (`fn.decoders.image_slice`); a window reaching past the image decodes the image's whole extent
+  along that axis and mirrors it (reflect-101, centred): identical to pad-then-crop. Only JPEG
+  decodes just the window (libjpeg-turbo on the CPU, nvJPEG on a GPU); PNG and WebP
+  (nvImageCodec's OpenCV decoders) decode the whole image, as on the CPU backend.
+- **Resizing** (`SquareResize`, `ResizedCrop`): `fn.resize` without antialiasing; linear within 1
+  level of OpenCV, cubic within 4 (another kernel), Lanczos-4 becomes Lanczos-3 (within 3).
 - **Decoding**: EXIF orientation is ignored, as on the CPU backend. On the CPU, `eval` outputs are
   identical to the CPU backend's for JPEG, PNG and WebP (0 levels measured; tests/test_parity.py
   allows 1 level for JPEG). On a GPU, nvJPEG runs with `jpeg_fancy_upsampling=True` (the CPU's

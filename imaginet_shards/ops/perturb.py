@@ -2,9 +2,10 @@
 detectors on "social network" images.
 
 Each sample's decisions come from `world.sample_rng(seed, key, None)`, and each output shard is made
-from one input shard alone, so the output is byte-identical whatever the number of workers. A
-trailing compression step of the preset becomes the output encoding (JPEG or WebP at the drawn
-quality); otherwise images are stored as PNG. Keys, labels and shard boundaries are the source's;
+from one input shard alone, so the output is byte-identical whatever the number of workers. Images
+are stored as PNG, compression damage included: the reference compresses through OpenCV with red
+and blue swapped, damage that no correctly coloured JPEG or WebP file can hold, and PNG keeps the
+stored pixels equal to the loader's `social` preset. Keys, labels and shard boundaries are the source's;
 each `.json` records the new image's sha256/size/format, the source key and sha256, and the applied
 operations.
 """
@@ -25,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from imaginet_shards.augment.cpu import apply_ops, decode_for, encode
-from imaginet_shards.augment.decisions import CompressOp, Op, ops_to_json
+from imaginet_shards.augment.decisions import Op, ops_to_json
 from imaginet_shards.augment.spec import Preset, get_preset
 from imaginet_shards.errors import SampleError
 from imaginet_shards.format.images import ImageInfo
@@ -70,9 +71,6 @@ def render(data: bytes, preset: Preset, rng: np.random.Generator
     """(encoded bytes, format, operations) of one image perturbed by `preset` with decisions
     drawn from `rng`."""
     image, ops, remaining = decode_for(data, preset, rng)
-    if remaining and isinstance(remaining[-1], CompressOp):
-        last = remaining[-1]
-        return encode(apply_ops(image, remaining[:-1]), last.format, last.quality), last.format, ops
     return encode(apply_ops(image, remaining), "png"), "png", ops
 
 

@@ -1,0 +1,87 @@
+"""Per-sample arithmetic for the DALI graph (`augment.dali`): integer draws, selections, and
+reflect-101 padding built from slices, flips and concatenation (DALI has no mirrored border)."""
+from __future__ import annotations
+
+from typing import Any
+
+import nvidia.dali.math as dmath
+from nvidia.dali import fn, types
+
+DataNode = Any  # nvidia.dali.pipeline.DataNode (or a Python int where a value is static)
+
+
+def as_int(node: DataNode) -> DataNode:
+    return fn.cast(node, dtype=types.INT32)
+
+
+def coin(p: float) -> DataNode:
+    return fn.random.coin_flip(probability=p, dtype=types.BOOL)
+
+
+def randint(count: DataNode) -> DataNode:
+    """Uniform integer in [0, count) per sample (count >= 1, a DataNode or int)."""
+    scale = float(count) if isinstance(count, int) else fn.cast(count, dtype=types.FLOAT)
+    draw = as_int(dmath.floor(fn.random.uniform(range=[0.0, 1.0]) * scale))
+    return dmath.min(draw, count - 1)
+
+
+def where(condition: DataNode, a: DataNode, b: DataNode) -> DataNode:
+    """`a` where `condition` holds, else `b` (per sample, integers)."""
+    chosen = as_int(condition)
+    return chosen * a + (1 - chosen) * b
+
+
+def uniform(low: float, high: float) -> DataNode:
+    return fn.random.uniform(range=[float(low), float(high)])
+
+
+def rounded(node: DataNode) -> DataNode:
+    return as_int(dmath.floor(node + 0.5))
+
+
+REFLECTIONS = 5  # rounds of mirroring: a side n pads to 3**5 * (n - 1) + 1 (487 for n = 3)
+
+
+def reflect(image: DataNode, before: DataNode, after: DataNode, axis: int) -> DataNode:
+    """`image` mirrored (reflect-101) by `before` / `after` rows (axis 0) or columns (axis 1).
+    Each round mirrors at most length - 1 per side, and the new ends are again mirror axes of
+    the same periodic extension, so rounds compose; what 5 rounds cannot reach (sides of 1 or 2
+    pixels) stays short (the caller cuts its window with zero fill)."""
+    for _ in range(REFLECTIONS):
+        length = image.shape(dtype=types.INT32)[axis]
+        head, tail = dmath.min(before, length - 1), dmath.min(after, length - 1)
+        vertical = int(axis == 0)
+        first = fn.flip(fn.slice(image, start=fn.stack(as_int(head * 0 + 1)), shape=fn.stack(as_int(head)),
+                                 axes=[axis]), vertical=vertical, horizontal=1 - vertical)
+        last = fn.flip(fn.slice(image, start=fn.stack(as_int(length - 1 - tail)),
+                                shape=fn.stack(as_int(tail)), axes=[axis]),
+                       vertical=vertical, horizontal=1 - vertical)
+        image = fn.cat(first, image, last, axis=axis)
+        before, after = before - head, after - tail
+    return image
+
+
+def extent(start: DataNode, size: DataNode, limit: DataNode
+            ) -> tuple[DataNode, DataNode, DataNode, DataNode, DataNode]:
+    """Along one axis, for a window [start, start + size) over a source [0, limit): the source
+    range to read (all of it if the window reaches past it), the mirrored pads before/after that
+    range, and the window's offset into the padded range."""
+    outside = (start < 0) | (start + size > limit)
+    low = where(outside, start * 0, start)
+    high = where(outside, limit, start + size)
+    before = dmath.max(low - start, 0)
+    after = dmath.max(start + size - high, 0)
+    return low, high, before, after, start - low + before
+
+
+def chosen_or_none(p: float, index: DataNode) -> DataNode:
+    """`index` for samples whose coin (probability p) came up, else -1."""
+    return as_int(coin(p)) * (index + 1) - 1
+
+
+def pair(a: DataNode, b: DataNode) -> DataNode:
+    """[a, b] per sample, as a static list when both are Python ints."""
+    if isinstance(a, int) and isinstance(b, int):
+        return [a, b]
+    return fn.stack(*(types.Constant(v, dtype=types.INT32) if isinstance(v, int) else as_int(v)
+                      for v in (a, b)))

@@ -1,0 +1,544 @@
+"""Our presets against the reference's own albumentations 1.3.1 transforms (tests/helpers/reference.py).
+
+- decisions: for each preset, 20,000 samples' draws from `decisions.draw_params` and from the
+  reference pipelines, on the same image sizes, histogrammed per decision (branch, degradation,
+  format, quality, kernel, noise variance, rotation, flip, crop position, crop side, resized-crop
+  area and aspect): chi-square (categories) or Kolmogorov-Smirnov (numbers), fixed seeds, p > ALPHA;
+- pixels: each CPU operation at fixed parameters against the albumentations transform that the
+  reference runs; all are exact (0 levels), the CPU backend calling the same OpenCV functions.
+"""
+from __future__ import annotations
+
+import io
+from collections import Counter
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy.stats import chi2_contingency, ks_2samp
+
+from helpers import reference as ref
+from imaginet_shards.augment.cpu import apply_op, apply_ops, augment
+from imaginet_shards.augment.decisions import (
+    BlurOp,
+    CompressOp,
+    CropOp,
+    FlipOp,
+    NoiseOp,
+    Op,
+    PadOp,
+    ResizeOp,
+    RotOp,
+    draw_params,
+)
+from imaginet_shards.augment.spec import (
+    Blur,
+    Compress,
+    Crop,
+    OneOf,
+    PadTo,
+    Preset,
+    ResizedCrop,
+    SquareResize,
+    get_preset,
+)
+from imaginet_shards.codecs.windows import WindowDecoder
+
+A = ref.A
+DRAWS = 20_000
+ALPHA = 1e-4
+# below, at and above the crop sizes (96, 160, 256), non-square, and above the social cap (1000)
+SIZES = [(60, 90), (96, 96), (120, 300), (257, 190), (384, 512), (1100, 1300)]
+FLIPS = {0: "v", 1: "h", -1: "hv"}
+
+Features = dict[str, object]
+
+
+# -- decisions as comparable features ------------------------------------------------------------
+
+def _degradation_features(applied: list[ref.Applied]) -> Features:
+    for a in applied:
+        if a.name == "ImageCompression":
+            kind = "webp" if a.params["image_type"] == ".webp" else "jpeg"
+            return {"degrade": kind, "quality": a.params["quality"]}
+        if a.name == "GaussianBlur":
+            return {"degrade": "blur", "kernel": a.params["ksize"]}
+        if a.name == "GaussNoise":
+            gauss = a.params["gauss"]
+            assert gauss.size == (a.height, a.width, 3) and gauss.loc == 0  # per channel
+            return {"degrade": "noise", "variance": gauss.scale ** 2}
+    return {"degrade": "none"}
+
+
+def _turn_features(applied: list[ref.Applied]) -> Features:
+    factor = next((a.params["factor"] for a in applied if a.name == "RandomRotate90"), 0)
+    flip = next((FLIPS[a.params["d"]] for a in applied if a.name == "Flip"), "none")
+    return {"rot": factor, "flip": flip}
+
+
+def _crop_top(a: ref.Applied) -> float | None:
+    """The reference RandomCrop's top row as a fraction of its range (None: no freedom)."""
+    free = a.height - a.transform.height
+    return int((free + 1) * a.params["h_start"]) / free if free else None
+
+
+def ref_train(applied: list[ref.Applied]) -> Features:
+    crops = [a for a in applied if a.name == "RandomCrop"]
+    out: Features = {"resize": "none", "top": _crop_top(crops[-1])}
+    resize = next((a for a in applied if a.name == "Resize"), None)
+    if resize is not None:
+        out["resize"] = {2: "cubic", 4: "lanczos4"}[resize.transform.interpolation]
+        out["side"] = crops[0].transform.height
+    return {**out, **_degradation_features(applied), **_turn_features(applied)}
+
+
+def ref_calibration(applied: list[ref.Applied]) -> Features:
+    names = [a.name for a in applied]
+    out: Features = {"branch": "none", **_turn_features(applied)}
+    if "RandomResizedCrop" in names:
+        crop = applied[names.index("RandomResizedCrop")]
+        h, w = crop.params["crop_height"], crop.params["crop_width"]
+        out.update(branch="resized", area=h * w / (crop.height * crop.width), aspect=w / h)
+    elif names.count("RandomCrop") == 2:
+        out["branch"] = "cropped"
+    return {**out, **_degradation_features(applied)}
+
+
+def ref_social(applied: list[ref.Applied]) -> Features:
+    crop = next(a for a in applied if a.name == "RandomCrop")
+    return {"side": crop.transform.height, "top": _crop_top(crop), **_degradation_features(applied)}
+
+
+def _our_degradation(ops: tuple[Op, ...]) -> Features:
+    for op in ops:
+        if isinstance(op, CompressOp):
+            return {"degrade": op.format, "quality": op.quality}
+        if isinstance(op, BlurOp):
+            return {"degrade": "blur", "kernel": op.kernel}
+        if isinstance(op, NoiseOp):
+            return {"degrade": "noise", "variance": op.variance}
+    return {"degrade": "none"}
+
+
+def _our_turns(ops: tuple[Op, ...]) -> Features:
+    rot = next((op.quarters for op in ops if isinstance(op, RotOp)), 0)
+    flip = next(({(True, False): "h", (False, True): "v", (True, True): "hv"}[
+        (op.horizontal, op.vertical)] for op in ops if isinstance(op, FlipOp)), "none")
+    return {"rot": rot, "flip": flip}
+
+
+def _shapes(ops: tuple[Op, ...], height: int, width: int) -> list[tuple[int, int]]:
+    """The image's (height, width) before each op."""
+    out = []
+    for op in ops:
+        out.append((height, width))
+        if isinstance(op, PadOp | CropOp):
+            height, width = op.height, op.width
+        elif isinstance(op, ResizeOp):
+            height = width = op.size
+        elif isinstance(op, RotOp) and op.quarters % 2:
+            height, width = width, height
+    return out
+
+
+def _our_crops(ops: tuple[Op, ...], height: int, width: int) -> list[tuple[CropOp, int, int]]:
+    return [(op, h, w) for op, (h, w) in zip(ops, _shapes(ops, height, width))
+            if isinstance(op, CropOp)]
+
+
+def _our_top(crop: CropOp, height: int) -> float | None:
+    return crop.top / (height - crop.height) if height > crop.height else None
+
+
+def our_train(ops: tuple[Op, ...], height: int, width: int) -> Features:
+    crops = _our_crops(ops, height, width)
+    out: Features = {"resize": "none", "top": _our_top(crops[-1][0], crops[-1][1])}
+    resize = next((op for op in ops if isinstance(op, ResizeOp)), None)
+    if resize is not None:
+        out.update(resize=resize.interpolation, side=crops[0][0].height)
+    return {**out, **_our_degradation(ops), **_our_turns(ops)}
+
+
+def our_calibration(ops: tuple[Op, ...], height: int, width: int) -> Features:
+    crops = _our_crops(ops, height, width)
+    out: Features = {"branch": "none", **_our_turns(ops)}
+    if any(isinstance(op, ResizeOp) for op in ops):
+        crop, h_in, w_in = crops[0]
+        out.update(branch="resized", area=crop.height * crop.width / (h_in * w_in),
+                   aspect=crop.width / crop.height)
+    elif len(crops) == 2:
+        out["branch"] = "cropped"
+    return {**out, **_our_degradation(ops)}
+
+
+def our_social(ops: tuple[Op, ...], height: int, width: int) -> Features:
+    crop, h_in, _ = _our_crops(ops, height, width)[0]
+    return {"side": crop.height, "top": _our_top(crop, h_in), **_our_degradation(ops)}
+
+
+# -- comparing histograms ------------------------------------------------------------------------
+
+def _ours(preset: Preset, features: Callable, seed: int) -> list[Features]:
+    rng = np.random.default_rng(seed)
+    return [features(draw_params(preset, rng, *SIZES[i % len(SIZES)]), *SIZES[i % len(SIZES)])
+            for i in range(DRAWS)]
+
+
+def _reference(pipeline: Callable, features: Callable, seed: int) -> list[Features]:
+    return [features(applied) for _, applied in ref.draw(pipeline, SIZES, DRAWS, seed)]
+
+
+CATEGORIES = {"resize", "degrade", "kernel", "quality", "rot", "flip", "branch"}
+NUMBERS = {"side", "top", "variance", "area", "aspect"}
+
+
+def compare(ours: list[Features], theirs: list[Features]) -> dict[str, float]:
+    """{feature: p-value} of each feature's two-sample test (chi-square for categories over the
+    samples that have the feature, Kolmogorov-Smirnov for numbers)."""
+    names = {k for f in ours + theirs for k in f}
+    assert names <= CATEGORIES | NUMBERS, names - CATEGORIES - NUMBERS
+    out = {}
+    for name in sorted(names):
+        a = [f[name] for f in ours if f.get(name) is not None]
+        b = [f[name] for f in theirs if f.get(name) is not None]
+        assert len(a) > 100 and len(b) > 100, f"{name}: only {len(a)} / {len(b)} samples"
+        if name in NUMBERS:
+            out[name] = float(ks_2samp(a, b).pvalue)
+            continue
+        counts_a, counts_b = Counter(a), Counter(b)
+        keys = sorted(set(counts_a) | set(counts_b), key=str)
+        if len(keys) == 1:
+            out[name] = 1.0
+            continue
+        table = np.array([[counts_a[k] for k in keys], [counts_b[k] for k in keys]])
+        out[name] = float(chi2_contingency(table).pvalue)
+    return out
+
+
+PRESET_CASES = {
+    "train": (lambda: get_preset("train"), ref.train, our_train, ref_train),
+    "train+resize": (lambda: get_preset("train", random_resize=True),
+                     lambda image: ref.train(image, resize=True), our_train, ref_train),
+    "calibration": (lambda: get_preset("calibration"), ref.calibration, our_calibration,
+                    ref_calibration),
+    "social": (lambda: get_preset("social"), ref.social, our_social, ref_social),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(PRESET_CASES))
+def test_decisions_match_reference(case):
+    preset, pipeline, ours, theirs = PRESET_CASES[case]
+    p_values = compare(_ours(preset(), ours, seed=1), _reference(pipeline, theirs, seed=2))
+    failed = {name: p for name, p in p_values.items() if p <= ALPHA}
+    assert not failed, f"{case}: distributions differ from the reference's: {failed}"
+
+
+# -- pixels ----------------------------------------------------------------------------------------
+
+def _image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Smooth colour structure plus grain (compresses and resizes like a photograph)."""
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8))
+    smooth = np.asarray(coarse.resize((width, height), Image.Resampling.BICUBIC), dtype=float)
+    return np.clip(smooth + rng.normal(0, 8, smooth.shape), 0, 255).astype(np.uint8)
+
+
+def _apply(image: np.ndarray, op: Op) -> np.ndarray:
+    """Our CPU operation on an HWC array."""
+    return apply_op(torch.from_numpy(image).permute(2, 0, 1), op).permute(1, 2, 0).numpy()
+
+
+def _levels(a: np.ndarray, b: np.ndarray) -> int:
+    assert a.shape == b.shape and a.dtype == b.dtype == np.uint8
+    return int(np.abs(a.astype(int) - b.astype(int)).max())
+
+
+@pytest.mark.parametrize("size", [(60, 90), (200, 300), (300, 200), (20, 7), (1, 5)])
+def test_pad_is_centred_reflect_101(size):
+    image = _image(*size)
+    theirs = A.PadIfNeeded(256, 256).apply_with_params({"rows": size[0], "cols": size[1]},
+                                                       image=image)["image"]
+    ours = _apply(image, PadOp(max(size[0], 256), max(size[1], 256)))
+    assert _levels(ours, theirs) == 0
+
+
+@pytest.mark.parametrize("interpolation, code", [("linear", 1), ("cubic", 2), ("lanczos4", 4)])
+@pytest.mark.parametrize("side", [160, 300, 731])
+def test_resize_is_opencv_without_antialiasing(interpolation, code, side):
+    image = _image(side, side, seed=side)
+    theirs = A.Resize(256, 256, interpolation=code).apply(image, interpolation=code)
+    assert _levels(_apply(image, ResizeOp(256, interpolation)), theirs) == 0  # measured: 0
+
+
+@pytest.mark.parametrize("kernel", [3, 5, 7])
+def test_blur_at_each_kernel(kernel):
+    image = _image(80, 100, seed=kernel)
+    theirs = A.GaussianBlur(blur_limit=(kernel, kernel)).apply(image, ksize=kernel, sigma=0)
+    assert _levels(_apply(image, BlurOp(kernel)), theirs) == 0
+
+
+@pytest.mark.parametrize("quarters", [1, 2, 3])
+def test_rotation(quarters):
+    image = _image(50, 70)
+    assert _levels(_apply(image, RotOp(quarters)), A.RandomRotate90().apply(image, factor=quarters)) == 0
+
+
+@pytest.mark.parametrize("code, horizontal, vertical", [(1, True, False), (0, False, True),
+                                                         (-1, True, True)])
+def test_flip(code, horizontal, vertical):
+    image = _image(50, 70)
+    assert _levels(_apply(image, FlipOp(horizontal, vertical)), A.Flip().apply(image, d=code)) == 0
+
+
+@pytest.mark.parametrize("fmt, quality", [("jpeg", 50), ("jpeg", 75), ("jpeg", 95),
+                                          ("webp", 60), ("webp", 100)])
+def test_compression_as_opencv_on_rgb(fmt, quality):
+    image = _image(96, 128, seed=quality)
+    kind = ref.WEBP if fmt == "webp" else ref.JPEG
+    theirs = A.ImageCompression(quality, quality, compression_type=kind).apply(
+        image, quality=quality, image_type=".webp" if fmt == "webp" else ".jpg")
+    ours = _apply(image, CompressOp(fmt, quality))
+    assert _levels(ours, theirs) == 0  # measured: 0 (the same OpenCV calls)
+    assert _levels(ours, image) > 0
+
+
+def test_noise_is_per_channel_added_then_truncated():
+    """The same law as GaussNoise: per-pixel-and-channel N(0, var), added, clipped, truncated."""
+    image = np.full((128, 128, 3), 100, np.uint8)
+    image[:64] = 253  # clipping at 255 shows in the top half
+    variance = 9.0
+    noise = A.GaussNoise(var_limit=(variance, variance), p=1.0)
+    np.random.seed(0)
+    theirs = noise(image=image)["image"]
+    ours = _apply(image, NoiseOp(variance, seed=0))
+    for rows in (slice(0, 64), slice(64, None)):
+        a = ours[rows].astype(int) - image[rows]
+        b = theirs[rows].astype(int) - image[rows]
+        assert ks_2samp(a.ravel(), b.ravel()).pvalue > ALPHA
+    assert abs((ours[64:].astype(float) - 100).mean() + 0.5) < 0.05  # truncation: mean -0.5
+    assert not np.array_equal(ours[..., 0], ours[..., 1])  # per channel
+
+
+def _encoded(image: np.ndarray, fmt: str) -> bytes:
+    out = io.BytesIO()
+    options = {"lossless": True} if fmt == "WEBP" else {}
+    Image.fromarray(image).save(out, fmt, **options)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+@pytest.mark.parametrize("size", SIZES)
+def test_eval_preset_pixels_through_window_decoding(fmt, size):
+    """`eval` from encoded bytes (windowed decoding where the crop allows) equals the reference's
+    transform of the decoded image, padding included."""
+    image = _image(*size, seed=size[0])
+    ours = augment(_encoded(image, fmt), get_preset("eval"), np.random.default_rng(0))
+    assert _levels(ours.permute(1, 2, 0).numpy(), ref.evaluation(image)) == 0
+
+
+def test_calibration_ops_replay_the_reference_geometry():
+    """A resized crop taken from a padded image: our ops on the pixels equal albumentations'
+    PadIfNeeded + crop + INTER_LINEAR resize of the same window."""
+    image = _image(120, 300)
+    ops = (PadOp(256, 300), CropOp(10, 20, 150, 180), ResizeOp(256, "linear"))
+    padded = A.PadIfNeeded(256, 256).apply_with_params({"rows": 120, "cols": 300}, image=image)["image"]
+    theirs = A.Resize(256, 256).apply(padded[10:160, 20:200], interpolation=1)
+    ours = apply_ops(torch.from_numpy(image).permute(2, 0, 1), ops).permute(1, 2, 0).numpy()
+    assert _levels(ours, theirs) == 0
+
+
+# -- the DALI backend's decisions ------------------------------------------------------------------
+
+DALI_SIZES = SIZES[:-1]  # decoding 1100x1300 images 20,000 times would dominate the test's time
+DALI_FLIPS = {-1: "none", 0: "h", 1: "v", 2: "hv"}
+
+
+def _dali_degradation(d: dict[str, float], name: str) -> Features:
+    chosen = int(d[name])
+    if chosen == -1:
+        return {"degrade": "none"}
+    if chosen == 0:
+        return {"degrade": "webp" if d[f"{name}.0.webp"] else "jpeg",
+                "quality": int(d[f"{name}.0.quality"])}
+    if chosen == 1:
+        return {"degrade": "blur", "kernel": int(d[f"{name}.1.kernel"])}
+    return {"degrade": "noise", "variance": d[f"{name}.2.variance"]}
+
+
+def _dali_turns(d: dict[str, float], first: int) -> Features:
+    return {"rot": int(d[f"{first}.Rot90"]), "flip": DALI_FLIPS[int(d[f"{first + 1}.Flip"])]}
+
+
+def dali_train(d: dict[str, float]) -> Features:
+    out: Features = {"resize": "none"}
+    first = 0
+    if "0.SquareResize" in d:
+        first = 1
+        if d["0.SquareResize"]:
+            side = int(d["0.SquareResize.side"])
+            out.update(resize="lanczos4" if side > 256 else "cubic", side=side)
+    return {**out, **_dali_degradation(d, f"{first + 2}.OneOf"), **_dali_turns(d, first + 3)}
+
+
+def dali_calibration(d: dict[str, float]) -> Features:
+    branch = {-1: "none", 0: "resized", 1: "cropped"}[int(d["0.Branch"])]
+    return {"branch": branch, **_dali_turns(d, 3)}
+
+
+def dali_social(d: dict[str, float]) -> Features:
+    return {"side": int(d["0.SquareResize.side"]), **_dali_degradation(d, "1.OneOf")}
+
+
+def _dali_draws(preset: Preset, seed: int) -> list[dict[str, float]]:
+    """DRAWS samples' recorded decisions from the DALI graph on the CPU, DALI_SIZES cycled."""
+    pytest.importorskip("nvidia.dali")
+    from nvidia.dali import fn, pipeline_def
+
+    from imaginet_shards.augment.dali import build_graph
+
+    batch = 500
+    encoded = [np.frombuffer(_encoded(_image(*size, seed=i), "JPEG"), np.uint8)
+               for i, size in enumerate(DALI_SIZES)]
+    data = [encoded[i % len(encoded)] for i in range(batch)]
+
+    @pipeline_def(batch_size=batch, num_threads=2, device_id=None, enable_conditionals=True,
+                  seed=seed)
+    def pipe():
+        _, decisions = build_graph(fn.external_source(source=lambda: data, batch=True), preset)
+        names.extend(decisions)
+        return tuple(decisions.values())
+
+    names: list[str] = []
+    pipeline = pipe()
+    pipeline.build()
+    out = []
+    for _ in range(DRAWS // batch):
+        columns = [np.array(c.as_tensor()).reshape(batch) for c in pipeline.run()]
+        out += [dict(zip(names, map(float, row))) for row in zip(*columns)]
+    return out
+
+
+def _only(features: list[Features], keys: set[str]) -> list[Features]:
+    return [{k: v for k, v in f.items() if k in keys} for f in features]
+
+
+DALI_CASES = {
+    "train": (lambda: get_preset("train"), ref.train, dali_train, ref_train),
+    "train+resize": (lambda: get_preset("train", random_resize=True),
+                     lambda image: ref.train(image, resize=True), dali_train, ref_train),
+    # at 64 px: the decisions recorded (branch, rotation, flip) do not depend on the size
+    "calibration": (lambda: get_preset("calibration", size=64), ref.calibration, dali_calibration,
+                    ref_calibration),
+    "social": (lambda: get_preset("social"), ref.social, dali_social, ref_social),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(DALI_CASES))
+def test_dali_decisions_match_reference(case):
+    preset, pipeline, ours, theirs = DALI_CASES[case]
+    dali = [ours(d) for d in _dali_draws(preset(), seed=3)]
+    keys = {k for f in dali for k in f}
+    reference = [theirs(applied) for _, applied in ref.draw(pipeline, DALI_SIZES, DRAWS, seed=4)]
+    p_values = compare(dali, _only(reference, keys))
+    failed = {name: p for name, p in p_values.items() if p <= ALPHA}
+    assert not failed, f"{case} on DALI: distributions differ from the reference's: {failed}"
+
+
+@pytest.mark.slow
+def test_dali_resized_crop_matches_reference():
+    """The 10-try crop law (area, aspect, fallback) of DALI's ResizedCrop, on padded images."""
+    preset = Preset("rrc", 32, (PadTo(256), ResizedCrop(32)))  # the output size draws nothing
+    dali = _dali_draws(preset, seed=5)
+    sizes = [DALI_SIZES[i % len(DALI_SIZES)] for i in range(DRAWS)]
+
+    def features(h: float, w: float, size: tuple[int, int]) -> Features:
+        height, width = max(size[0], 256), max(size[1], 256)
+        return {"area": h * w / (height * width), "aspect": w / h}
+
+    ours = [features(d["1.ResizedCrop.height"], d["1.ResizedCrop.width"], s)
+            for d, s in zip(dali, sizes)]
+    pipeline = A.Compose([A.PadIfNeeded(256, 256), A.RandomResizedCrop(256, 256)])
+    theirs = []
+    for size, applied in ref.draw(lambda image: pipeline(image=image)["image"], DALI_SIZES, DRAWS, 6):
+        crop = next(a for a in applied if a.name == "RandomResizedCrop")
+        theirs.append(features(crop.params["crop_height"], crop.params["crop_width"], size))
+    p_values = compare(ours, theirs)
+    assert min(p_values.values()) > ALPHA, p_values
+
+
+# -- the DALI backend's pixels against the reference's ----------------------------------------------
+
+def _dali_pixels(preset: Preset, *images: np.ndarray) -> list[np.ndarray]:
+    """`preset` (normalize=False) through the DALI graph on the CPU, from PNGs of `images`."""
+    pytest.importorskip("nvidia.dali")
+    from nvidia.dali import fn, pipeline_def
+
+    from imaginet_shards.augment.dali import build_graph
+
+    data = [np.frombuffer(_encoded(image, "PNG"), np.uint8) for image in images]
+    windows = WindowDecoder(1)  # PNG windows through windows.py, as the loader decodes them
+
+    @pipeline_def(batch_size=len(data), num_threads=1, device_id=None, enable_conditionals=True,
+                  seed=1)
+    def pipe():
+        return build_graph(fn.external_source(source=lambda: data, batch=True), preset,
+                           windows=windows)[0]
+
+    try:
+        pipeline = pipe()
+        pipeline.build()
+        out = pipeline.run()[0]
+    finally:
+        windows.close()
+    return [(np.array(out[i]).transpose(1, 2, 0) * 255).round().astype(np.uint8)
+            for i in range(len(data))]
+
+
+def test_dali_pads_like_the_reference():
+    """Centred reflect-101 padding through decoded windows (PNG through windows.py), on one or
+    both axes, several mirrorings deep for 20x7."""
+    images = [_image(*size, seed=size[1]) for size in [(60, 90), (120, 300), (257, 190), (20, 7)]]
+    preset = Preset("eval", 256, get_preset("eval").steps, normalize=False)
+    for ours, image in zip(_dali_pixels(preset, *images), images):
+        assert _levels(ours, ref.evaluation(image)) == 0
+
+
+# measured maximum differences from OpenCV (0-255 levels) on grainy test images: DALI's linear
+# resampling and Gaussian blur round differently; its cubic kernel is not OpenCV's (a = -0.75) and
+# it has Lanczos-3, not Lanczos-4
+DALI_RESIZE_LEVELS = {"linear": 1, "cubic": 4, "lanczos4": 3}
+
+
+@pytest.mark.parametrize("interpolation", sorted(DALI_RESIZE_LEVELS))
+@pytest.mark.parametrize("side", [160, 731])
+def test_dali_resize_near_opencv(interpolation, side):
+    image = _image(side, side, seed=side)
+    preset = Preset("resize", 256, (SquareResize(1.0, side, 256, side, interpolation),),
+                    normalize=False)
+    code = {"linear": 1, "cubic": 2, "lanczos4": 4}[interpolation]
+    theirs = A.Resize(256, 256, interpolation=code).apply(image, interpolation=code)
+    assert _levels(_dali_pixels(preset, image)[0], theirs) <= DALI_RESIZE_LEVELS[interpolation]
+
+
+@pytest.mark.parametrize("kernel", [3, 5, 7])
+def test_dali_blur_near_opencv(kernel):
+    image = _image(80, 100, seed=kernel)
+    preset = Preset("blur", 64, (Crop(64, False), OneOf(1.0, (Blur((kernel, kernel)),))),
+                    normalize=False)
+    theirs = A.GaussianBlur(blur_limit=(kernel, kernel)).apply(image[8:72, 18:82], ksize=kernel)
+    assert _levels(_dali_pixels(preset, image)[0], theirs) <= 1  # measured: 1
+
+
+@pytest.mark.parametrize("quality", [50, 95])
+def test_dali_jpeg_is_the_reference_jpeg(quality):
+    """JPEG damage with red and blue swapped, as OpenCV's encoder sees the reference's RGB."""
+    image = _image(96, 128, seed=quality)
+    preset = Preset("jpeg", 96, (Crop(96, False), OneOf(1.0, (Compress((quality, quality), 0.0),))),
+                    normalize=False)
+    theirs = A.ImageCompression(quality, quality).apply(image[:, 16:112], quality=quality,
+                                                         image_type=".jpg")
+    assert _levels(_dali_pixels(preset, image)[0], theirs) == 0  # measured: 0
