@@ -12,16 +12,15 @@ where OpenCV's 4-lobe kernel is not) and PIL's JPEG codec (libjpeg, same quality
 """
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
 from typing import Literal
 
+import cv2
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from imaginet_shards.augment.cpu import decode
@@ -31,15 +30,9 @@ from .engine import Runtime
 from .linear import Detector
 from .reports import Predictions
 
-try:  # optional: OpenCV's Lanczos-4 and JPEG codec are the authors'
-    import cv2
-except ImportError:  # pragma: no cover - depends on the environment
-    cv2 = None
-
 RESIZE_NUMERATOR = 12  # resize step i crops int(size * 12 / i)
 JPEG_QUALITIES: tuple[int, ...] = tuple(range(40, 101, 5))
 RESIZE_DIVISORS: tuple[int, ...] = tuple(range(2, 13))
-BACKEND = "opencv" if cv2 is not None else "pil"
 
 
 @dataclass(frozen=True)
@@ -81,24 +74,21 @@ def centre_crop(image: np.ndarray, side: int) -> np.ndarray:
 
 
 def lanczos(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize to `size`x`size` with Lanczos (OpenCV's Lanczos-4 when available)."""
+    """Resize to `size`x`size` with OpenCV's Lanczos-4 (no antialiasing), as the authors do."""
     if image.shape[0] == size and image.shape[1] == size:
         return image
-    if cv2 is not None:
-        return cv2.resize(image, (size, size), interpolation=cv2.INTER_LANCZOS4)
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.LANCZOS))
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_LANCZOS4)
 
 
 def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
-    """JPEG round trip at `quality`."""
-    if cv2 is not None:
-        ok, data = cv2.imencode(".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-        if not ok:
-            raise ValueError(f"OpenCV could not JPEG-encode a {image.shape} image")
-        return cv2.imdecode(data, cv2.IMREAD_COLOR)[:, :, ::-1]
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, "JPEG", quality=int(quality))
-    return np.asarray(Image.open(buffer).convert("RGB"))
+    """JPEG round trip at `quality` through OpenCV's codec (RGB converted to BGR and back)."""
+    ok, data = cv2.imencode(".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError(f"OpenCV could not JPEG-encode a {image.shape} image")
+    decoded = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if decoded is None:
+        raise ValueError("OpenCV could not decode its own JPEG")
+    return decoded[:, :, ::-1]
 
 
 def _variants(record: Record, sweep: Sequence[Condition], size: int) -> tuple[str, np.ndarray, np.ndarray]:
