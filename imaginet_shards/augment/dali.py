@@ -130,17 +130,16 @@ class _Builder:
         return fn.slice(view.source, start=start, shape=shape, axis_names="HW")
 
     def mirrored(self, view: _View) -> DataNode:
-        """A window that may reach past the source: read what it needs, mirror, cut. Samples
-        whose window lies inside the source skip the mirroring (a conditional)."""
+        """A window that may reach past the source: read what it needs (the window itself when it
+        lies inside the source), then mirror and cut. One decoder for both cases; only the
+        mirroring is conditional, so the batch is not split before decoding."""
         top, bottom, pad_top, pad_bottom, row = extent(view.top, view.height, view.src_h)
         left, right, pad_left, pad_right, col = extent(view.left, view.width, view.src_w)
+        image = self.read(view, pair(top, left), pair(bottom - top, right - left))
         if (pad_top + pad_bottom + pad_left + pad_right + row + col) > 0:
-            image = self.read(view, pair(top, left), pair(bottom - top, right - left))
             image = reflect(reflect(image, pad_top, pad_bottom, 0), pad_left, pad_right, 1)
             image = fn.slice(image, start=pair(row, col), shape=pair(view.height, view.width),
                              axis_names="HW", out_of_bounds_policy="pad", fill_values=0)
-        else:
-            image = self.read(view, pair(view.top, view.left), pair(view.height, view.width))
         return image
 
     def decode_window(self, encoded: DataNode, start: DataNode, shape: DataNode) -> DataNode:
