@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("imaginet_shards", "imaginet_train")
 # imaginet_shards' subpackages, lowest first: a module may import its own layer and those below.
 LAYERS = (
-    ("env", "errors", "cli_common", "format"),
+    ("env", "errors", "cli_common", "procs", "format"),
     ("io", "codecs"),
     ("augment",),
     ("loaders",),

@@ -11,7 +11,7 @@ import hashlib
 import json
 import shutil
 import tempfile
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -39,6 +39,7 @@ from imaginet_shards.format.manifest import (
 from imaginet_shards.format.members import encode_members
 from imaginet_shards.format.tar import ShardWriter
 from imaginet_shards.io import storage
+from imaginet_shards.procs import process_pool
 
 STATE_DIR = ".imaginet-pack"
 PLAN_MARKER = "plan"
@@ -326,7 +327,7 @@ def pack(options: PackOptions) -> Manifest:
 
     bar = tqdm(total=sum(s.size for p in todo for s in p.samples), unit="B", unit_scale=True,
                desc=f"pack {out}", disable=not options.progress)
-    with ProcessPoolExecutor(max_workers=min(options.workers, max(1, len(todo)))) as pool:
+    with process_pool(min(options.workers, max(1, len(todo)))) as pool:
         futures = {pool.submit(write_shard, plan, str(root), out, options.on_error): plan
                    for plan in todo}
         pending = set(futures)

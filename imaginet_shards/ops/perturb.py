@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ from imaginet_shards.io import storage
 from imaginet_shards.io.shardset import ShardSet, load_index, open_shard_set, read_samples
 from imaginet_shards.loaders.world import sample_rng
 from imaginet_shards.ops.pack import PlannedSample, sample_members
+from imaginet_shards.procs import process_pool
 
 T = TypeVar("T")
 
@@ -125,10 +125,10 @@ def single_threaded_worker() -> None:
 def worker_map(function: Callable[..., T], columns: Sequence[Sequence[Any]], workers: int,
                stack: ExitStack) -> Iterator[T]:
     """`map(function, *columns)`, in this process for one worker, else in a process pool whose
-    life `stack` bounds (results in order either way)."""
+    life `stack` bounds, whose workers die with this process (results in order either way)."""
     if workers == 1:
         return map(function, *columns)
-    pool = stack.enter_context(ProcessPoolExecutor(workers, initializer=single_threaded_worker))
+    pool = stack.enter_context(process_pool(workers, initializer=single_threaded_worker))
     return pool.map(function, *columns)
 
 

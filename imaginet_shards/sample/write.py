@@ -7,13 +7,13 @@ import os
 import time
 from collections import Counter
 from collections.abc import Mapping
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
 from imaginet_shards.format.annotations import VOCABULARIES, format_line
+from imaginet_shards.procs import process_pool
 from imaginet_shards.sample.plan import SampleItem, SampleOptions, plan_sample
 from imaginet_shards.sample.render import render
 from imaginet_shards.sample.sources import FORMATS, SPLITS
@@ -114,7 +114,7 @@ def write_sample(out: Path, options: SampleOptions | None = None,
         if options.workers == 1:
             sizes = [_tick(bar, _write_item(job)) for job in jobs]
         else:
-            with ProcessPoolExecutor(options.workers) as pool:
+            with process_pool(options.workers) as pool:
                 sizes = [_tick(bar, size) for size in pool.map(_write_item, jobs, chunksize=8)]
     for split in SPLITS:
         lines = [format_line(item.path, item.labels) for item in items if item.split == split]

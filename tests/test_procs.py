@@ -1,0 +1,98 @@
+"""Killed means gone: the worker processes of `pack` and `perturb` exit when their
+parent is killed with SIGKILL (no cleanup runs in the parent), instead of living on as orphans."""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from helpers.shardsets import build_shards
+from helpers.trees import make_dataset
+from imaginet_shards.procs import ORPHAN_EXIT_STATUS, WorkerGuard
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKERS = 3
+GONE_WITHIN_S = 3.0  # torch's own DataLoader watchdog would take up to 5 s; ours is immediate
+START_TIMEOUT_S = 90
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    """40 images of 256-320 px in shards of 2: 20 shards, work for several perturb workers."""
+    return build_shards(tmp_path_factory.mktemp("procs"), 40, max_count=2)
+
+
+def _start(args: list[str], tmp_path: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    log = open(tmp_path / "parent.log", "w")  # noqa: SIM115  (closed with the test's tmp_path)
+    return subprocess.Popen([sys.executable, *args], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _workers(proc: subprocess.Popen, count: int, tmp_path: Path) -> list[psutil.Process]:
+    """The parent's `count` worker processes, once they all run (fails if the parent exits first)."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    parent = psutil.Process(proc.pid)
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the parent exited ({proc.returncode}) before its {count} workers were seen:\n"
+                        + (tmp_path / "parent.log").read_text()[-3000:])
+        children = [c for c in parent.children(recursive=True) if c.status() != psutil.STATUS_ZOMBIE]
+        if len(children) >= count:
+            return children
+        time.sleep(0.02)
+    pytest.fail(f"{count} workers did not start within {START_TIMEOUT_S} s")
+
+
+def _kill_and_expect_orphans_gone(proc: subprocess.Popen, workers: list[psutil.Process]) -> None:
+    assert proc.poll() is None, "the parent finished before it could be killed: give it more work"
+    proc.kill()
+    proc.wait()
+    _, alive = psutil.wait_procs(workers, timeout=GONE_WITHIN_S)
+    for survivor in alive:
+        survivor.kill()
+    assert not alive, f"{len(alive)} of {len(workers)} workers outlived their killed parent: " + \
+        ", ".join(f"{p.pid} ({' '.join(p.cmdline()[-3:])})" for p in alive if p.is_running())
+
+
+def test_pack_workers_die_with_a_killed_parent(tmp_path):
+    annotations = make_dataset(tmp_path / "src", 120, side=64)
+    proc = _start(["-m", "imaginet_shards", "pack", "--root", str(tmp_path / "src"), "--annotations",
+                   str(annotations), "--out", str(tmp_path / "out"), "--workers", str(WORKERS),
+                   "--max-count", "2"], tmp_path)
+    _kill_and_expect_orphans_gone(proc, _workers(proc, WORKERS, tmp_path))
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_perturb_workers_die_with_a_killed_parent(source, tmp_path):
+    proc = _start(["-m", "imaginet_shards", "perturb", str(source), str(tmp_path / "out"), "--workers",
+                   str(WORKERS)], tmp_path)
+    _kill_and_expect_orphans_gone(proc, _workers(proc, WORKERS, tmp_path))
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_a_worker_whose_owner_is_already_gone_exits_at_once():
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # reaped: its pid names no process
+    ctx = multiprocessing.get_context()
+    worker = ctx.Process(target=WorkerGuard(owner=dead.pid))
+    worker.start()
+    worker.join(10)
+    assert worker.exitcode == ORPHAN_EXIT_STATUS
+    alive = ctx.Process(target=WorkerGuard())
+    alive.start()
+    alive.join(10)
+    assert alive.exitcode == 0  # the owner (this process) lives: the guard returns
+
+
+def test_the_guard_pickles_with_its_owner_and_initializer():
+    guard = pickle.loads(pickle.dumps(WorkerGuard(then=print)))
+    assert guard.owner == os.getpid() and guard.then is print
