@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-rank RNG states, the loader's state_dict, mid-epoch progress
+READABLE_VERSIONS = (1, 2)  # 1: epoch-boundary checkpoints (one RNG state, the loader's epoch)
 REQUIRED_KEYS = ("format_version", "model", "optimizer", "scheduler", "epoch", "step", "loader", "config")
 
 
@@ -82,8 +83,9 @@ def load_checkpoint(path: str | os.PathLike[str], *,
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise ValueError(f"{path} is not a training checkpoint: missing {', '.join(missing)}")
-    if state["format_version"] != FORMAT_VERSION:
-        raise ValueError(f"{path} has checkpoint format {state['format_version']}, expected {FORMAT_VERSION}")
+    if state["format_version"] not in READABLE_VERSIONS:
+        raise ValueError(f"{path} has checkpoint format {state['format_version']}, expected one of "
+                         f"{', '.join(map(str, READABLE_VERSIONS))}")
     return state
 
 

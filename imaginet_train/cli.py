@@ -77,8 +77,17 @@ training_options = _apply(
     click.option("--sync-bn/--no-sync-bn", default=False, show_default=True,
                  help="SyncBatchNorm under DDP: BatchNorm statistics over the global batch."),
     click.option("--checkpoint-every", default=1, show_default=True, help="Epochs between checkpoints."),
+    click.option("--checkpoint-every-steps", default=0, show_default=True,
+                 help="Also checkpoint every N global steps, mid-epoch (0: at epoch ends only)."),
     click.option("--log-every", default=10, show_default=True, help="Steps between metrics.jsonl step records."),
-    click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt (same options)."),
+    click.option("--resume", is_flag=True,
+                 help="Continue from OUT/checkpoint.pt (same options; mid-epoch checkpoints continue with "
+                      "the next batch, on this or another number of processes dividing --batch-size)."),
+    click.option("--auto-resume", is_flag=True,
+                 help="Resume when OUT/checkpoint.pt exists, else start a new run: one command line for "
+                      "every (re)start under a preempting scheduler or torchrun --max-restarts."),
+    click.option("--key-log", default=None, hidden=True, metavar="DIR",
+                 help="Test mode: every rank appends each step's sample keys to DIR/rank{R}.jsonl."),
     runtime_options,
 )
 

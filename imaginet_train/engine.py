@@ -116,6 +116,24 @@ class EpochStats:
 
 
 @dataclass(frozen=True)
+class EpochProgress:
+    """How far an epoch has come: its steps so far and their sums over ranks (loss, images, seconds
+    waiting for data, step seconds). A checkpoint taken mid-epoch stores it, so that the resumed
+    epoch's stats sum the same steps as an uninterrupted one's."""
+
+    steps: int = 0
+    totals: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"steps": self.steps, "totals": list(self.totals)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EpochProgress:
+        loss, images, waiting, seconds = (float(v) for v in data["totals"])
+        return cls(int(data["steps"]), (loss, images, waiting, seconds))
+
+
+@dataclass(frozen=True)
 class StepRecord:
     """One optimizer step, as every rank sees it after the all-reduce."""
 
@@ -131,21 +149,26 @@ class StepRecord:
 def train_one_epoch(model: nn.Module, objective: Objective, loader: Iterable[tuple[Tensor, Tensor]],
                     optimizer: torch.optim.Optimizer, *, runtime: Runtime, epoch: int, first_step: int = 0,
                     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-                    on_step: Callable[[StepRecord], None] | None = None,
-                    progress: bool = False) -> EpochStats:
+                    on_step: Callable[[StepRecord, EpochProgress], None] | None = None,
+                    progress: bool = False, resumed: EpochProgress | None = None) -> EpochStats:
     """One pass over `loader`: forward under autocast, backward, optimizer (and per-step scheduler) step.
 
     `first_step` is the global step number of this epoch's first batch (for logging); `on_step` is
-    called after every step. A non-finite loss raises FloatingPointError before the weights change.
+    called after every step with the epoch's progress so far. `resumed` continues an epoch that a
+    checkpoint interrupted (`loader` then yields the rest of it; `first_step` is the epoch's first).
+    A non-finite loss raises FloatingPointError before the weights change.
     """
     model.train()
     world = tdist.get_world_size() if tdist.is_initialized() else 1
-    totals = torch.zeros(4, dtype=torch.float64)  # loss sum, images, data seconds, step seconds
-    steps = 0
-    bar = tqdm(total=_length(loader), desc=f"epoch {epoch}", unit="batch", disable=not progress,
-               dynamic_ncols=True, leave=False)
-    started = time.perf_counter()
-    ready = started
+    resumed = EpochProgress() if resumed is None else resumed
+    # global loss sum, images, data seconds, step seconds (the last two summed over ranks)
+    totals = torch.tensor(resumed.totals, dtype=torch.float64)
+    steps = resumed.steps
+    bar = tqdm(total=_length(loader), initial=steps, desc=f"epoch {epoch}", unit="batch",
+               disable=not progress, dynamic_ncols=True, leave=False)
+    # a resumed epoch's clock starts at the (rank-averaged) step time it had run before
+    started = time.perf_counter() - resumed.totals[3] / world
+    ready = time.perf_counter()
     for images, labels in loader:
         fetched = time.perf_counter()
         images, labels = runtime.prepare_images(images), labels.to(runtime.device, non_blocking=True)
@@ -162,19 +185,21 @@ def train_one_epoch(model: nn.Module, objective: Objective, loader: Iterable[tup
         done = time.perf_counter()
         step = _all_reduce_sum(torch.tensor([loss.item(), len(images), fetched - ready, done - ready],
                                             dtype=torch.float64), runtime.device)
+        step[0] /= world  # the global batch's loss (the world may change when an epoch resumes)
         totals += step
         ready = done
-        record = StepRecord(epoch, first_step + steps, float(step[0]) / world, lr)
+        record = StepRecord(epoch, first_step + steps, float(step[0]), lr)
         steps += 1
         if on_step is not None:
-            on_step(record)
+            loss_sum, images_sum, waiting, seconds = (float(v) for v in totals)
+            on_step(record, EpochProgress(steps, (loss_sum, images_sum, waiting, seconds)))
         bar.update()
         bar.set_postfix(loss=f"{record.loss:.4f}", img_s=f"{totals[1] / (done - started):.0f}",
                         data=f"{totals[2] / max(float(totals[3]), 1e-9):.0%}")
     bar.close()
     if steps == 0:
         raise ValueError(f"epoch {epoch}: the loader yielded no batch")
-    return EpochStats(epoch=epoch, steps=steps, loss=float(totals[0]) / world / steps, images=int(totals[1]),
+    return EpochStats(epoch=epoch, steps=steps, loss=float(totals[0]) / steps, images=int(totals[1]),
                       seconds=time.perf_counter() - started,
                       data_fraction=float(totals[2] / totals[3]) if totals[3] > 0 else 0.0,
                       lr=optimizer.param_groups[0]["lr"])

@@ -1,8 +1,9 @@
 """Rank 0's run log: metrics as JSON lines (`metrics.jsonl`), mirrored to TensorBoard when installed.
 
-Every record has a `kind` ("step" or "epoch") and an `epoch`. Resuming from the checkpoint taken
-after epoch E first drops the records of epochs > E (written by the interrupted run after its last
-checkpoint), so the file of a resumed run reads like that of an uninterrupted one.
+Every record has a `kind` ("step" or "epoch") and an `epoch`. Resuming from a checkpoint taken in
+epoch E after global step S first drops what the interrupted run wrote after it (the step records
+from step S on, the epoch records from epoch E on), so the file of a resumed run reads like that of
+an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -19,24 +20,27 @@ class RunLog:
     """Appends JSON-lines records under `folder`; a no-op object on ranks other than 0."""
 
     def __init__(self, folder: str | os.PathLike[str], *, enabled: bool = True,
-                 keep_epochs_below: int | None = None, tensorboard: bool = True) -> None:
+                 keep_before: tuple[int, int] | None = None, tensorboard: bool = True) -> None:
         self.enabled = enabled
         self.path = Path(folder) / METRICS_NAME
         self._tb = None
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if keep_epochs_below is None:
+        if keep_before is None:
             self.path.write_text("")
         else:
-            self._truncate(keep_epochs_below)
+            self._truncate(*keep_before)
         if tensorboard:
             self._tb = _summary_writer(self.path.parent / "tensorboard")
 
-    def _truncate(self, keep_epochs_below: int) -> None:
-        """Keep only the records of epochs < `keep_epochs_below` (atomic rewrite)."""
+    def _truncate(self, epoch: int, step: int) -> None:
+        """Keep only the step records before global step `step` and the epoch records before
+        `epoch` (atomic rewrite)."""
         lines = self.path.read_text().splitlines() if self.path.exists() else []
-        kept = [line for line in lines if line.strip() and json.loads(line)["epoch"] < keep_epochs_below]
+        records = [(line, json.loads(line)) for line in lines if line.strip()]
+        kept = [line for line, r in records
+                if (r["step"] < step if r["kind"] == "step" else r["epoch"] < epoch)]
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         os.replace(tmp, self.path)

@@ -1,12 +1,15 @@
 """`selfcon` and `ce` training runs: one frozen config, one `train(config)` call, torchrun-ready.
 
-A run folder holds `checkpoint.pt` (model, optimizer, scheduler, epoch, loader position, RNG state,
-the config as plain JSON), `metrics.jsonl` and, when tensorboard is installed, `tensorboard/`.
+A run folder holds `checkpoint.pt` (model, optimizer, scheduler, the loader's `state_dict`, every
+rank's RNG states, the interrupted epoch's running sums, the config as plain JSON), `metrics.jsonl`
+and, when tensorboard is installed, `tensorboard/`.
 
-Exact resumption: the loader's order and perturbations are functions of (seed, epoch, rank, world
-size), the model is initialised from `seed`, and checkpoints are taken at epoch boundaries; resuming
-restores weights, optimizer, scheduler and RNG and restarts at the next epoch, so the resumed run
-repeats the uninterrupted run's steps (bit for bit on the same hardware and thread count).
+Exact resumption: the loader's order and perturbations are functions of (seed, epoch, world size,
+batch size) and of where an interrupted epoch stopped; checkpoints are taken at epoch boundaries and,
+with `checkpoint_every_steps`, every N steps. Resuming restores everything and continues with the
+next batch of the interrupted epoch: on the same world size the run repeats the uninterrupted run's
+steps (bit for bit on the same hardware and thread count); on another world size the global batch
+stays the same and the rest of the epoch is shared over the new ranks (each sample still once).
 """
 from __future__ import annotations
 
@@ -18,13 +21,14 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from imaginet_shards.augment.spec import get_preset
-from imaginet_shards.loaders import make_loader
+from imaginet_shards.loaders import Loader, make_loader
 
 from . import dist
 from .checkpoint import build_checkpoint, load_checkpoint, restore_checkpoint, save_checkpoint
-from .engine import EpochStats, RuntimeOptions, train_one_epoch
+from .engine import EpochProgress, EpochStats, RuntimeOptions, StepRecord, train_one_epoch
 from .model import ARCHS, build_model
 from .objectives import TRACKS, Classifier, CrossEntropyObjective, SelfConObjective
+from .resume import KeyLog, check_world, gathered_rng_states, restore_rank_rng
 from .runlog import RunLog
 from .schedule import LrSchedule
 
@@ -32,8 +36,10 @@ CHECKPOINT_NAME = "checkpoint.pt"
 OBJECTIVES = ("selfcon", "ce")
 LR_STEPS = ("batch", "epoch")
 # Config fields that may change when resuming: they do not affect what is computed (of the runtime
-# options, amp and channels_last do, and must match).
-RESUMABLE_CHANGES = frozenset({"data", "resume", "checkpoint_every", "log_every"})
+# options, amp and channels_last do, and must match). A moved data or run folder may be resumed;
+# the loader state checks that the data is the same shard set.
+RESUMABLE_CHANGES = frozenset({"data", "out", "resume", "auto_resume", "checkpoint_every",
+                               "checkpoint_every_steps", "log_every", "key_log"})
 RUNTIME_FIXED = ("amp", "channels_last")
 # `--recipe paper`: the ImagiNet authors' SelfCon run (their train.sh): 400 epochs of batch 200 at
 # 256 px from torchvision's IMAGENET1K_V2 weights, SGD, a 10-epoch LinearLR warm-up from 1e-4 x lr,
@@ -69,8 +75,11 @@ class TrainConfig:
     seed: int = 0
     sync_bn: bool = False  # SyncBatchNorm under DDP: BatchNorm statistics over the global batch
     checkpoint_every: int = 1
+    checkpoint_every_steps: int = 0  # also a checkpoint every N global steps (0: epoch boundaries only)
     log_every: int = 10
     resume: bool = False
+    auto_resume: bool = False  # resume when OUT/checkpoint.pt exists, else start (for restarting schedulers)
+    key_log: str | None = None  # test mode: every rank logs each step's sample keys here (KeyLog)
     runtime: RuntimeOptions = RuntimeOptions()
 
     def __post_init__(self) -> None:
@@ -90,7 +99,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 0 < self.warmup_start_factor <= 1:
             raise ValueError(f"warmup_start_factor must be in (0, 1], got {self.warmup_start_factor}")
-        for name in ("momentum", "weight_decay", "warmup_epochs", "seed"):
+        for name in ("momentum", "weight_decay", "warmup_epochs", "seed", "checkpoint_every_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -166,8 +175,7 @@ def train(config: TrainConfig) -> TrainResult:
 
 
 def _train(config: TrainConfig, env: dist.DistEnv) -> TrainResult:
-    if config.batch_size % env.world_size:
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by the world size {env.world_size}")
+    check_world(config.batch_size, env.world_size)
     device = dist.device_for(env)
     if config.sync_bn and env.distributed and device.type == "cpu":
         raise ValueError("sync_bn needs GPUs: torch's SyncBatchNorm does not run on CPU tensors")
@@ -182,66 +190,106 @@ def _train(config: TrainConfig, env: dist.DistEnv) -> TrainResult:
     model = runtime.prepare_model(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
-    steps_per_epoch = len(loader)
+    steps_per_epoch = len(loader)  # the same on any world size: the global batch is fixed
     scheduler = build_scheduler(optimizer, config, steps_per_epoch)
-    start_epoch = 0
-    if config.resume:
-        start_epoch = _resume(config, model, optimizer, scheduler, device)
+    start = _Start()
+    resume = config.resume or (config.auto_resume and config.checkpoint_path.is_file())
+    if resume:
+        start = _resume(config, env, model, optimizer, scheduler, loader, device)
     net = model
     if env.distributed:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    log = RunLog(config.out, enabled=env.is_main, keep_epochs_below=start_epoch if config.resume else None)
+    log = RunLog(config.out, enabled=env.is_main,
+                 keep_before=(start.epoch, start.step) if resume else None)
+    keys = None if config.key_log is None else KeyLog(config.key_log, env.rank, env.world_size)
+    every = config.checkpoint_every_steps
 
-    def on_step(record) -> None:
+    def save(step: int, progress: EpochProgress | None) -> None:
+        _save(config, env, model, optimizer, scheduler, loader, step, progress, device)
+
+    def on_step(record: StepRecord, progress: EpochProgress) -> None:
         if record.step % config.log_every == 0:
             log.write(record.record(), global_step=record.step)
+        if keys is not None:
+            keys.write(record.epoch, record.step)
+        if every and (record.step + 1) % every == 0 and progress.steps < steps_per_epoch:
+            save(record.step + 1, progress)  # mid-epoch; the epoch's end is saved below
 
     stats = None
     try:
-        for epoch in range(start_epoch, config.epochs):
-            loader.set_epoch(epoch)
-            stats = train_one_epoch(net, objective, loader, optimizer, runtime=runtime, epoch=epoch,
+        for epoch in range(start.epoch, config.epochs):
+            loader.set_epoch(epoch)  # a resumed epoch keeps its loaded position
+            batches = loader if keys is None else keys.batches(loader)  # type: ignore[arg-type]
+            stats = train_one_epoch(net, objective, batches, optimizer, runtime=runtime, epoch=epoch,
                                     first_step=epoch * steps_per_epoch, scheduler=scheduler,
-                                    on_step=on_step, progress=config.runtime.progress and env.is_main)
-            log.write(stats.record(), global_step=(epoch + 1) * steps_per_epoch)
+                                    on_step=on_step, progress=config.runtime.progress and env.is_main,
+                                    resumed=start.progress if epoch == start.epoch else None)
+            done = (epoch + 1) * steps_per_epoch
+            log.write(stats.record(), global_step=done)
             if env.is_main and config.runtime.progress:
                 print(f"epoch {epoch}: loss {stats.loss:.4f}, {stats.images_per_s:.0f} images/s, "
                       f"{stats.data_fraction:.0%} of step time waiting for data", flush=True)
-            if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
-                _save(config, env, model, optimizer, scheduler, epoch + 1, steps_per_epoch)
+            if ((epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs
+                    or (every and done % every == 0)):
+                save(done, None)
     finally:
         log.close()
     return TrainResult(last=stats, checkpoint=config.checkpoint_path,
-                       epochs_trained=config.epochs - start_epoch)
+                       epochs_trained=config.epochs - start.epoch)
+
+
+@dataclass(frozen=True)
+class _Start:
+    """Where a run starts: its first epoch and global step, and that epoch's progress when resumed
+    mid-epoch."""
+
+    epoch: int = 0
+    step: int = 0
+    progress: EpochProgress | None = None
 
 
 def _save(config: TrainConfig, env: dist.DistEnv, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-          scheduler: torch.optim.lr_scheduler.LRScheduler, epochs_done: int, steps_per_epoch: int) -> None:
-    """Rank 0 writes the checkpoint after `epochs_done` epochs; the others wait for it."""
+          scheduler: torch.optim.lr_scheduler.LRScheduler, loader: Loader, step: int,
+          progress: EpochProgress | None, device: torch.device) -> None:
+    """Every rank hands over its RNG states, rank 0 writes the checkpoint after global step `step`
+    (`progress`: the epoch's so far, None at its end), and the others wait for it."""
+    rng = gathered_rng_states(device)
+    position = loader.state_dict()  # the same on every rank
     if env.is_main:
-        state = build_checkpoint(model=model, optimizer=optimizer, scheduler=scheduler, epoch=epochs_done,
-                                 step=epochs_done * steps_per_epoch,
-                                 loader={"epoch": epochs_done, "batch": 0, "seed": config.seed},
-                                 config=config.to_json(), extra={"rng": torch.get_rng_state()})
+        state = build_checkpoint(model=model, optimizer=optimizer, scheduler=scheduler,
+                                 epoch=position["epoch"], step=step, loader=position,
+                                 config=config.to_json(),
+                                 extra={"rng": rng, "world_size": env.world_size,
+                                        "progress": None if progress is None else progress.to_json()})
         save_checkpoint(state, config.checkpoint_path)
     dist.barrier()
 
 
-def _resume(config: TrainConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-            scheduler: torch.optim.lr_scheduler.LRScheduler, device: torch.device) -> int:
-    """Restore everything from the run's checkpoint; returns the epoch to start from."""
-    state = load_checkpoint(config.checkpoint_path, map_location=device)
+def _resume(config: TrainConfig, env: dist.DistEnv, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+            scheduler: torch.optim.lr_scheduler.LRScheduler, loader: Loader, device: torch.device) -> _Start:
+    """Restore everything from the run's checkpoint (the loader's position first: it refuses a
+    checkpoint of another shard set or order); returns where to start."""
+    path = config.checkpoint_path
+    state = load_checkpoint(path, map_location="cpu")
     changed = _changed_options(state["config"], config)
     if changed:
-        raise ValueError(f"cannot resume {config.checkpoint_path}: options differ from the checkpoint's: "
+        raise ValueError(f"cannot resume {path}: options differ from the checkpoint's: "
                          + ", ".join(f"{k} (checkpoint {saved!r}, now {now!r})" for k, saved, now in changed))
-    if state["loader"].get("batch", 0) != 0:
-        raise ValueError(f"{config.checkpoint_path} was taken mid-epoch (batch {state['loader']['batch']}); "
-                         "only epoch-boundary checkpoints can be resumed")
+    position = state["loader"]
+    if state["format_version"] == 1:  # an epoch-boundary checkpoint of an earlier version
+        if position.get("batch", 0) != 0:
+            raise ValueError(f"{path} was taken mid-epoch by an earlier version, which cannot be resumed")
+        restore_checkpoint(state, model=model, optimizer=optimizer, scheduler=scheduler)
+        torch.set_rng_state(state["rng"].cpu())
+        return _Start(int(position["epoch"]), int(state["step"]))
+    try:
+        loader.load_state_dict(position)
+    except ValueError as err:
+        raise ValueError(f"cannot resume {path}: {err}") from None
     restore_checkpoint(state, model=model, optimizer=optimizer, scheduler=scheduler)
-    torch.set_rng_state(state["rng"].cpu())
-    return int(state["loader"]["epoch"])
-
+    restore_rank_rng(state["rng"], env.rank, device)
+    progress = None if state["progress"] is None else EpochProgress.from_json(state["progress"])
+    return _Start(int(position["epoch"]), int(state["step"]), progress)
 
 
 def _changed_options(saved: dict[str, Any], config: TrainConfig) -> list[tuple[str, Any, Any]]:

@@ -13,7 +13,7 @@ from helpers.shardsets import build_shards
 from helpers.torchrun import run_torchrun
 from imaginet_train import runlog
 from imaginet_train import train as train_module
-from imaginet_train.checkpoint import load_checkpoint
+from imaginet_train.checkpoint import load_checkpoint, save_checkpoint
 from imaginet_train.engine import RuntimeOptions
 from imaginet_train.model import build_model
 from imaginet_train.objectives import Classifier, CrossEntropyObjective, HeadsObjective
@@ -66,13 +66,8 @@ def _losses(folder: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in read_records(folder)]
 
 
-@pytest.mark.slow
-def test_interrupted_and_resumed_run_reproduces_the_uninterrupted_losses(shards, tmp_path, monkeypatch):
-    straight = _config(shards, tmp_path / "straight")
-    train(straight)
-
-    # Crash in the middle of epoch 1, after its first step was logged (and after epoch 0's checkpoint).
-    interrupted = _config(shards, tmp_path / "resumed")
+def _crash_in_epoch_1(monkeypatch, config: TrainConfig) -> None:
+    """Run `config` and crash it in epoch 1 (5 steps of 4 per epoch) as it logs global step 6."""
     write = runlog.RunLog.write
 
     def crash(self, record, **kwargs):
@@ -82,10 +77,25 @@ def test_interrupted_and_resumed_run_reproduces_the_uninterrupted_losses(shards,
 
     monkeypatch.setattr(runlog.RunLog, "write", crash)
     with pytest.raises(KeyboardInterrupt):
-        train(interrupted)
+        train(config)
     monkeypatch.setattr(runlog.RunLog, "write", write)
-    assert load_checkpoint(interrupted.checkpoint_path)["loader"]["epoch"] == 1
-    assert read_records(interrupted.out)[-1]["epoch"] == 1  # the crashed epoch's records, dropped on resume
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("every_steps, saved_step", [(0, 5), (3, 6)])
+def test_interrupted_and_resumed_run_reproduces_the_uninterrupted_losses(shards, tmp_path, monkeypatch,
+                                                                         every_steps, saved_step):
+    straight = _config(shards, tmp_path / "straight")
+    train(straight)
+
+    # Crash in the middle of epoch 1, after the checkpoint of epoch 0's end (every_steps 0) or of
+    # global step 6, the middle of epoch 1 (every 3 steps: 3, the end of epoch 0, 6).
+    interrupted = _config(shards, tmp_path / "resumed", checkpoint_every_steps=every_steps)
+    _crash_in_epoch_1(monkeypatch, interrupted)
+    saved = load_checkpoint(interrupted.checkpoint_path)
+    assert (saved["epoch"], saved["step"], saved["loader"]["epoch"]) == (1, saved_step, 1)
+    assert (saved["progress"] or {}).get("steps") == (None if every_steps == 0 else 1)  # epoch 1's steps
+    assert read_records(interrupted.out)[-1]["step"] == 5  # dropped on resume when after the checkpoint
 
     result = train(replace(interrupted, resume=True))
     assert result.epochs_trained == 1
@@ -106,6 +116,35 @@ def test_resume_refuses_changed_options(shards, tmp_path):
         train(replace(config, runtime=replace(config.runtime, amp="off"), resume=True))
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         train(replace(config, out=str(tmp_path / "empty"), resume=True))
+    with pytest.raises(ValueError, match=r"options differ from the checkpoint's: batch_size \(checkpoint 4, now 8\)"):
+        train(replace(config, batch_size=8, resume=True))
+    with pytest.raises(ValueError, match=r"options differ from the checkpoint's: seed \(checkpoint 0, now 1\)"):
+        train(replace(config, seed=1, resume=True))
+
+
+def test_resume_refuses_another_shard_set(shards, tmp_path):
+    config = _config(shards, tmp_path / "run", epochs=1)
+    train(config)
+    other = build_shards(tmp_path / "other", 20, max_count=7, sizes=(36, 48), seed=5)
+    with pytest.raises(ValueError, match=r"cannot resume .*checkpoint.pt: .*shard_set \(saved '[0-9a-f]{64}', now "):
+        train(replace(config, data=str(other), resume=True))
+
+
+@pytest.mark.slow
+def test_epoch_boundary_checkpoints_of_the_earlier_format_still_resume(shards, tmp_path, monkeypatch):
+    straight = _config(shards, tmp_path / "straight")
+    train(straight)
+    config = _config(shards, tmp_path / "old")
+    _crash_in_epoch_1(monkeypatch, config)
+    state = load_checkpoint(config.checkpoint_path)  # epoch 0's, rewritten as format 1 wrote it
+    old = {**{k: v for k, v in state.items() if k not in ("progress", "world_size")}, "format_version": 1,
+           "loader": {"epoch": 1, "batch": 0, "seed": 0}, "rng": state["rng"][0]["torch"]}
+    save_checkpoint(old, config.checkpoint_path)
+    train(replace(config, resume=True))
+    assert _losses(Path(config.out)) == _losses(Path(straight.out))
+    save_checkpoint({**old, "loader": {"epoch": 1, "batch": 2, "seed": 0}}, config.checkpoint_path)
+    with pytest.raises(ValueError, match="taken mid-epoch by an earlier version"):
+        train(replace(config, resume=True))
 
 
 def test_ce_trains_on_the_family_track(shards, tmp_path):
@@ -136,7 +175,7 @@ def test_config_rejects_bad_options(overrides, match):
 def test_distributed_preconditions_are_checked_before_training(shards, tmp_path, monkeypatch):
     monkeypatch.setattr(train_module.dist, "init_distributed",
                         lambda: train_module.dist.DistEnv(rank=0, world_size=3))
-    with pytest.raises(ValueError, match="batch_size 4 is not divisible by the world size 3"):
+    with pytest.raises(ValueError, match="the global batch_size 4 cannot be split evenly over 3 ranks"):
         train(_config(shards, tmp_path / "run"))
     monkeypatch.setattr(train_module.dist, "init_distributed",
                         lambda: train_module.dist.DistEnv(rank=0, world_size=2))
@@ -204,11 +243,13 @@ def test_cli_recipe_keeps_explicit_options(monkeypatch, tmp_path):
     monkeypatch.setattr(train_module, "train", lambda config: seen.append(config) or
                         train_module.TrainResult(last=None, checkpoint=config.checkpoint_path, epochs_trained=0))
     result = CliRunner().invoke(cli.main, ["selfcon", "data", "--out", str(tmp_path), "--recipe", "paper",
-                                           "--epochs", "2", "--workers", "0", "--no-progress"])
+                                           "--epochs", "2", "--workers", "0", "--no-progress",
+                                           "--checkpoint-every-steps", "500"])
     assert result.exit_code == 0, result.output
     [config] = seen
     assert (config.epochs, config.batch_size, config.lr_step, config.crop, config.pretrained) == (
         2, 200, "epoch", 256, "imagenet")
+    assert (config.checkpoint_every_steps, config.key_log) == (500, None)
     assert config.runtime == RuntimeOptions(workers=0, progress=False)
 
 
