@@ -188,8 +188,9 @@ def read_samples(shards: ShardSet, index: ShardIndex, start: int, stop: int) -> 
         yield from _read_run(stream, index, start, stop)
 
 
-def read_batch(shards: ShardSet, indexes: dict[int, ShardIndex], shard_ids: Sequence[int],
-               samples: Sequence[int]) -> list[Record]:
+def read_batch(shards: ShardSet, indexes: dict[int, ShardIndex],
+               shard_ids: Sequence[int] | np.ndarray, samples: Sequence[int] | np.ndarray
+               ) -> list[Record]:
     """The Records of samples (`shard_ids[i]`, `samples[i]`) (shard numbers in manifest order), in
     that order: each shard is opened once and each run of consecutive samples read in one window.
     Indexes not yet in `indexes` are loaded into it."""
