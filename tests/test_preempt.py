@@ -109,6 +109,7 @@ def _between(steps: list[dict], start: int, stop: int) -> list[dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # five torchrun launches: about a minute on an idle machine
 def test_killed_runs_resume_mid_epoch_on_the_same_and_other_world_sizes(shards, tmp_path):
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)

@@ -175,7 +175,7 @@ def test_config_rejects_bad_options(overrides, match):
 def test_distributed_preconditions_are_checked_before_training(shards, tmp_path, monkeypatch):
     monkeypatch.setattr(train_module.dist, "init_distributed",
                         lambda: train_module.dist.DistEnv(rank=0, world_size=3))
-    with pytest.raises(ValueError, match="the global batch_size 4 cannot be split evenly over 3 ranks"):
+    with pytest.raises(ValueError, match=r"the global batch_size 4 cannot be split evenly over 3 ranks; run on a number of processes that divides it \(1, 2, 4\)"):
         train(_config(shards, tmp_path / "run"))
     monkeypatch.setattr(train_module.dist, "init_distributed",
                         lambda: train_module.dist.DistEnv(rank=0, world_size=2))
