@@ -205,7 +205,8 @@ def _train(config: TrainConfig, env: dist.DistEnv) -> TrainResult:
     every = config.checkpoint_every_steps
 
     def save(step: int, progress: EpochProgress | None) -> None:
-        _save(config, env, model, optimizer, scheduler, loader, step, progress, device)
+        _save(config, env, model, optimizer, scheduler, _position(loader, step, steps_per_epoch,
+                                                                   config.batch_size), step, progress, device)
 
     def on_step(record: StepRecord, progress: EpochProgress) -> None:
         if record.step % config.log_every == 0:
@@ -249,12 +250,12 @@ class _Start:
 
 
 def _save(config: TrainConfig, env: dist.DistEnv, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-          scheduler: torch.optim.lr_scheduler.LRScheduler, loader: Loader, step: int,
+          scheduler: torch.optim.lr_scheduler.LRScheduler, position: dict[str, Any], step: int,
           progress: EpochProgress | None, device: torch.device) -> None:
     """Every rank hands over its RNG states, rank 0 writes the checkpoint after global step `step`
-    (`progress`: the epoch's so far, None at its end), and the others wait for it."""
+    (`position`: the loader's state; `progress`: the epoch's so far, None at its end), and the
+    others wait for it."""
     rng = gathered_rng_states(device)
-    position = loader.state_dict()  # the same on every rank
     if env.is_main:
         state = build_checkpoint(model=model, optimizer=optimizer, scheduler=scheduler,
                                  epoch=position["epoch"], step=step, loader=position,
@@ -263,6 +264,22 @@ def _save(config: TrainConfig, env: dist.DistEnv, model: torch.nn.Module, optimi
                                         "progress": None if progress is None else progress.to_json()})
         save_checkpoint(state, config.checkpoint_path)
     dist.barrier()
+
+
+def _position(loader: Loader, step: int, steps_per_epoch: int, batch_size: int) -> dict[str, Any]:
+    """The loader's state after global step `step` (at an epoch's end: the next epoch's start),
+    checked against the steps taken: a loader that does not count what it delivered would make a
+    resumed run repeat or skip samples."""
+    epoch, done = divmod(step, steps_per_epoch)
+    if done == 0:
+        loader.set_epoch(epoch)  # the epoch that follows, from its start
+    position = loader.state_dict()  # the same on every rank
+    found = (position["epoch"], position["delivered"])
+    if found != (epoch, done * batch_size):
+        raise RuntimeError(f"{type(loader).__name__}'s state (epoch {found[0]}, {found[1]} samples "
+                           f"delivered) does not match the training's (epoch {epoch}, "
+                           f"{done * batch_size} samples): it cannot be checkpointed mid-epoch")
+    return position
 
 
 def _resume(config: TrainConfig, env: dist.DistEnv, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

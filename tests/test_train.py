@@ -282,3 +282,21 @@ def test_family_objectives_ignore_real_rows_and_survive_batches_without_syntheti
     heads = HeadsObjective()
     both = lambda x: (model(x)[:, 0], model(x))  # noqa: E731  (origin logit, family logits)
     assert math.isfinite(heads(both, images, _labels([0] * 4, [4] * 4)).item())
+
+
+def test_checkpoints_take_the_loader_position_only_when_it_matches_the_steps(shards):
+    from imaginet_shards.loaders import make_loader
+    loader = make_loader(str(shards), backend="cpu", batch_size=4, rank=0, world_size=1, workers=0,
+                         device="cpu")
+    batches = loader.batches()
+    next(batches), next(batches)  # two of the epoch's 5 steps
+    position = train_module._position(loader, step=2, steps_per_epoch=5, batch_size=4)
+    assert (position["epoch"], position["delivered"]) == (0, 8)
+    with pytest.raises(RuntimeError, match=r"CpuLoader's state \(epoch 0, 8 samples delivered\) does not "
+                                           r"match the training's \(epoch 0, 12 samples\)"):
+        train_module._position(loader, step=3, steps_per_epoch=5, batch_size=4)
+    for _ in batches:
+        pass
+    position = train_module._position(loader, step=5, steps_per_epoch=5, batch_size=4)
+    assert (position["epoch"], position["delivered"], position["legs"]) == (1, 0, [])
+    loader.close()
