@@ -302,9 +302,9 @@ def build_graph(encoded: DataNode, preset: Preset, decode_device: str = "cpu",
     (on both devices); `decoder_args` (default `decoder_arguments(preset, decode_device)`) go to
     the pipeline's one DALI decoder.
 
-    The pipeline must run DALI's default (dynamic) executor: GPU images' shapes feed CPU
-    arithmetic, which the legacy executors (`exec_dynamic=False`, `exec_async=False` or
-    `exec_pipelined=False`, separated queues) refuse.
+    With "mixed" the pipeline must run DALI's default (dynamic) executor: GPU images' shapes
+    feed CPU arithmetic, which the legacy executors (`exec_dynamic=False`, `exec_async=False` or
+    `exec_pipelined=False`, separated queues) do not run.
 
     Call inside a pipeline defined with `enable_conditionals=True`. As in `decisions.draw_params`,
     a Crop needs an image at least its size (a PadTo first); here a smaller one would give a batch
