@@ -117,6 +117,32 @@ def test_one_decoder_per_pipeline(name, tmp_path):
     assert_one_decoder(pipe, tmp_path, windows=False)
 
 
+@pytest.mark.parametrize("name", ["train+resize", "calibration", "eval"])
+def test_gpu_graph_is_defined_without_a_gpu(name, windows):
+    """The `mixed` graph with the window route passes DALI's graph definition (device placement
+    of every operator, conditionals included) without CUDA: one decoder, on "mixed", with the
+    preset's decoder arguments; the window route on the CPU. Building it needs CUDA, so this
+    stops at DALI's (private) graph-definition step."""
+    preset = PRESETS[name]()
+
+    @pipeline_def(batch_size=2, num_threads=1, device_id=0, enable_conditionals=True)
+    def pipeline():
+        images, _ = build_graph(fn.external_source(name="encoded"), preset, "mixed", windows)
+        return images
+
+    pipe = pipeline()
+    pipe._build_graph()
+    specs = [str(op._spec) for op in pipe._ops]
+    heads = [spec.split("\n", 1)[0] for spec in specs]
+    decoders = [spec for spec, head in zip(specs, heads) if "decoders__" in head]
+    assert len(decoders) == 1 and "device: mixed" in decoders[0]
+    assert ("hw_decoder_load: 0.0" in decoders[0]) == (name == "eval")
+    assert "jpeg_fancy_upsampling: True" in decoders[0]
+    route = [spec for spec, head in zip(specs, heads) if "PythonFunction" in head]
+    assert len(route) == 1 and "device: cpu" in route[0]
+    assert any("device: gpu" in spec for spec in specs)  # the rest follows the decoder
+
+
 def test_decoder_arguments_on_a_gpu():
     """A stable decode for deterministic presets: no hardware decoder share on a GPU."""
     assert decoder_arguments(get_preset("eval"), "mixed") == {"jpeg_fancy_upsampling": True,
