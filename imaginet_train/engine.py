@@ -117,9 +117,9 @@ class EpochStats:
 
 @dataclass(frozen=True)
 class EpochProgress:
-    """How far an epoch has come: its steps so far and their sums over ranks (loss, images, seconds
-    waiting for data, step seconds). A checkpoint taken mid-epoch stores it, so that the resumed
-    epoch's stats sum the same steps as an uninterrupted one's."""
+    """How far an epoch has come: its steps so far and their sums (the global batches' losses; over
+    ranks, images, seconds waiting for data and step seconds). A checkpoint taken mid-epoch stores
+    it, so that the resumed epoch's stats sum the same steps as an uninterrupted one's."""
 
     steps: int = 0
     totals: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
