@@ -33,9 +33,9 @@ def source(tmp_path_factory) -> Path:
 def _start(args: list[str], tmp_path: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    log = open(tmp_path / "parent.log", "w")  # noqa: SIM115  (closed with the test's tmp_path)
-    return subprocess.Popen([sys.executable, *args], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    with open(tmp_path / "parent.log", "w") as log:  # the child writes to its own copy
+        return subprocess.Popen([sys.executable, *args], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
 
 
 def _workers(proc: subprocess.Popen, count: int, tmp_path: Path) -> list[psutil.Process]:
@@ -58,10 +58,11 @@ def _kill_and_expect_orphans_gone(proc: subprocess.Popen, workers: list[psutil.P
     proc.kill()
     proc.wait()
     _, alive = psutil.wait_procs(workers, timeout=GONE_WITHIN_S)
+    survivors = [f"{p.pid} ({p.name()})" for p in alive]
     for survivor in alive:
         survivor.kill()
-    assert not alive, f"{len(alive)} of {len(workers)} workers outlived their killed parent: " + \
-        ", ".join(f"{p.pid} ({' '.join(p.cmdline()[-3:])})" for p in alive if p.is_running())
+    assert not alive, (f"{len(alive)} of {len(workers)} workers outlived their killed parent by "
+                       f"{GONE_WITHIN_S} s: {', '.join(survivors)}")
 
 
 def test_pack_workers_die_with_a_killed_parent(tmp_path):
