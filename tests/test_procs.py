@@ -81,18 +81,7 @@ def test_perturb_workers_die_with_a_killed_parent(source, tmp_path):
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
-def _loader_is_guarded(source: Path) -> bool:
-    from imaginet_shards.loaders import make_loader
-    loader = make_loader(str(source), backend="cpu", batch_size=2, workers=1, world_size=1, rank=0,
-                         device="cpu")
-    guarded = isinstance(loader._loader.worker_init_fn, WorkerGuard)
-    loader.close()
-    return guarded
-
-
 def test_cpu_loader_workers_die_with_a_killed_parent(source, tmp_path):
-    if not _loader_is_guarded(source):
-        pytest.skip("the CPU loader's DataLoader does not pass worker_init_fn=WorkerGuard() yet")
     script = textwrap.dedent(f"""
         from imaginet_shards.loaders import make_loader
         loader = make_loader({str(source)!r}, backend="cpu", batch_size=2, workers=2, world_size=1,

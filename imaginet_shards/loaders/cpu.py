@@ -26,6 +26,7 @@ from imaginet_shards.errors import SampleError
 from imaginet_shards.io.shardset import Record, ShardIndex, ShardSet, read_batch
 from imaginet_shards.loaders.base import EpochLoader, LoaderConfig, SkippedSample
 from imaginet_shards.loaders.world import Leg, RankOrder, rank_order, sample_rng
+from imaginet_shards.procs import WorkerGuard
 
 MAX_LEGS = 64  # interruptions of one epoch the shared position can hold
 
@@ -134,7 +135,7 @@ class CpuLoader(EpochLoader):
         self._position = _Position(config.epoch)
         self._loader = DataLoader(
             _EpochStream(shards, config, self._position), batch_size=None,
-            num_workers=config.workers,
+            num_workers=config.workers, worker_init_fn=WorkerGuard(),
             persistent_workers=config.workers > 0, pin_memory=config.device.startswith("cuda"))
 
     def batches(self) -> Iterator[Batch]:
