@@ -9,7 +9,7 @@ CUDA, nvJPEG, memory, a bad device) raises a `DaliSetupError` at once, before an
 with `shardset.read_batch`, in the rank's delivery order (the same order as the CPU backend), their
 headers checked on the host (format, 128-Mpixel and byte limits, as the CPU backend), and their
 encoded bytes and labels fed to `fn.external_source` (a short batch is padded by repeating its last
-sample; the repeats are dropped after the run). Up to `PREFETCH` runs are in flight. Keys come from
+sample; the repeats are dropped after the run). Up to `dali_pipeline.PREFETCH` runs are in flight. Keys come from
 what was fed, so an error while running is blamed on the failed run's own samples.
 
 Remote shard sets are read like the CPU backend reads them: ranged reads through the storage layer,
@@ -88,8 +88,6 @@ from imaginet_shards.loaders.world import EpochSpec, derive_seed, worker_plan
 
 log = logging.getLogger(__name__)
 
-PREFETCH = 2  # runs DALI works on ahead of the one handed out
-
 
 class DaliBatch(NamedTuple):
     """A batch with its sample keys and the per-sample decisions of the preset's top-level steps
@@ -149,9 +147,8 @@ class DaliLoader(EpochLoader):
     def _start(self) -> Runner:
         c = self.config
         pipe, self._names = build_pipeline(preset_graph(c.preset, self._windows), c.device,
-                                           c.batch_size, max(c.workers, 1), _pipeline_seed(c),
-                                           PREFETCH)
-        self._runner = Runner(pipe, PREFETCH)
+                                           c.batch_size, max(c.workers, 1), _pipeline_seed(c))
+        self._runner = Runner(pipe)
         return self._runner
 
     def close(self) -> None:

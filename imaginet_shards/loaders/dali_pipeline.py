@@ -34,6 +34,9 @@ from imaginet_shards.errors import DaliSetupError
 # The default executor, named so that nobody turns it off by passing another flag: see above.
 EXECUTOR: dict[str, Any] = {"exec_async": True, "exec_pipelined": True, "exec_dynamic": True}
 ENCODED, LABELS = "encoded", "labels"  # the external sources' names
+PREFETCH = 2  # runs DALI works on ahead of the one handed out
+# no steps: the loader's decoder on whole images, then its conversion to float CHW
+DECODE_ONLY = Preset("decode-only", 0, (), normalize=False)
 
 
 def device_ids(device: str) -> tuple[int | None, str]:
@@ -58,8 +61,13 @@ def preset_graph(preset: Preset, windows: WindowDecoder | None) -> Graph:
     return lambda encoded, decode_device: build_graph(encoded, preset, decode_device, windows)
 
 
+def decode_graph() -> Graph:
+    """The loader's own decoder (arguments and all) on whole images: the decode-only benchmark."""
+    return preset_graph(DECODE_ONLY, None)
+
+
 def build_pipeline(graph: Graph, device: str, batch_size: int, threads: int, seed: int,
-                   depth: int) -> tuple[Pipeline, tuple[str, ...]]:
+                   depth: int = PREFETCH) -> tuple[Pipeline, tuple[str, ...]]:
     """A built pipeline running `graph` on fed batches (outputs: the graph's images, the fed labels,
     the graph's decisions in order) and the decision names. Raises DaliSetupError (naming the
     device and DALI's message) when DALI cannot build it here."""
@@ -115,7 +123,7 @@ class Runner:
     (their outputs dropped) when the next one starts.
     """
 
-    def __init__(self, pipe: Pipeline, depth: int):
+    def __init__(self, pipe: Pipeline, depth: int = PREFETCH):
         self.pipe, self.depth = pipe, depth
         self._primed = False
         self._in_flight: deque[Feed] = deque()
