@@ -1,6 +1,7 @@
 """manifest.json: the record that makes a shard set complete (docs/architecture.md, "The shard format"). Written last, atomically."""
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -51,6 +52,11 @@ class Manifest:
     @property
     def samples(self) -> int:
         return sum(s.samples for s in self.shards)
+
+    @property
+    def sha256(self) -> str:
+        """The shard set's identity: the SHA-256 of its canonical manifest JSON (`to_json`)."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
 
     def to_json(self) -> str:
         data = asdict(self)

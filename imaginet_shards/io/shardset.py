@@ -1,15 +1,15 @@
 """Reading a shard set: resolve a source to its manifest, open shards, and read sample ranges.
 
 `ShardSet.open` is the one place a shard's bytes are opened (streamed, or through the local cache);
-`read_samples` reads samples [start, stop) of one shard by seeking straight to the first one with
-the DALI index offsets and parsing the tar with webdataset's tar iterator (never its decoders: no
+`read_samples` reads samples [start, stop) of one shard, `read_batch` any samples in any order, by
+seeking straight to each run of them with the DALI index offsets and parsing the tar with webdataset's tar iterator (never its decoders: no
 member is unpickled or decoded here). Every failure is reported per sample, naming shard and key,
 so callers decide whether to raise or to skip without ever shifting labels.
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -184,21 +184,55 @@ def read_samples(shards: ShardSet, index: ShardIndex, start: int, stop: int) -> 
     A sample whose members are missing, misnamed or unreadable (truncated shard, bad header) gets
     a Record with `error` set; reading resumes at the next sample's indexed offset.
     """
+    with shards.open(index.entry.name) as stream:
+        yield from _read_run(stream, index, start, stop)
+
+
+def read_batch(shards: ShardSet, indexes: dict[int, ShardIndex],
+               shard_ids: Sequence[int] | np.ndarray, samples: Sequence[int] | np.ndarray
+               ) -> list[Record]:
+    """The Records of samples (`shard_ids[i]`, `samples[i]`) (shard numbers in manifest order), in
+    that order: each shard is opened once and each run of consecutive samples read in one window.
+    Indexes not yet in `indexes` are loaded into it."""
+    found: dict[tuple[int, int], Record] = {}
+    for shard in sorted({int(s) for s in shard_ids}):
+        if shard not in indexes:
+            indexes[shard] = load_index(shards, shards.manifest.shards[shard])
+        index = indexes[shard]
+        wanted = sorted({int(n) for s, n in zip(shard_ids, samples) if s == shard})
+        with shards.open(index.entry.name) as stream:
+            for start, stop in _runs(wanted):
+                for number, record in enumerate(_read_run(stream, index, start, stop), start):
+                    found[shard, number] = record
+    return [found[int(s), int(n)] for s, n in zip(shard_ids, samples)]
+
+
+def _runs(numbers: list[int]) -> Iterator[tuple[int, int]]:
+    """[start, stop) runs of consecutive integers in sorted, non-empty `numbers`."""
+    start = prev = numbers[0]
+    for n in numbers[1:]:
+        if n != prev + 1:
+            yield start, prev + 1
+            start = n
+        prev = n
+    yield start, prev + 1
+
+
+def _read_run(stream: BinaryIO, index: ShardIndex, start: int, stop: int) -> Iterator[Record]:
     name = index.entry.name
-    with shards.open(name) as stream:
-        i = start
-        while i < stop:
-            window = _Window(stream, index.begin(i), index.end(stop - 1), name)
-            members = tar_file_iterator(window, skip_meta=None,
-                                        select_files=lambda n: n not in index.oversized)
-            try:
-                while i < stop:
-                    yield _record(name, index, i, members)
-                    i += 1
-            except Exception as exc:  # tarfile and webdataset raise many types for broken tars
-                yield Record(name, index.key(i),
-                             error=f"unreadable tar data (truncated or corrupt shard?): {exc}")
+    i = start
+    while i < stop:
+        window = _Window(stream, index.begin(i), index.end(stop - 1), name)
+        members = tar_file_iterator(window, skip_meta=None,
+                                    select_files=lambda n: n not in index.oversized)
+        try:
+            while i < stop:
+                yield _record(name, index, i, members)
                 i += 1
+        except Exception as exc:  # tarfile and webdataset raise many types for broken tars
+            yield Record(name, index.key(i),
+                         error=f"unreadable tar data (truncated or corrupt shard?): {exc}")
+            i += 1
 
 
 def _record(shard: str, index: ShardIndex, i: int, members: Iterator[dict]) -> Record:

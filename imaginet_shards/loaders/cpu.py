@@ -1,19 +1,20 @@
 """The CPU backend: shards read with webdataset's tar iterator, torchvision transforms, DataLoader workers.
 
-Each DataLoader worker reads the segments `world.worker_plan` gives it, decodes and perturbs every
-sample (decisions keyed by (seed, epoch, key): independent of worker count), mixes the results in a
-shuffle buffer of small uint8 crops, and ships whole uint8 batches with their labels and keys; the
-main process normalises them on `config.device`. Unusable samples travel as tombstones through the
+The rank delivers `world.rank_order` (the same samples and batches as the DALI backend): DataLoader
+worker w makes batches w, w + workers, ... (the DataLoader hands them over in order), reading each
+batch's samples through the index offsets (`io.shardset.read_batch`), decoding and perturbing them
+(decisions keyed by (seed, epoch, key): independent of worker count) and shipping whole uint8
+batches with labels and keys; the main process normalises them on `config.device`. Any batch can be
+made without reading the ones before it, which is what makes resuming (`load_state_dict`) cost
+nothing but the index. Unusable samples travel as tombstones through the
 buffer, so batch counts never change: with `on_error="skip"` a batch is just smaller, and the
 skipped samples are listed in `loader.skipped`; with "raise" the main process raises a SampleError
 naming shard and key (workers never raise for bad data, so no worker traceback wraps the error).
 """
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
-from collections.abc import Iterable, Iterator
-from itertools import chain, islice
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -22,9 +23,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from imaginet_shards.augment.cpu import augment, normalize
 from imaginet_shards.errors import SampleError
-from imaginet_shards.io.shardset import Record, ShardSet, load_index, read_samples
+from imaginet_shards.io.shardset import Record, ShardIndex, ShardSet, read_batch
 from imaginet_shards.loaders.base import EpochLoader, LoaderConfig, SkippedSample
-from imaginet_shards.loaders.world import WorkerPlan, sample_rng, stream_rng, worker_plan
+from imaginet_shards.loaders.world import Leg, RankOrder, rank_order, sample_rng
+
+MAX_LEGS = 64  # interruptions of one epoch the shared position can hold
 
 
 class Batch(NamedTuple):
@@ -55,23 +58,6 @@ def _prepare(record: Record, config: LoaderConfig, epoch: int) -> _Item:
         return _Item(record.key, None, None, record.shard, str(exc))
 
 
-def shuffled(items: Iterable, size: int, rng: np.random.Generator, initial: int = 64) -> Iterator:
-    """A shuffle buffer of `size`: items come out in a random order, each exactly once.
-
-    Output starts once `initial` items are buffered; the buffer then grows by one item for every
-    two read until it holds `size`, so the first batch does not wait for `size` decodes.
-    """
-    buffer: list = []
-    for count, item in enumerate(items, 1):
-        buffer.append(item)
-        if len(buffer) >= size or (len(buffer) >= min(initial, size) and count % 2 == 0):
-            j = int(rng.integers(len(buffer)))
-            buffer[j], buffer[-1] = buffer[-1], buffer[j]
-            yield buffer.pop()
-    rng.shuffle(buffer)
-    yield from buffer
-
-
 def _collate(items: list[_Item], size: int, epoch: int):
     """(uint8 images [n,3,S,S], int64 labels [n,4], keys, skipped records) of one batch."""
     kept = [(item.key, item.image, item.labels) for item in items
@@ -84,58 +70,56 @@ def _collate(items: list[_Item], size: int, epoch: int):
     return images, labels, [key for key, _, _ in kept], skipped
 
 
-class _Failure(Exception):
-    """Carries the first tombstone out of a worker's pipeline (on_error="raise")."""
+def worker_batches(shards: ShardSet, config: LoaderConfig, order: RankOrder, epoch: int,
+                   worker: int, workers: int) -> Iterator[tuple]:
+    """Batches worker, worker + workers, ... of the rank's order: read, perturbed, collated. With
+    on_error="raise" a batch's unusable sample that comes first in its shard (for a truncated shard:
+    where the cut is) ends the worker's stream as a batch of its tombstone."""
+    indexes: dict[int, ShardIndex] = {}
+    for number in range(worker, len(order), workers):
+        records = read_batch(shards, indexes, *order.batch(number))
+        items = [_prepare(record, config, epoch) for record in records]
+        bad = [item for item in items if item.image is None]
+        if bad and config.on_error == "raise":
+            yield _collate([min(bad, key=lambda item: (item.shard, item.key))], config.preset.size, epoch)
+            return
+        yield _collate(items, config.preset.size, epoch)
 
-    def __init__(self, item: _Item):
-        super().__init__(item.error)
-        self.item = item
 
+class _Position:
+    """The epoch and resume legs every worker reads at the start of an iteration: shared memory,
+    so that persistent workers follow `set_epoch` and `load_state_dict`."""
 
-def _until_failure(items: Iterator[_Item]) -> Iterator[_Item]:
-    """Pass items on until the first tombstone, then stop the worker's pipeline with it
-    (on_error="raise": report the first bad sample in read order, read no further)."""
-    for item in items:
-        if item.image is None:
-            raise _Failure(item)
-        yield item
+    def __init__(self, epoch: int):
+        self._values = multiprocessing.get_context().RawArray("q", 2 + 3 * MAX_LEGS)
+        self.set(epoch, ())
 
+    def set(self, epoch: int, legs: tuple[Leg, ...]) -> None:
+        if len(legs) > MAX_LEGS:
+            raise ValueError(f"an epoch resumed more than {MAX_LEGS} times is not supported")
+        flat = [v for leg in legs for v in (leg.world_size, leg.batch_size, leg.batches)]
+        self._values[:2 + len(flat)] = [epoch, len(legs), *flat]
 
-def worker_batches(shards: ShardSet, config: LoaderConfig, plan: WorkerPlan, epoch: int,
-                   worker: int) -> Iterator[tuple]:
-    """The batches of one worker's plan: reading, perturbing, shuffling, collating."""
-    indexes = {}
-    for segment in plan.segments:  # load each needed index once (at most a few per worker)
-        if segment.shard not in indexes:
-            indexes[segment.shard] = load_index(shards, shards.manifest.shards[segment.shard])
-    records = chain.from_iterable(read_samples(shards, indexes[s.shard], s.start, s.stop)
-                                  for s in plan.segments)
-    items: Iterator[_Item] = (_prepare(record, config, epoch) for record in records)
-    if config.on_error == "raise":
-        items = _until_failure(items)
-    if config.shuffle and config.shuffle_buffer > 1:
-        rng = stream_rng(config.epoch_spec(epoch), worker)
-        items = shuffled(items, config.shuffle_buffer, rng)
-    try:
-        for size in plan.batch_sizes:
-            yield _collate(list(islice(items, size)), config.preset.size, epoch)
-    except _Failure as failure:  # the main process raises on this batch of one tombstone
-        yield _collate([failure.item], config.preset.size, epoch)
+    def get(self) -> tuple[int, tuple[Leg, ...]]:
+        epoch, count = self._values[0], self._values[1]
+        flat = self._values[2:2 + 3 * count]
+        return epoch, tuple(Leg(*flat[i:i + 3]) for i in range(0, len(flat), 3))
 
 
 class _EpochStream(IterableDataset):
-    """The DataLoader's dataset: each worker yields the batches of its plan for the current epoch
-    (read from shared memory, so that persistent workers follow `set_epoch`)."""
+    """The DataLoader's dataset: each worker yields its share of the rank's batches for the
+    current position (epoch and resume legs)."""
 
-    def __init__(self, shards: ShardSet, config: LoaderConfig, epoch: ctypes.c_int64):
-        self.shards, self.config, self.epoch = shards, config, epoch
+    def __init__(self, shards: ShardSet, config: LoaderConfig, position: _Position):
+        self.shards, self.config, self.position = shards, config, position
 
     def __iter__(self) -> Iterator[tuple]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        epoch = int(self.epoch.value)
-        plan = worker_plan(self.shards.counts, self.config.epoch_spec(epoch), workers, worker)
-        return worker_batches(self.shards, self.config, plan, epoch, worker)
+        epoch, legs = self.position.get()
+        c = self.config
+        order = rank_order(self.shards.counts, c.epoch_spec(epoch), c.shuffle_buffer, legs)
+        return worker_batches(self.shards, c, order, epoch, worker, workers)
 
 
 class CpuLoader(EpochLoader):
@@ -147,17 +131,19 @@ class CpuLoader(EpochLoader):
 
     def __init__(self, shards: ShardSet, config: LoaderConfig):
         super().__init__(shards, config)
-        self._epoch = multiprocessing.get_context().RawValue("q", config.epoch)
+        self._position = _Position(config.epoch)
         self._loader = DataLoader(
-            _EpochStream(shards, config, self._epoch), batch_size=None, num_workers=config.workers,
+            _EpochStream(shards, config, self._position), batch_size=None,
+            num_workers=config.workers,
             persistent_workers=config.workers > 0, pin_memory=config.device.startswith("cuda"))
 
-    def set_epoch(self, epoch: int) -> None:
-        super().set_epoch(epoch)
-        self._epoch.value = epoch  # read by the persistent workers
-
     def batches(self) -> Iterator[Batch]:
+        """The rest of the epoch's batches with their sample keys."""
+        return self._delivering(self._batches())
+
+    def _batches(self) -> Iterator[Batch]:
         device = torch.device(self.config.device)
+        self._position.set(self.config.epoch, self._legs)
         for images, labels, keys, skipped in self._loader:
             if skipped and self.config.on_error == "raise":
                 bad = skipped[0]

@@ -1,8 +1,9 @@
-"""Who reads what: the partitioning of a shard set over ranks, workers and epochs (docs/architecture.md, "The loader contract").
+"""Who reads what: the partitioning of a shard set over ranks and epochs, and its resumption
+(docs/architecture.md, "The loader contract").
 
-Pure functions of (per-shard sample counts, world size, rank, workers, worker, seed, epoch, batch
-size, drop_last, shuffle); no processes, no I/O. Both loader backends use them for `len()` and for
-sample assignment, so their contracts cannot drift apart.
+Pure functions of (per-shard sample counts, world size, rank, seed, epoch, batch size, drop_last,
+shuffle, shuffle buffer, resume legs); no processes, no I/O. Both loader backends deliver exactly
+`rank_order`, so their contracts cannot drift apart, and neither depends on its worker count.
 
 The scheme, for one epoch:
 
@@ -21,13 +22,21 @@ The scheme, for one epoch:
      batches can be smaller than `batch_size` and, only when the rank holds fewer samples than
      batches (tiny sets: fewer samples than ranks, or batch_size 1), empty (0 samples), which keeps
      the batch count equal on all ranks (no DDP hang).
-3. **Workers** take contiguous runs of whole batches of their rank's range (balanced, the extra batches
-   going to the first workers); each worker reads its positions in order and may mix them with a
-   shuffle buffer (seeded by (seed, epoch, rank, worker), see `stream_rng`).
+3. **Local shuffle**: inside its range, a rank's samples are mixed by a jitter sort: each position
+   gets a random offset in [0, shuffle_buffer) (seeded by (seed, epoch, rank)) and the range is sorted
+   by position + offset. A sample moves by less than `shuffle_buffer` places, so reading stays local
+   (a batch spans about `batch_size + shuffle_buffer` consecutive samples), like a shuffle buffer of
+   that size but without state: any batch can be found without reading the ones before it.
+4. **Batches** are consecutive runs of that order (`RankOrder.batch`); a backend may produce them on
+   several workers but delivers them in order.
 
-Batch counts, the samples of each rank and of each batch run are fixed by (counts, seed, epoch, rank,
-world size, batch size, drop_last); the order *inside* a worker's run also depends on the worker count
-and the shuffle buffer. Per-sample augmentation randomness does not (it is keyed by the sample).
+**Resumption**: an epoch interrupted after every rank delivered `k` batches is described by a `Leg`
+(world size, batch size, k). What is left is each rank's order after its first k batches; those
+remainders, concatenated in rank order, form the sequence the next leg partitions over its own world
+size exactly as in step 2 (no new shuffle). On the same world size each rank therefore continues
+with exactly its own remaining batches; on another, every sample still comes exactly once per epoch
+(the first leg's drop_last tail stays dropped), and every rank gets the same number of batches.
+Per-sample augmentation randomness is keyed by the sample (`sample_rng`), never by its position.
 """
 from __future__ import annotations
 
@@ -38,7 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 
 # Domain tags keep the generators for different purposes independent for the same seed.
-_SHARD_ORDER, _STREAM, _SAMPLE = 1, 2, 3
+_SHARD_ORDER, _STREAM, _SAMPLE, _JITTER = 1, 2, 3, 4
 
 
 @dataclass(frozen=True)
@@ -195,3 +204,121 @@ def sample_rng(seed: int, key: str, epoch: int | None) -> np.random.Generator:
     results never depend on batch size, worker or rank count."""
     parts: tuple[int | str, ...] = (_SAMPLE, seed, key) if epoch is None else (_SAMPLE, seed, epoch, key)
     return np.random.default_rng(derive_seed(*parts))
+
+
+@dataclass(frozen=True)
+class Leg:
+    """Part of an epoch run on one world size before an interruption: every rank had delivered
+    `batches` batches of `batch_size` (its per-rank batch size)."""
+
+    world_size: int
+    batch_size: int
+    batches: int
+
+    def __post_init__(self) -> None:
+        if self.world_size < 1 or self.batch_size < 1 or self.batches < 0:
+            raise ValueError(f"a leg needs world_size >= 1, batch_size >= 1 and batches >= 0, got {self}")
+
+
+@dataclass(frozen=True)
+class RankOrder:
+    """What one rank delivers in one epoch (or in what is left of it after resume legs): its
+    samples as (shard number in manifest order, sample number in the shard), in delivery order,
+    cut into consecutive batches of `batch_sizes`."""
+
+    shards: np.ndarray
+    samples: np.ndarray
+    batch_sizes: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.batch_sizes)
+
+    def batch(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(shards, samples) of batch `i`."""
+        start = sum(self.batch_sizes[:i])
+        stop = start + self.batch_sizes[i]
+        return self.shards[start:stop], self.samples[start:stop]
+
+
+def epoch_sequence(counts: Sequence[int], seed: int, epoch: int, shuffle: bool = True
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(shard, sample) of every position of the epoch sequence (step 1 of the module doc)."""
+    if any(c < 0 for c in counts):
+        raise ValueError(f"shard sample counts must be >= 0, got {list(counts)}")
+    order = np.asarray(shard_order(len(counts), seed, epoch, shuffle), dtype=np.int64)
+    sizes = np.asarray(counts, dtype=np.int64)[order] if len(order) else np.zeros(0, np.int64)
+    shards = np.repeat(order, sizes)
+    starts = np.cumsum(sizes) - sizes
+    samples = np.arange(len(shards), dtype=np.int64) - np.repeat(starts, sizes)
+    return shards, samples
+
+
+def jitter(length: int, shuffle_buffer: int, rng: np.random.Generator) -> np.ndarray:
+    """A permutation of range(length) that moves no item by `shuffle_buffer` places or more."""
+    if shuffle_buffer <= 1 or length <= 1:
+        return np.arange(length)
+    keys = np.arange(length) + rng.uniform(0, shuffle_buffer, length)
+    return np.argsort(keys, kind="stable")
+
+
+def _rank_span(total: int, spec: EpochSpec, shuffle_buffer: int) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Positions (in a sequence of `total` samples) of `spec.rank`, in delivery order, and its batch
+    sizes; jittered when `shuffle_buffer` > 1 and `spec.shuffle`."""
+    start, _ = rank_span(total, spec)
+    sizes = rank_batch_sizes(total, spec)
+    span = np.arange(start, start + sum(sizes))
+    if spec.shuffle and shuffle_buffer > 1:
+        rng = np.random.default_rng(derive_seed(_JITTER, spec.seed, spec.epoch, spec.rank))
+        span = span[jitter(len(span), shuffle_buffer, rng)]
+    return span, sizes
+
+
+def _check_divisible(remaining: int, spec: EpochSpec) -> None:
+    if spec.drop_last and remaining % (spec.world_size * spec.batch_size):
+        raise ValueError(
+            f"the {remaining} samples left in epoch {spec.epoch} cannot be divided evenly into "
+            f"batches of {spec.batch_size} on {spec.world_size} rank(s); keep the global batch "
+            "size (world size x batch size) of the interrupted run")
+
+
+def _after_legs(counts: Sequence[int], spec: EpochSpec, shuffle_buffer: int, legs: Sequence[Leg]
+                ) -> tuple[np.ndarray, np.ndarray, int]:
+    """(shards, samples) of the sequence the legs left of the epoch, and how many they delivered."""
+    shards, samples = epoch_sequence(counts, spec.seed, spec.epoch, spec.shuffle)
+    delivered = 0
+    for number, leg in enumerate(legs):
+        kept = []
+        for rank in range(leg.world_size):
+            leg_spec = EpochSpec(leg.world_size, rank, leg.batch_size, spec.seed, spec.epoch,
+                                 spec.drop_last, spec.shuffle)
+            if number > 0 and rank == 0:
+                _check_divisible(len(shards), leg_spec)
+            # only the first leg shuffles; later legs keep the remainders' order
+            span, sizes = _rank_span(len(shards), leg_spec, shuffle_buffer if number == 0 else 0)
+            if leg.batches > len(sizes):
+                raise ValueError(f"leg {number} of epoch {spec.epoch} claims {leg.batches} "
+                                 f"batches per rank, more than its {len(sizes)}")
+            done = sum(sizes[:leg.batches])
+            kept.append(span[done:])
+            delivered += done
+        left = np.concatenate(kept)
+        shards, samples = shards[left], samples[left]
+    if legs:
+        _check_divisible(len(shards), spec)
+    return shards, samples, delivered
+
+
+def rank_order(counts: Sequence[int], spec: EpochSpec, shuffle_buffer: int = 0,
+               legs: Sequence[Leg] = ()) -> RankOrder:
+    """What rank `spec.rank` delivers in epoch `spec.epoch`, after the interrupted `legs` of that
+    epoch (none for a fresh epoch; see the module doc). Raises ValueError when what the legs left
+    cannot be shared evenly by `spec`'s world size and batch size with drop_last."""
+    shards, samples, _ = _after_legs(counts, spec, shuffle_buffer, legs)
+    span, sizes = _rank_span(len(shards), spec, 0 if legs else shuffle_buffer)
+    return RankOrder(shards[span], samples[span], sizes)
+
+
+def delivered_samples(counts: Sequence[int], spec: EpochSpec, shuffle_buffer: int,
+                      legs: Sequence[Leg]) -> int:
+    """How many samples of epoch `spec.epoch` the `legs` delivered, over all ranks."""
+    return _after_legs(counts, spec, shuffle_buffer, legs)[2]
