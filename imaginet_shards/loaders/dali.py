@@ -6,11 +6,14 @@ The loader builds its pipeline once, in the constructor, and feeds it for every 
 so resident memory stays flat over hundreds of epochs, and a machine where DALI cannot run (no
 CUDA, nvJPEG, memory, a bad device) raises a `DaliSetupError` at once, before any sample is read
 (`make_loader(backend="auto")` then falls back to the CPU backend). Each batch's samples are read
-with `shardset.read_batch`, in the rank's delivery order (the same order as the CPU backend), their
-headers checked on the host (format, 128-Mpixel and byte limits, as the CPU backend), and their
-encoded bytes and labels fed to `fn.external_source` (a short batch is padded by repeating its last
-sample; the repeats are dropped after the run). Up to `dali_pipeline.PREFETCH` runs are in flight. Keys come from
-what was fed, so an error while running is blamed on the failed run's own samples.
+with `shardset.read_batch`, in the rank's delivery order (`EpochLoader.order()`: the same batches
+as the CPU backend, whatever the thread count), their headers checked on the host (format,
+128-Mpixel and byte limits, as on the CPU backend), and their encoded bytes and labels fed to
+`fn.external_source` (a short batch is padded by repeating its last sample; the repeats are dropped
+after the run). Up to `dali_pipeline.PREFETCH` runs are in flight. Keys come from what was fed, so
+an error while running is blamed on the failed run's own samples. Batches are handed out through
+`EpochLoader._delivering`, so `state_dict` / `load_state_dict` resume mid-epoch exactly as on the
+CPU backend (same samples, same batches, on any world size).
 
 Remote shard sets are read like the CPU backend reads them: ranged reads through the storage layer,
 or the shard set's local cache when `cache_dir` is given; DALI itself opens no file and no URL.
@@ -27,7 +30,7 @@ outputs are plain host arrays.
 Random draws come from the pipeline's generators, seeded by (seed, rank, the epoch the loader was
 built at) and advancing with every run: rates and ranges follow the spec, but a sample's draws
 depend on the batches run before it, not on its key. The same calls on a fresh loader give the same
-batches; a resumed or re-created loader gives the same samples in the same order with other draws.
+batches; a resumed loader delivers the same samples in the same batches, with other draws.
 Presets with `per_sample_seed` (`social`) are therefore refused (NotImplementedError): build the
 social test set with `imaginet-shards perturb` (CPU).
 
@@ -67,13 +70,12 @@ import os
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 from nvidia.dali.backend import TensorListCPU
 
 from imaginet_shards.codecs.windows import WindowDecoder
 from imaginet_shards.errors import SampleError, ShardSetError
-from imaginet_shards.io.shardset import Record, ShardIndex, ShardSet, load_index, open_shard_set, read_samples
+from imaginet_shards.io.shardset import ShardIndex, ShardSet, open_shard_set, read_batch
 from imaginet_shards.loaders.base import EpochLoader, LoaderConfig
 from imaginet_shards.loaders.dali_faults import HINT, check_record, dali_reason, first_unusable
 from imaginet_shards.loaders.dali_pipeline import (
@@ -84,7 +86,7 @@ from imaginet_shards.loaders.dali_pipeline import (
     padded,
     preset_graph,
 )
-from imaginet_shards.loaders.world import EpochSpec, derive_seed, worker_plan
+from imaginet_shards.loaders.world import RankOrder, derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -156,35 +158,29 @@ class DaliLoader(EpochLoader):
         self._windows.close()
         super().close()
 
-    def _order(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(shard numbers, sample numbers) of each of this rank's batches this epoch."""
-        c = self.config
-        spec = EpochSpec(c.world_size, c.rank, c.batch_size, c.seed, c.epoch, c.drop_last, c.shuffle)
-        plan = worker_plan(self.shards.counts, spec, 1, 0)
-        empty = [np.empty(0, dtype=np.int64)]
-        shards = np.concatenate(empty + [np.full(s.samples, s.shard) for s in plan.segments])
-        samples = np.concatenate(empty + [np.arange(s.start, s.stop) for s in plan.segments])
-        bounds = np.cumsum((0,) + plan.batch_sizes)
-        return [(shards[a:b], samples[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
-
-    def _feeds(self, order: list[tuple[np.ndarray, np.ndarray]]) -> Iterator[Feed]:
+    def _feeds(self, order: RankOrder) -> Iterator[Feed]:
         """The runs of the epoch's non-empty batches: their samples read and checked on the host."""
-        for number, (shard_ids, samples) in enumerate(order):
+        for number in range(len(order)):
+            shard_ids, samples = order.batch(number)
             if len(samples) == 0:
                 continue
-            records = _read_batch(self.shards, self._indexes, shard_ids, samples)
+            records = read_batch(self.shards, self._indexes, shard_ids, samples)
             labels = [check_record(record) for record in records]
             yield padded([r.image for r in records], labels, self.config.batch_size,
                          (number, records))
 
     def batches(self) -> Iterator[DaliBatch]:
-        """The epoch's batches with their keys and decisions."""
-        order, device = self._order(), torch.device(self.config.device)
+        """The rest of the epoch's batches (all of them unless a state was loaded) with their keys
+        and decisions."""
+        return self._delivering(self._batches())
+
+    def _batches(self) -> Iterator[DaliBatch]:
+        order, device = self.order(), torch.device(self.config.device)
         runner = self._runner or self._start()
         stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
         runs = runner.run(self._feeds(order), stream)
-        for number, (shard_ids, _) in enumerate(order):
-            if len(shard_ids) == 0:  # a rank of a tiny set: empty batches (see world.py)
+        for number, size in enumerate(order.batch_sizes):
+            if size == 0:  # a rank of a tiny set: empty batches (see world.py)
                 yield self._empty(device)
                 continue
             try:
@@ -226,23 +222,6 @@ class DaliLoader(EpochLoader):
         size = self.config.preset.size
         return DaliBatch(torch.empty((0, 3, size, size), device=device),
                          torch.empty((0, 4), dtype=torch.int64, device=device), [], {})
-
-
-def _read_batch(shards: ShardSet, indexes: dict[int, ShardIndex], shard_ids: np.ndarray,
-                samples: np.ndarray) -> list[Record]:
-    """The records of those samples, in that order (runs of consecutive samples read at once)."""
-    out: list[Record] = []
-    i = 0
-    while i < len(samples):
-        j = i + 1
-        while j < len(samples) and shard_ids[j] == shard_ids[i] and samples[j] == samples[j - 1] + 1:
-            j += 1
-        shard = int(shard_ids[i])
-        if shard not in indexes:
-            indexes[shard] = load_index(shards, shards.manifest.shards[shard])
-        out.extend(read_samples(shards, indexes[shard], int(samples[i]), int(samples[j - 1]) + 1))
-        i = j
-    return out
 
 
 def make_dali_loader(source: str | os.PathLike, config: LoaderConfig) -> DaliLoader:
