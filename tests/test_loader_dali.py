@@ -258,3 +258,39 @@ def test_auto_falls_back_to_cpu_with_a_warning(colour_shards, caplog):
     assert len(warnings) == 1 and "DALI cannot run on cuda:0" in warnings[0].getMessage()
     assert "using the CPU backend" in warnings[0].getMessage()
     loader.close()
+
+
+def test_one_pipeline_for_every_epoch_even_after_an_early_stop(colour_shards, monkeypatch):
+    """Built once, in the constructor; an epoch left early leaves nothing behind for the next;
+    an iteration overtaken by a later one refuses to go on (it would get the other's batches)."""
+    from imaginet_shards.loaders import dali as dali_module
+    from imaginet_shards.loaders.dali_pipeline import SupersededError
+
+    builds = []
+    real_build = dali_module.build_pipeline
+    monkeypatch.setattr(dali_module, "build_pipeline",
+                        lambda *a, **k: builds.append(1) or real_build(*a, **k))
+    preset = Preset("centre", 32, (Crop(32, random=False),))
+
+    def loader():
+        return make_loader(colour_shards, backend="dali", preset=preset, batch_size=4, rank=0,
+                           world_size=1, seed=2, workers=1, device="cpu")
+
+    reference = loader()
+    reference.set_epoch(1)
+    expected = [b.keys for b in reference.batches()]
+    mine = loader()
+    assert len(builds) == 2  # one per loader, before any iteration
+    first = mine.batches()
+    next(first)  # stop epoch 0 after one batch, with runs still in flight
+    mine.set_epoch(1)
+    assert [b.keys for b in mine.batches()] == expected
+    overtaken = mine.batches()
+    next(overtaken)
+    later = mine.batches()
+    next(later)
+    with pytest.raises(SupersededError):
+        next(overtaken)
+    assert len(builds) == 2
+    reference.close()
+    mine.close()

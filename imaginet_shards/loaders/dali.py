@@ -77,10 +77,11 @@ from imaginet_shards.codecs.windows import WindowDecoder
 from imaginet_shards.errors import SampleError, ShardSetError
 from imaginet_shards.io.shardset import ShardIndex, ShardSet, open_shard_set, read_batch
 from imaginet_shards.loaders.base import EpochLoader, LoaderConfig
-from imaginet_shards.loaders.dali_faults import HINT, check_record, dali_reason, first_unusable
+from imaginet_shards.loaders.dali_faults import HINT, check_batch, dali_reason, first_unusable
 from imaginet_shards.loaders.dali_pipeline import (
     Feed,
     Runner,
+    SupersededError,
     build_pipeline,
     device_ids,
     padded,
@@ -165,9 +166,8 @@ class DaliLoader(EpochLoader):
             if len(samples) == 0:
                 continue
             records = read_batch(self.shards, self._indexes, shard_ids, samples)
-            labels = [check_record(record) for record in records]
-            yield padded([r.image for r in records], labels, self.config.batch_size,
-                         (number, records))
+            yield padded([r.image for r in records], check_batch(records),
+                         self.config.batch_size, (number, records))
 
     def batches(self) -> Iterator[DaliBatch]:
         """The rest of the epoch's batches (all of them unless a state was loaded) with their keys
@@ -184,12 +184,14 @@ class DaliLoader(EpochLoader):
                 yield self._empty(device)
                 continue
             try:
-                feed, outputs = next(runs)
-            except RuntimeError as exc:
+                taken = next(runs, None)
+            except SupersededError:
+                raise
+            except RuntimeError as exc:  # DALI failed while running: blame the run's samples
                 raise self._failure(str(exc), runner) from exc
-            if feed.tag[0] != number:
-                raise RuntimeError(f"DALI handed back run {feed.tag[0]} for batch {number}")
-            yield self._batch(feed, outputs, device)
+            if taken is None or taken[0].tag[0] != number:
+                raise RuntimeError(f"the DALI runs and the order disagree at batch {number}")
+            yield self._batch(*taken, device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for batch in self.batches():

@@ -2,13 +2,13 @@
 
 The loader reads every sample through the shard set before DALI sees it, so a sample whose members
 are unreadable (truncated shard, missing `.labels`), or whose bytes are not an image or exceed the
-size limits, is refused on the host (`check_record`) with its shard and key. What remains is an
+size limits, is refused on the host (`check_batch`) with its shard and key. What remains is an
 image DALI's decoders reject although its header is sound: the loader then knows the exact samples
 of the failed run, and `first_unusable` finds the culprit among them with a full CPU decode.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -19,29 +19,36 @@ from imaginet_shards.io.shardset import Record
 HINT = "DALI backend; to skip unusable samples use backend='cpu' with on_error='skip'"
 
 
-def check_record(record: Record) -> np.ndarray:
-    """`record`'s labels; a SampleError unless it read cleanly and its image header is sound
-    (format, pixel and byte limits; nothing is decoded unless the file looks truncated)."""
-    reason = record.error
-    if not reason:
-        try:
-            check_image(record.image)
-        except ImageCheckError as exc:
-            reason = str(exc)
-    if reason or record.labels is None:
-        raise SampleError(record.shard, record.key, reason or "no labels", HINT)
-    return record.labels
+def check_batch(records: Sequence[Record]) -> list[np.ndarray]:
+    """The labels of a batch's records; a SampleError unless every record read cleanly and its
+    image header is sound (format, pixel and byte limits; nothing is decoded unless the file looks
+    truncated). It names the bad sample that comes first in its shard (for a truncated shard:
+    where the cut is), as the CPU backend does."""
+    bad = []
+    for record in records:
+        reason = record.error
+        if not reason:
+            try:
+                check_image(record.image)
+            except ImageCheckError as exc:
+                reason = str(exc)
+        if reason or record.labels is None:
+            bad.append((record.shard, record.key, reason or "no labels"))
+    if bad:
+        raise SampleError(*min(bad), HINT)
+    return [record.labels for record in records if record.labels is not None]
 
 
 def first_unusable(records: Iterable[Record]) -> tuple[str, str, str] | None:
-    """(shard, key, reason) of the first of `records` that a full CPU decode rejects; None if
-    none."""
+    """(shard, key, reason) of the record that a full CPU decode rejects and that comes first in
+    its shard; None if none is rejected."""
+    bad = []
     for record in records:
         try:
             check_image(record.image, decode=True)
         except ImageCheckError as exc:
-            return record.shard, record.key, str(exc)
-    return None
+            bad.append((record.shard, record.key, str(exc)))
+    return min(bad) if bad else None
 
 
 def dali_reason(message: str) -> str:

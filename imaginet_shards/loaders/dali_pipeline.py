@@ -91,6 +91,10 @@ def build_pipeline(graph: Graph, device: str, batch_size: int, threads: int, see
     return pipe, tuple(names)
 
 
+class SupersededError(RuntimeError):
+    """An epoch's iteration was resumed after a later one had started on the same pipeline."""
+
+
 @dataclass(frozen=True)
 class Feed:
     """One run's input: encoded images and labels (padded to the pipeline's batch size), how many
@@ -174,10 +178,12 @@ class Runner:
             self._take(stream)
         feeds = iter(feeds)
         self._schedule(feeds)
-        while self._in_flight:
+        while True:
             if generation != self._generation:
-                raise RuntimeError("the DALI loader started another iteration while this one "
-                                   "was running; iterate one epoch at a time")
+                raise SupersededError("the DALI loader started another iteration while this one "
+                                      "was running; iterate one epoch at a time")
+            if not self._in_flight:
+                return
             feed, outputs = self._take(stream)
             self._schedule(feeds)
             if feed.real:
