@@ -65,11 +65,11 @@ DALI substitutions and limitations
 """
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from nvidia.dali.backend import TensorListCPU
 
@@ -88,8 +88,6 @@ from imaginet_shards.loaders.dali_pipeline import (
     preset_graph,
 )
 from imaginet_shards.loaders.world import RankOrder, derive_seed
-
-log = logging.getLogger(__name__)
 
 
 class DaliBatch(NamedTuple):
@@ -177,6 +175,9 @@ class DaliLoader(EpochLoader):
     def _batches(self) -> Iterator[DaliBatch]:
         order, device = self.order(), torch.device(self.config.device)
         runner = self._runner or self._start()
+        starts = np.flatnonzero(np.diff(order.shards, prepend=-1))  # where each shard's run starts
+        self.shards.prefetch(list(dict.fromkeys(  # a remote set's cache fills ahead of use
+            self.shards.manifest.shards[int(order.shards[i])].name for i in starts)))
         stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
         runs = runner.run(self._feeds(order), stream)
         for number, size in enumerate(order.batch_sizes):
@@ -210,7 +211,7 @@ class DaliLoader(EpochLoader):
         feeds = runner.in_flight()
         self._runner = None
         reason = dali_reason(message)
-        records = [r for feed in feeds[:1] for r in feed.tag[1][:feed.real]] if feeds else []
+        records = list(feeds[0].tag[1]) if feeds and feeds[0].real else []
         found = first_unusable(records)
         if found is not None:
             shard, key, cause = found
