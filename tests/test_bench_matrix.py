@@ -49,7 +49,9 @@ def test_matrix_json(shards, tmp_path):
     (model,) = data["model"]
     assert 0 <= model["input_bound_fraction"] <= 1 and 0 <= model["wait_fraction"] <= 1
     assert model["model_images_per_sec"] > 0 and model["arch"] == "small"
-    assert "lost to input" in result.output
+    same_cell = [r for r in data["full"] if r["crop"] == model["crop"]]
+    assert model["cores_per_1000_images_per_sec"] == round(same_cell[0]["cpu_ms_per_image"], 2)
+    assert "lost to input" in result.output and "feeding 1,000 images/s takes" in result.output
 
 
 def test_shards_bench_points_model_to_the_trainer(shards):

@@ -1,11 +1,15 @@
-"""Per-sample arithmetic for the DALI graph (`augment.dali`): integer draws, selections, and
-reflect-101 padding built from slices, flips and concatenation (DALI has no mirrored border)."""
+"""Per-sample arithmetic for the DALI graph (`augment.dali`): integer draws, selections,
+reflect-101 padding built from slices, flips and concatenation (DALI has no mirrored border), and
+the lazy window (`View`) that geometry steps move before any pixel exists."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import nvidia.dali.math as dmath
 from nvidia.dali import fn, types
+from nvidia.dali.data_node import DataNode as DaliNode
 
 DataNode = Any  # nvidia.dali.pipeline.DataNode (or a Python int where a value is static)
 
@@ -85,3 +89,52 @@ def pair(a: DataNode, b: DataNode) -> DataNode:
         return [a, b]
     return fn.stack(*(types.Constant(v, dtype=types.INT32) if isinstance(v, int) else as_int(v)
                       for v in (a, b)))
+
+
+@dataclass(frozen=True)
+class View:
+    """A `height` x `width` window at (`top`, `left`) of `source`, which is encoded bytes or HWC
+    pixels of `src_h` x `src_w`, conceptually mirrored (reflect-101) beyond its borders: `top` and
+    `left` may be negative. `padded` and `cropped` are static: whether the window may reach past
+    the source, and whether it differs from it."""
+
+    source: DataNode
+    encoded: bool
+    src_h: DataNode
+    src_w: DataNode
+    top: DataNode
+    left: DataNode
+    height: DataNode
+    width: DataNode
+    padded: bool = False
+    cropped: bool = False
+
+    @classmethod
+    def whole(cls, source: DataNode, encoded: bool, shape: DataNode) -> View:
+        """The whole of a source whose HWC shape is `shape`."""
+        height, width = shape[0], shape[1]
+        return cls(source, encoded, height, width, height * 0, width * 0, height, width)
+
+
+def merge(views: Sequence[View], chosen: DataNode) -> View:
+    """Per sample, the window of `views[chosen]` (chosen in 0..len - 1): windows of one source
+    merged before decoding, so that branches that only move the window share one decoder."""
+    first = views[0]
+    if any(v.source is not first.source for v in views):
+        raise ValueError("only windows of one source can be merged")
+    merged = views[-1]
+    for index in range(len(views) - 2, -1, -1):
+        view, picked = views[index], chosen == index
+        merged = View(first.source, first.encoded, first.src_h, first.src_w,
+                      where(picked, view.top, merged.top), where(picked, view.left, merged.left),
+                      where(picked, view.height, merged.height),
+                      where(picked, view.width, merged.width),
+                      view.padded or merged.padded, view.cropped or merged.cropped)
+    return merged
+
+
+def outputs(nodes: DaliNode | Sequence[DaliNode] | None, count: int) -> tuple[DataNode, ...]:
+    """The `count` outputs of a DALI operator called with several outputs, checked."""
+    if isinstance(nodes, DaliNode) or nodes is None or len(nodes) != count:
+        raise TypeError(f"expected {count} DALI outputs, got {nodes!r}")
+    return tuple(nodes)

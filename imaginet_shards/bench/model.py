@@ -43,6 +43,7 @@ class ModelReport:
     input_bound_fraction: float
     input_bound: bool
     threads_needed: int | None
+    cores_per_1000_images_per_sec: float | None
     verdict: str
 
     def record(self) -> dict:
@@ -71,15 +72,29 @@ def _model_rate(step: Step, options: BenchOptions, steps: int, warmup: int) -> f
     return statistics.median(rates)
 
 
+def _matching(results: Sequence[BenchResult], options: BenchOptions) -> list[BenchResult]:
+    """The full-pipeline results of the same backend, preset, crop and device."""
+    crop = options.resolved_preset().size
+    return [r for r in results if (r.backend, r.preset, r.crop, r.device) ==
+            (options.backend, options.preset, crop, options.device)]
+
+
 def threads_needed(rate: float, results: Sequence[BenchResult], options: BenchOptions
                    ) -> int | None:
     """The fewest threads whose full-pipeline rate (same backend, preset, crop, device) reaches
     `rate`, or None."""
-    crop = options.resolved_preset().size
-    enough = [r.threads for r in results
-              if (r.backend, r.preset, r.crop, r.device) ==
-              (options.backend, options.preset, crop, options.device) and r.images_per_sec >= rate]
-    return min(enough, default=None)
+    return min((r.threads for r in _matching(results, options) if r.images_per_sec >= rate),
+               default=None)
+
+
+def cores_per_1000(results: Sequence[BenchResult], options: BenchOptions) -> float | None:
+    """CPU cores the loader needs to feed 1,000 images/s (its CPU ms per image, at the bench's
+    thread count when measured, else the cheapest count): what a GPU node must budget per
+    1,000 images/s of training, whatever this machine's model rate."""
+    matches = _matching(results, options)
+    same = [r for r in matches if r.threads == options.threads]
+    costs = [r.cpu_ms_per_image for r in (same or matches)]
+    return round(min(costs), 2) if costs else None
 
 
 def run_model_bench(options: BenchOptions, arch: str, make_step: StepFactory, steps: int = 10,
@@ -107,9 +122,12 @@ def run_model_bench(options: BenchOptions, arch: str, make_step: StepFactory, st
     loop_rate, wait = images / (waited + computed), waited / (waited + computed)
     fraction = min(max(1 - loop_rate / model_rate, 0.0), 1.0)
     needed = threads_needed(model_rate, results, options)
+    cores = cores_per_1000(results, options)
     bound = fraction > INPUT_BOUND
     reach = (f"{needed} thread(s) reach it here" if needed is not None
              else "no tested thread count reaches it here")
+    if cores is not None:
+        reach += f"; feeding 1,000 images/s takes {cores:.1f} cores of this loader"
     verdict = (f"{'input-bound' if bound else 'compute-bound'}: the model alone takes "
                f"{model_rate:.0f} images/s, with the {options.backend} loader at "
                f"{options.threads} threads it gets {loop_rate:.0f} ({fraction:.0%} of the time "
@@ -117,4 +135,4 @@ def run_model_bench(options: BenchOptions, arch: str, make_step: StepFactory, st
     return ModelReport(arch, options.backend, options.threads, options.device, options.batch_size,
                        options.resolved_preset().size, steps, round(model_rate, 2),
                        round(loop_rate, 2), round(wait, 3),
-                       round(fraction, 3), bound, needed, verdict)
+                       round(fraction, 3), bound, needed, cores, verdict)

@@ -1,0 +1,115 @@
+"""Materialising windows (`dali_nodes.View`) for the DALI graph (`augment.dali`): the one DALI
+decoder of a pipeline, the PNG/WebP window route, and reflect-101 mirroring.
+
+Windows inside the image are decoded as such: JPEG by DALI's ROI decoder
+(`fn.decoders.image_slice`: libjpeg-turbo on the CPU, nvJPEG with "mixed"), PNG and WebP by
+windows.py through `fn.python_function` on CPU threads (on both devices, then copied to the GPU
+with "mixed"; DALI's own decoders decode PNG and WebP whole on the CPU), the rest (other PNGs,
+corrupt data) by the DALI decoder. A window that reaches past the image decodes the image's whole
+extent along that axis and mirrors it, which is exactly pad-then-crop.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from nvidia.dali import fn, types
+
+from imaginet_shards.augment.dali_nodes import DataNode, View, extent, outputs, pair, reflect
+from imaginet_shards.augment.spec import Crop, PadTo, Preset
+from imaginet_shards.codecs.windows import WindowDecoder
+
+
+def pixel_view(image: DataNode) -> View:
+    """The whole of decoded HWC pixels."""
+    return View.whole(image, False, image.shape(dtype=types.INT32))
+
+
+def deterministic(preset: Preset) -> bool:
+    """Whether `preset` draws nothing (only padding and centred crops, e.g. `eval`)."""
+    return all(isinstance(step, PadTo) or (isinstance(step, Crop) and not step.random)
+               for step in preset.steps)
+
+
+def decoder_arguments(preset: Preset, decode_device: str) -> dict[str, Any]:
+    """The decoder's extra arguments for `preset` on `decode_device`. With "mixed": nvJPEG with
+    libjpeg-turbo's chroma upsampling; for deterministic presets no hardware JPEG decoder
+    (`hw_decoder_load=0`), which otherwise takes a share of each batch, so that a sample's
+    pixels would depend on its position in the batch."""
+    if decode_device != "mixed":
+        return {}
+    args: dict[str, Any] = {"jpeg_fancy_upsampling": True}
+    if deterministic(preset):
+        args["hw_decoder_load"] = 0.0
+    return args
+
+
+class Decoder:
+    """Decodes the windows of one pipeline with one DALI decoder operator (`decode_device` "cpu"
+    or "mixed", `decoder_args` added to its arguments) and, where `windows` is given, the
+    PNG/WebP window route. Each call of `pixels` on an encoded view adds a decoder: the graph
+    builder merges windows first so that it calls it once."""
+
+    def __init__(self, decode_device: str, windows: WindowDecoder | None,
+                 decoder_args: Mapping[str, Any]):
+        self.windows = windows
+        self.gpu = decode_device == "mixed"
+        self.decoder = {"device": decode_device, "adjust_orientation": False,
+                        "output_type": types.RGB, **decoder_args}
+
+    @staticmethod
+    def encoded_view(encoded: DataNode) -> View:
+        shape = fn.peek_image_shape(encoded, adjust_orientation=False, dtype=types.INT32)
+        return View.whole(encoded, True, shape)
+
+    def pixels(self, view: View) -> DataNode:
+        """Materialise a view: decode (or slice) the part of the source the window needs, then
+        mirror it where the window may reach past the source."""
+        if not view.cropped:
+            if not view.encoded:
+                return view.source
+            return fn.decoders.image(view.source, **self.decoder)
+        if view.padded:
+            return self.mirrored(view)
+        start, shape = pair(view.top, view.left), pair(view.height, view.width)
+        return self.read(view, start, shape)
+
+    def read(self, view: View, start: DataNode, shape: DataNode) -> DataNode:
+        """The source's pixels in the window `start` + `shape` (inside the source)."""
+        if view.encoded:
+            return self.decode_window(view.source, start, shape)
+        return fn.slice(view.source, start=start, shape=shape, axis_names="HW")
+
+    def mirrored(self, view: View) -> DataNode:
+        """A window that may reach past the source: read what it needs (the window itself when it
+        lies inside the source), then mirror and cut. One decoder for both cases; only the
+        mirroring is conditional, so the batch is not split before decoding."""
+        top, bottom, pad_top, pad_bottom, row = extent(view.top, view.height, view.src_h)
+        left, right, pad_left, pad_right, col = extent(view.left, view.width, view.src_w)
+        image = self.read(view, pair(top, left), pair(bottom - top, right - left))
+        if (pad_top + pad_bottom + pad_left + pad_right + row + col) > 0:
+            image = reflect(reflect(image, pad_top, pad_bottom, 0), pad_left, pad_right, 1)
+            image = fn.slice(image, start=pair(row, col), shape=pair(view.height, view.width),
+                             axis_names="HW", out_of_bounds_policy="pad", fill_values=0)
+        return image
+
+    def decode_window(self, encoded: DataNode, start: DataNode, shape: DataNode) -> DataNode:
+        """The window `start` + `shape` (HW) of encoded images: PNGs and WebPs through windows.py
+        where it applies, everything else through DALI's ROI decoder."""
+        if self.windows is None:
+            return self.decode_slice(encoded, start, shape)
+        start, shape = (types.Constant(v, dtype=types.INT32) if isinstance(v, list) else v
+                        for v in (start, shape))
+        window, done = outputs(fn.python_function(encoded, start, shape, function=self.windows,
+                                                  num_outputs=2, output_layouts=["HWC", ""],
+                                                  batch_processing=True), 2)
+        if done:
+            image = window.gpu() if self.gpu else window  # the route runs on the CPU
+        else:
+            image = self.decode_slice(encoded, start, shape)
+        return image
+
+    def decode_slice(self, encoded: DataNode, start: DataNode, shape: DataNode) -> DataNode:
+        """DALI's own decoder on the window (a true ROI decode for JPEG)."""
+        return fn.decoders.image_slice(encoded, start=start, shape=shape, axis_names="HW",
+                                       **self.decoder)
