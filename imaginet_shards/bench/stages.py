@@ -146,11 +146,14 @@ def _worker_pass(blobs: list[bytes], fn: Callable[[bytes], int], threads: int
 
 
 def _dali_pass(blobs: list[bytes], threads: int, device: str) -> Callable[[], None]:
-    """Full-frame decoding through the DALI loader's own pipeline builder, decoder arguments and
-    executor (`loaders.dali_pipeline`), batches of DECODE_BATCH fed as the loader feeds them."""
+    """Full-frame decoding through the DALI loader's own pipeline builder, executor and decoder
+    arguments (those of the `train` preset; `loaders.dali_pipeline`), batches of DECODE_BATCH fed
+    as the loader feeds them."""
+    from imaginet_shards.augment.spec import get_preset
     from imaginet_shards.loaders.dali_pipeline import Feed, Runner, build_pipeline, decode_graph
 
-    pipe, _ = build_pipeline(decode_graph(), device, DECODE_BATCH, threads, seed=0)
+    pipe, _ = build_pipeline(decode_graph(get_preset("train")), device, DECODE_BATCH, threads,
+                             seed=0)
     runner = Runner(pipe)
     arrays = [np.frombuffer(b, dtype=np.uint8) for b in blobs]
     labels = [np.zeros(4, dtype=np.int32)] * len(arrays)

@@ -27,6 +27,7 @@ from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.pipeline import Pipeline
 
 from imaginet_shards.augment.dali import build_graph
+from imaginet_shards.augment.dali_decode import decoder_arguments
 from imaginet_shards.augment.spec import Preset
 from imaginet_shards.codecs.windows import WindowDecoder
 from imaginet_shards.errors import DaliSetupError
@@ -61,9 +62,11 @@ def preset_graph(preset: Preset, windows: WindowDecoder | None) -> Graph:
     return lambda encoded, decode_device: build_graph(encoded, preset, decode_device, windows)
 
 
-def decode_graph() -> Graph:
-    """The loader's own decoder (arguments and all) on whole images: the decode-only benchmark."""
-    return preset_graph(DECODE_ONLY, None)
+def decode_graph(preset: Preset) -> Graph:
+    """Whole images through the decoder (arguments and all) that `preset`'s loader uses, then its
+    conversion to float CHW: what the decode-only benchmark times."""
+    return lambda encoded, decode_device: build_graph(
+        encoded, DECODE_ONLY, decode_device, None, decoder_arguments(preset, decode_device))
 
 
 def build_pipeline(graph: Graph, device: str, batch_size: int, threads: int, seed: int,
