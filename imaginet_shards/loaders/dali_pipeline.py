@@ -27,7 +27,7 @@ from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.pipeline import Pipeline
 
 from imaginet_shards.augment.dali import build_graph
-from imaginet_shards.augment.dali_decode import decoder_arguments
+from imaginet_shards.augment.dali_decode import Decoder, decoder_arguments
 from imaginet_shards.augment.spec import Preset
 from imaginet_shards.codecs.windows import WindowDecoder
 from imaginet_shards.errors import DaliSetupError
@@ -36,8 +36,6 @@ from imaginet_shards.errors import DaliSetupError
 EXECUTOR: dict[str, Any] = {"exec_async": True, "exec_pipelined": True, "exec_dynamic": True}
 ENCODED, LABELS = "encoded", "labels"  # the external sources' names
 PREFETCH = 2  # runs DALI works on ahead of the one handed out
-# no steps: the loader's decoder on whole images, then its conversion to float CHW
-DECODE_ONLY = Preset("decode-only", 0, (), normalize=False)
 
 
 def device_ids(device: str) -> tuple[int | None, str]:
@@ -63,10 +61,12 @@ def preset_graph(preset: Preset, windows: WindowDecoder | None) -> Graph:
 
 
 def decode_graph(preset: Preset) -> Graph:
-    """Whole images through the decoder (arguments and all) that `preset`'s loader uses, then its
-    conversion to float CHW: what the decode-only benchmark times."""
-    return lambda encoded, decode_device: build_graph(
-        encoded, DECODE_ONLY, decode_device, None, decoder_arguments(preset, decode_device))
+    """Whole images through the decoder that `preset`'s loader uses (the graph's own `Decoder`,
+    arguments and all), nothing after it: what the decode-only benchmark times."""
+    def graph(encoded: Any, decode_device: str) -> tuple[Any, dict[str, Any]]:
+        decoder = Decoder(decode_device, None, decoder_arguments(preset, decode_device))
+        return decoder.pixels(decoder.encoded_view(encoded)), {}
+    return graph
 
 
 def build_pipeline(graph: Graph, device: str, batch_size: int, threads: int, seed: int,
