@@ -7,12 +7,13 @@ problem surfaces as a `DaliSetupError` before anything is read. `Runner` feeds i
 an epoch and hands their outputs back in order, keeping up to `depth` runs in flight; it lives as
 long as the loader, across epochs.
 
-Executor: the graph needs DALI's default ("dynamic") executor, and `EXECUTOR` asks for it
-explicitly: `fn.python_function` (the PNG/WebP window decoder) runs only with it or with the
-synchronous legacy executor, `.shape()` of GPU data (a GPU -> CPU dependency, used for the sizes
-of resized images) only with it, and so does binding outputs to a CUDA stream (`share_outputs(
-cuda_stream=...)`, see `loaders.dali`). It also keeps every output alive as long as something
-references it, which the zero-copy hand-off to torch relies on.
+Executor: `EXECUTOR` asks for DALI's default ("dynamic") executor explicitly, in this one place,
+because three things depend on it: on a GPU the graph feeds the shapes of GPU images into CPU
+arithmetic (windows, mirroring: `.shape()` of GPU data), which only that executor runs; binding
+outputs to a CUDA stream (`share_outputs(cuda_stream=...)`, the hand-off in `loaders.dali`) works
+only with it; and it keeps an output's buffer alive as long as anything references it, which the
+zero-copy hand-off to torch relies on. (`fn.python_function`, the PNG/WebP window route, also runs
+under it.)
 """
 from __future__ import annotations
 
