@@ -33,7 +33,7 @@ _EXPORTS = {
     "SampleOptions": "imaginet_shards.sample", "write_sample": "imaginet_shards.sample",
     **{name: "imaginet_shards.errors" for name in (
         "ImaginetError", "AnnotationError", "ImageError", "ShardSetError", "MissingShardSetError",
-        "SampleError", "PackError", "StorageError")},
+        "SampleError", "PackError", "StorageError", "DaliSetupError")},
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-__all__ = ["AnnotationError", "ImageError", "ImaginetError", "MissingShardSetError", "PackError",
-           "SampleError", "ShardSetError", "StorageError"]
+__all__ = ["AnnotationError", "DaliSetupError", "ImageError", "ImaginetError",
+           "MissingShardSetError", "PackError", "SampleError", "ShardSetError", "StorageError"]
 
 
 class ImaginetError(Exception):
@@ -79,6 +79,18 @@ class SampleError(ImaginetError, ValueError):
     def __init__(self, shard: str, key: str, reason: str, hint: str = ""):
         self.shard, self.key, self.reason = shard, key, reason
         super().__init__(f"{shard}: sample {key}: {reason}", hint)
+
+
+class DaliSetupError(ImaginetError, RuntimeError):
+    """DALI cannot build its pipeline on `device` here (no CUDA, nvJPEG, memory, a bad device
+    id): a problem of the machine, never of the data; `reason` is DALI's message."""
+
+    fields = ("device", "reason")
+
+    def __init__(self, device: str, reason: str):
+        self.device, self.reason = device, reason
+        super().__init__(f"DALI cannot run on {device}: {reason}",
+                         "backend='auto' uses the CPU backend instead")
 
 
 class PackError(ImaginetError, RuntimeError):

@@ -15,14 +15,11 @@ pytest.importorskip("nvidia.dali")
 
 from helpers.shardsets import build_shards, labels_from_images, pack_arrays, rewrite_shard  # noqa: E402
 from imaginet_shards.augment.spec import Blur, Compress, Crop, Flip, Noise, OneOf, PadTo, Preset, Rot90  # noqa: E402
-from imaginet_shards.errors import SampleError  # noqa: E402
-from imaginet_shards.io.shardset import (  # noqa: E402
-    ShardIndex,
-    load_manifest,  # noqa: E402
-    open_shard_set,
-)
+from imaginet_shards.errors import DaliSetupError, SampleError  # noqa: E402
+from imaginet_shards.io.shardset import ShardIndex, load_manifest, open_shard_set  # noqa: E402
 from imaginet_shards.loaders import LoaderConfig, make_loader  # noqa: E402
-from imaginet_shards.loaders.dali import DaliLoader, segment_index  # noqa: E402
+from imaginet_shards.loaders.cpu import CpuLoader  # noqa: E402
+from imaginet_shards.loaders.dali import DaliLoader  # noqa: E402
 from imaginet_shards.loaders.world import EpochSpec, batches_per_rank, rank_batch_sizes  # noqa: E402
 
 
@@ -174,16 +171,6 @@ def test_labels_follow_images(colour_shards):
                                                   loader.config.preset.std), labels)
 
 
-def test_segment_index_keeps_absolute_offsets(colour_shards):
-    entry = load_manifest(str(colour_shards)).shards[0]
-    index = ShardIndex(entry, (colour_shards / entry.index).read_text())
-    lines = segment_index(index, 2, 5).splitlines()
-    assert lines[0] == "v1.2 3" and len(lines) == 4
-    ext, offset, _, name = lines[1].split()[:4]
-    image = index.samples[2][0]
-    assert (ext, int(offset), name) == (image.ext, image.offset, image.name)
-
-
 def _drop_labels(key, members):
     return [(e, d) for e, d in members if not (key == "000000010" and e == "labels")]
 
@@ -200,12 +187,31 @@ def _truncate(tar):
         stream.truncate(image.offset + image.size // 2)
 
 
-@pytest.mark.parametrize("inject,message", [
-    (_truncate, "truncated shard"),
-    (lambda tar: rewrite_shard(tar, _drop_labels), "Underful sample"),
-    (lambda tar: rewrite_shard(tar, _garbage_image), "undecodable JPEG"),
-], ids=["truncated", "missing-labels", "corrupt-image"])
-def test_faults_name_shard_and_key(tmp_path_factory, inject, message):
+def bad_huffman_jpeg() -> bytes:
+    """A JPEG whose header and end marker are sound (the host checks pass) but whose Huffman table
+    index is invalid: only a decoder rejects it."""
+    ok, encoded = cv2.imencode(".jpg", np.full((40, 40, 3), 128, dtype=np.uint8))
+    data = bytearray(encoded.tobytes())
+    data[data.index(b"\xff\xc4") + 4] = 0x35  # table class 3: no such class
+    return bytes(data)
+
+
+def _bad_huffman(key, members):
+    return [(e, bad_huffman_jpeg() if key == "000000010" and e in ("png", "jpg") else d)
+            for e, d in members]
+
+
+TRUNCATED = [f"0000000{n}" for n in range(10, 16)]  # the cut is in sample 10: 10..15 are lost
+
+
+@pytest.mark.parametrize("inject,keys,message", [
+    (_truncate, TRUNCATED, "truncated"),
+    (lambda tar: rewrite_shard(tar, _drop_labels), ["000000010"], "missing .labels"),
+    (lambda tar: rewrite_shard(tar, _garbage_image), ["000000010"], "undecodable JPEG"),
+    (lambda tar: rewrite_shard(tar, _bad_huffman), ["000000010"], "undecodable JPEG.*DALI"),
+], ids=["truncated", "missing-labels", "not-an-image", "decoder-rejects"])
+def test_faults_name_shard_and_key(tmp_path_factory, inject, keys, message):
+    """The first bad batch's bad sample that comes first in its shard, as the CPU backend."""
     pristine = build_shards(tmp_path_factory.mktemp("faults"), 16, max_count=8,
                             formats=("png", "jpg"))
     dest = pristine.parent / "broken"
@@ -213,10 +219,11 @@ def test_faults_name_shard_and_key(tmp_path_factory, inject, message):
     inject(dest / "imaginet-000001.tar")
     loader = make_loader(dest, backend="dali", preset="eval", batch_size=3, rank=0, world_size=1,
                          workers=1, drop_last=False, device="cpu")
-    with pytest.raises(SampleError, match=rf"imaginet-000001\.tar: sample 000000010: .*{message}") as info:
+    with pytest.raises(SampleError, match=rf"imaginet-000001\.tar: sample ({'|'.join(keys)}): "
+                                          rf".*{message}") as info:
         for _ in loader:
             pass
-    assert (info.value.shard, info.value.key) == ("imaginet-000001.tar", "000000010")
+    assert info.value.shard == "imaginet-000001.tar" and info.value.key in keys
 
 
 def test_unsupported_options_are_refused(colour_shards):
@@ -229,3 +236,66 @@ def test_unsupported_options_are_refused(colour_shards):
     with pytest.raises(ValueError, match="'cpu' or 'cuda"):
         make_loader(colour_shards, backend="dali", batch_size=4, rank=0, world_size=1,
                     device="mps")
+
+
+def test_setup_error_at_construction_reads_nothing(colour_shards, tmp_path):
+    """No GPU here: a CUDA pipeline fails to build in the constructor, before any shard is read
+    (the tars are gone, so reading one would fail otherwise)."""
+    dest = tmp_path / "indexes-only"
+    shutil.copytree(colour_shards, dest)
+    for tar in dest.glob("*.tar"):
+        tar.unlink()
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: DALI may build a CUDA pipeline")
+    with pytest.raises(DaliSetupError, match=r"DALI cannot run on cuda:0: .*CUDA") as info:
+        make_loader(dest, backend="dali", batch_size=4, rank=0, world_size=1, device="cuda:0")
+    assert info.value.device == "cuda:0" and not isinstance(info.value, ValueError)
+
+
+def test_auto_falls_back_to_cpu_with_a_warning(colour_shards, caplog):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: DALI may build a CUDA pipeline")
+    with caplog.at_level("WARNING", logger="imaginet_shards.loaders.factory"):
+        loader = make_loader(colour_shards, backend="auto", batch_size=4, rank=0, world_size=1,
+                             device="cuda:0", workers=0)
+    assert isinstance(loader, CpuLoader)
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "DALI cannot run on cuda:0" in warnings[0].getMessage()
+    assert "using the CPU backend" in warnings[0].getMessage()
+    loader.close()
+
+
+def test_one_pipeline_for_every_epoch_even_after_an_early_stop(colour_shards, monkeypatch):
+    """Built once, in the constructor; an epoch left early leaves nothing behind for the next;
+    an iteration overtaken by a later one refuses to go on (it would get the other's batches)."""
+    from imaginet_shards.loaders import dali as dali_module
+    from imaginet_shards.loaders.dali_pipeline import SupersededError
+
+    builds = []
+    real_build = dali_module.build_pipeline
+    monkeypatch.setattr(dali_module, "build_pipeline",
+                        lambda *a, **k: builds.append(1) or real_build(*a, **k))
+    preset = Preset("centre", 32, (Crop(32, random=False),))
+
+    def loader():
+        return make_loader(colour_shards, backend="dali", preset=preset, batch_size=4, rank=0,
+                           world_size=1, seed=2, workers=1, device="cpu")
+
+    reference = loader()
+    reference.set_epoch(1)
+    expected = [b.keys for b in reference.batches()]
+    mine = loader()
+    assert len(builds) == 2  # one per loader, before any iteration
+    first = mine.batches()
+    next(first)  # stop epoch 0 after one batch, with runs still in flight
+    mine.set_epoch(1)
+    assert [b.keys for b in mine.batches()] == expected
+    overtaken = mine.batches()
+    next(overtaken)
+    later = mine.batches()
+    next(later)
+    with pytest.raises(SupersededError):
+        next(overtaken)
+    assert len(builds) == 2
+    reference.close()
+    mine.close()

@@ -131,12 +131,18 @@ def _cpu_decisions(shards, epochs: int) -> list[dict[str, int]]:
 
 
 def _dali_decisions(shards, epochs: int) -> list[dict[str, int]]:
+    """The DALI backend's train decisions over `epochs` epochs of one loader (as a trainer runs
+    it: DALI's generators advance from epoch to epoch; a fresh loader would start them over)."""
     out = []
+    loader = make_loader(shards, backend="dali", preset="train", batch_size=8, rank=0,
+                         world_size=1, seed=0, workers=2, device="cpu")
     for epoch in range(epochs):
-        for batch in epoch_batches(shards, "dali", "train", epoch):
+        loader.set_epoch(epoch)
+        for batch in loader.batches():
             names = list(batch.decisions)
             out += [dict(zip(names, row)) for row in
                     torch.stack([batch.decisions[n] for n in names], 1).tolist()]
+    loader.close()
     return out
 
 

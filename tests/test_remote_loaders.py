@@ -81,7 +81,8 @@ def test_server_gone_fails_with_a_clear_error_in_bounded_time(shards, monkeypatc
     assert time.monotonic() - started < 30
 
 
-def test_dali_loader_reads_s3_directly(shards, s3_shards):
+def test_dali_loader_reads_s3_through_the_shard_set(shards, s3_shards):
+    """DALI gets the bytes from the storage layer's ranged reads, like the CPU backend."""
     pytest.importorskip("nvidia.dali")
     _assert_same_epoch(_epoch(s3_shards, backend="dali"), _epoch(str(shards), backend="dali"))
 

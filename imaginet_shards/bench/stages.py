@@ -2,7 +2,7 @@
 through `shardset.read_samples`, nothing decoded) and decoding (full-frame, per image format, with
 each backend's decoder and parallelism: PIL in DataLoader workers for `files`, the CPU backend's
 `augment.cpu.decode` in DataLoader workers for `cpu` (torchvision for JPEG, `codecs.windows` for PNG
-and WebP), `fn.decoders.image` on `threads` DALI threads for `dali`).
+and WebP), the DALI loader's own decoder configuration on `threads` DALI threads for `dali`).
 
 Decode-only is the physical bound of a backend that decodes whole images; its full pipeline also
 crops, perturbs, batches and normalises. Pipelines that start with a crop decode less than a whole
@@ -146,27 +146,23 @@ def _worker_pass(blobs: list[bytes], fn: Callable[[bytes], int], threads: int
 
 
 def _dali_pass(blobs: list[bytes], threads: int, device: str) -> Callable[[], None]:
-    from nvidia.dali import fn, pipeline_def, types
+    """Full-frame decoding through the DALI loader's own pipeline builder, executor and decoder
+    arguments (those of the `train` preset; `loaders.dali_pipeline`), batches of DECODE_BATCH fed
+    as the loader feeds them."""
+    from imaginet_shards.augment.spec import get_preset
+    from imaginet_shards.loaders.dali_pipeline import Feed, Runner, build_pipeline, decode_graph
 
-    from imaginet_shards.loaders.dali import device_ids
-
-    device_id, decode_device = device_ids(device)
+    pipe, _ = build_pipeline(decode_graph(get_preset("train")), device, DECODE_BATCH, threads,
+                             seed=0)
+    runner = Runner(pipe)
     arrays = [np.frombuffer(b, dtype=np.uint8) for b in blobs]
-    batches = [arrays[i:i + DECODE_BATCH] for i in range(0, len(arrays), DECODE_BATCH)]
+    labels = [np.zeros(4, dtype=np.int32)] * len(arrays)
+    feeds = [Feed(arrays[i:i + DECODE_BATCH], labels[i:i + DECODE_BATCH],
+                  len(arrays[i:i + DECODE_BATCH])) for i in range(0, len(arrays), DECODE_BATCH)]
 
-    @pipeline_def
-    def pipeline():
-        encoded = fn.external_source(name="encoded", no_copy=True)
-        return fn.decoders.image(encoded, device=decode_device, output_type=types.RGB)
-
-    pipe = pipeline(batch_size=DECODE_BATCH, num_threads=threads, device_id=device_id,
-                    prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
-    pipe.build()
-
-    def run_pass() -> None:
-        for batch in batches:  # the last batch may be short: external_source allows that
-            pipe.feed_input("encoded", batch)
-            pipe.run()
+    def run_pass() -> None:  # the last batch may be short: external_source allows that
+        for _ in runner.run(feeds):
+            pass
     return run_pass
 
 

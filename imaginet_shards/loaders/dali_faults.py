@@ -1,75 +1,54 @@
-"""Turning DALI failures into errors that name the shard and the sample key.
+"""Naming the sample behind a DALI backend failure.
 
-DALI reports a failing sample in one of three ways: its source info ("…/NAME.tar:OFFSET:KEY.ext",
-from the decoders when a decode fails), the line of the index file it rejected (the reader: member
-outside the archive, missing component), or only its slot in the batch (nvImageCodec rejecting
-bytes that are not an image). `describe_failure` handles the first two; `find_unusable` finds the
-third by checking the samples DALI may have read with the CPU checks. `check_complete` runs before
-DALI reads a shard: a member cut by the end of a memory-mapped file crashes DALI's process.
+The loader reads every sample through the shard set before DALI sees it, so a sample whose members
+are unreadable (truncated shard, missing `.labels`), or whose bytes are not an image or exceed the
+size limits, is refused on the host (`check_batch`) with its shard and key. What remains is an
+image DALI's decoders reject although its header is sound: the loader then knows the exact samples
+of the failed run, and `first_unusable` finds the culprit among them with a full CPU decode.
 """
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Sequence
+
+import numpy as np
 
 from imaginet_shards.errors import SampleError
 from imaginet_shards.format.images import ImageCheckError, check_image
-from imaginet_shards.io import storage
-from imaginet_shards.io.shardset import ShardIndex, ShardSet, read_samples
-from imaginet_shards.loaders.world import WorkerPlan
+from imaginet_shards.io.shardset import Record
 
-_SAMPLE_RE = re.compile(r"([^\s/:\"]+\.tar):\d+:([^\s.]+)\.\w+")
-_INDEX_RE = re.compile(r"index file at \"[^\"]*?([^/\"]+)\.idx\" line (\d+)")
+HINT = "DALI backend; to skip unusable samples use backend='cpu' with on_error='skip'"
 
 
-def check_complete(shards: ShardSet, index: ShardIndex, start: int, stop: int) -> None:
-    """Raise a SampleError naming the first of samples [start, stop) whose members reach past the
-    end of the shard file (DALI itself only checks where members start)."""
-    def end(i: int) -> int:
-        return max(member.offset + member.size for member in index.samples[i])
-
-    name = index.entry.name
-    size = storage.size(shards.location(name))
-    if start < stop and end(stop - 1) > size:  # samples lie in tar order: the last ends last
-        first = next(i for i in range(start, stop) if end(i) > size)
-        raise SampleError(name, index.key(first), f"truncated shard ({size} bytes, the sample's "
-                                                  f"members end at byte {end(first)})")
-
-
-def describe_failure(message: str, segments: Mapping[str, tuple[ShardIndex, int]]
-                     ) -> tuple[str, str] | None:
-    """(shard, key) from a DALI error's source info, or from the line of the segment index it
-    rejected (`segments`: index file stem -> (shard index, first sample); DALI counts lines from 0,
-    the header); None when the message names neither."""
-    sample = _SAMPLE_RE.search(message)
-    if sample:
-        return sample.group(1), sample.group(2)
-    found = _INDEX_RE.search(message)
-    if found and found.group(1) in segments:
-        index, start = segments[found.group(1)]
-        return index.entry.name, index.key(start + int(found.group(2)) - 1)
-    return None
+def check_batch(records: Sequence[Record]) -> list[np.ndarray]:
+    """The labels of a batch's records; a SampleError unless every record read cleanly and its
+    image header is sound (format, pixel and byte limits; nothing is decoded unless the file looks
+    truncated). It names the bad sample that comes first in its shard (for a truncated shard:
+    where the cut is), as the CPU backend does."""
+    bad = []
+    for record in records:
+        reason = record.error
+        if not reason:
+            try:
+                check_image(record.image)
+            except ImageCheckError as exc:
+                reason = str(exc)
+        if reason or record.labels is None:
+            bad.append((record.shard, record.key, reason or "no labels"))
+    if bad:
+        raise SampleError(*min(bad), HINT)
+    return [record.labels for record in records if record.labels is not None]
 
 
-def find_unusable(shards: ShardSet, plan: WorkerPlan, indexes: Mapping[int, ShardIndex],
-                  limit: int) -> tuple[str, str, str] | None:
-    """(shard, key, reason) of the first of the plan's first `limit` samples that the CPU checks
-    reject (unreadable member, or `images.check_image` with a full decode); None if none."""
-    for segment in plan.segments:
-        stop = min(segment.stop, segment.start + limit)
-        for record in read_samples(shards, indexes[segment.shard], segment.start, stop):
-            reason = record.error
-            if not reason:
-                try:
-                    check_image(record.image, decode=True)
-                except ImageCheckError as exc:
-                    reason = str(exc)
-            if reason:
-                return record.shard, record.key, reason
-        limit -= stop - segment.start
-        if limit <= 0:
-            break
-    return None
+def first_unusable(records: Iterable[Record]) -> tuple[str, str, str] | None:
+    """(shard, key, reason) of the record that a full CPU decode rejects and that comes first in
+    its shard; None if none is rejected."""
+    bad = []
+    for record in records:
+        try:
+            check_image(record.image, decode=True)
+        except ImageCheckError as exc:
+            bad.append((record.shard, record.key, str(exc)))
+    return min(bad) if bad else None
 
 
 def dali_reason(message: str) -> str:

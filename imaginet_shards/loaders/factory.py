@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 
 from imaginet_shards.augment.spec import Preset, get_preset
 from imaginet_shards.env import DistEnv, dali_installed, default_device
@@ -73,9 +72,8 @@ def _build(source: str, backend: Backend, config: LoaderConfig) -> Loader:
             return make_dali_loader(source, config)
         except NotImplementedError as exc:  # an option only the CPU backend supports: expected
             log.info("using the CPU backend: %s", exc)
-        except (ImportError, RuntimeError) as exc:
-            warnings.warn(f"DALI is installed but unusable here ({exc}); using the CPU backend",
-                          RuntimeWarning, stacklevel=3)
+        except (ImportError, RuntimeError) as exc:  # DaliSetupError: this machine, not the data
+            log.warning("DALI is installed but unusable here (%s); using the CPU backend", exc)
     from imaginet_shards.io.shardset import open_shard_set
     from imaginet_shards.loaders.cpu import CpuLoader
     return CpuLoader(open_shard_set(source, config.cache_dir, config.cache_bytes), config)

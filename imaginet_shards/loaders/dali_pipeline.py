@@ -1,0 +1,194 @@
+"""The DALI backend's one pipeline: built once per loader, fed batch by batch, run a few batches
+ahead.
+
+`build_pipeline` makes the pipeline (encoded bytes and labels from `fn.external_source`, the preset
+as `augment.dali.build_graph`) and builds it at once, so that a CUDA, nvJPEG, memory or device
+problem surfaces as a `DaliSetupError` before anything is read. `Runner` feeds it the batches of
+an epoch and hands their outputs back in order, keeping up to `depth` runs in flight; it lives as
+long as the loader, across epochs.
+
+Executor: `EXECUTOR` asks for DALI's default ("dynamic") executor explicitly, in this one place,
+because three things depend on it: on a GPU the graph feeds the shapes of GPU images into CPU
+arithmetic (windows, mirroring: `.shape()` of GPU data), which only that executor runs; binding
+outputs to a CUDA stream (`share_outputs(cuda_stream=...)`, the hand-off in `loaders.dali`) works
+only with it; and it keeps an output's buffer alive as long as anything references it, which the
+zero-copy hand-off to torch relies on. (`fn.python_function`, the PNG/WebP window route, also runs
+under it.)
+"""
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali.pipeline import Pipeline
+
+from imaginet_shards.augment.dali import build_graph
+from imaginet_shards.augment.dali_decode import Decoder, decoder_arguments
+from imaginet_shards.augment.spec import Preset
+from imaginet_shards.codecs.windows import WindowDecoder
+from imaginet_shards.errors import DaliSetupError
+
+# The default executor, named so that nobody turns it off by passing another flag: see above.
+EXECUTOR: dict[str, Any] = {"exec_async": True, "exec_pipelined": True, "exec_dynamic": True}
+ENCODED, LABELS = "encoded", "labels"  # the external sources' names
+PREFETCH = 2  # runs DALI works on ahead of the one handed out
+
+
+def device_ids(device: str) -> tuple[int | None, str]:
+    """(DALI device_id, decoder device) for a torch device string: (None, "cpu") or (n, "mixed")."""
+    parsed = torch.device(device)
+    if parsed.type == "cpu":
+        return None, "cpu"
+    if parsed.type == "cuda":
+        if parsed.index is not None:
+            return parsed.index, "mixed"
+        if not torch.cuda.is_available():
+            raise DaliSetupError(device, "CUDA is not available")
+        return torch.cuda.current_device(), "mixed"
+    raise ValueError(f"the DALI backend runs on 'cpu' or 'cuda[:n]', not {device!r}")
+
+
+Graph = Callable[[Any, str], tuple[Any, dict[str, Any]]]
+
+
+def preset_graph(preset: Preset, windows: WindowDecoder | None) -> Graph:
+    """The graph of the loader: `preset` on the encoded images (see `augment.dali.build_graph`)."""
+    return lambda encoded, decode_device: build_graph(encoded, preset, decode_device, windows)
+
+
+def decode_graph(preset: Preset) -> Graph:
+    """Whole images through the decoder that `preset`'s loader uses (the graph's own `Decoder`,
+    arguments and all), nothing after it: what the decode-only benchmark times."""
+    def graph(encoded: Any, decode_device: str) -> tuple[Any, dict[str, Any]]:
+        decoder = Decoder(decode_device, None, decoder_arguments(preset, decode_device))
+        return decoder.pixels(decoder.encoded_view(encoded)), {}
+    return graph
+
+
+def build_pipeline(graph: Graph, device: str, batch_size: int, threads: int, seed: int,
+                   depth: int = PREFETCH) -> tuple[Pipeline, tuple[str, ...]]:
+    """A built pipeline running `graph` on fed batches (outputs: the graph's images, the fed labels,
+    the graph's decisions in order) and the decision names. Raises DaliSetupError (naming the
+    device and DALI's message) when DALI cannot build it here."""
+    device_id, decode_device = device_ids(device)
+    names: list[str] = []
+
+    @pipeline_def(enable_conditionals=True)
+    def pipeline():
+        encoded = fn.external_source(name=ENCODED, dtype=types.UINT8, ndim=1)
+        labels = fn.external_source(name=LABELS, dtype=types.INT32, ndim=1)
+        images, decisions = graph(encoded, decode_device)
+        names.extend(decisions)
+        return (images, labels, *decisions.values())
+
+    try:
+        pipe = pipeline(batch_size=batch_size, num_threads=threads, device_id=device_id,
+                        seed=seed, prefetch_queue_depth=depth, **EXECUTOR)
+        pipe.build()
+    except RuntimeError as exc:
+        raise DaliSetupError(device, str(exc).strip()) from exc
+    return pipe, tuple(names)
+
+
+class SupersededError(RuntimeError):
+    """An epoch's iteration was resumed after a later one had started on the same pipeline."""
+
+
+@dataclass(frozen=True)
+class Feed:
+    """One run's input: encoded images and labels (padded to the pipeline's batch size), how many
+    of them are real, and what the caller wants back with the outputs (`tag`)."""
+
+    encoded: list[np.ndarray]
+    labels: list[np.ndarray]
+    real: int
+    tag: Any = None
+
+
+def padded(encoded: Sequence[bytes], labels: Sequence[np.ndarray], batch_size: int,
+           tag: Any = None) -> Feed:
+    """A Feed of 1..batch_size samples, the last repeated up to `batch_size` (a run's outputs for
+    the repeats are dropped)."""
+    if not 0 < len(encoded) <= batch_size or len(labels) != len(encoded):
+        raise ValueError(f"a run takes 1..{batch_size} samples with labels, got {len(encoded)}")
+    arrays = [np.frombuffer(data, dtype=np.uint8) for data in encoded]
+    label_arrays = [np.asarray(label, dtype=np.int32) for label in labels]
+    extra = batch_size - len(arrays)
+    return Feed(arrays + arrays[-1:] * extra, label_arrays + label_arrays[-1:] * extra,
+                len(arrays), tag)
+
+
+class Runner:
+    """Runs a built pipeline over fed batches, up to `depth` ahead, for the pipeline's life.
+
+    DALI's first `schedule_run` starts `depth` runs at once (each consuming one fed batch), later
+    calls one each; `run` keeps that count. Runs left in flight by an abandoned epoch are drained
+    (their outputs dropped) when the next one starts.
+    """
+
+    def __init__(self, pipe: Pipeline, depth: int = PREFETCH):
+        self.pipe, self.depth = pipe, depth
+        self._primed = False
+        self._in_flight: deque[Feed] = deque()
+        self._generation = 0
+
+    def _feed(self, feed: Feed) -> None:
+        self.pipe.feed_input(ENCODED, feed.encoded)
+        self.pipe.feed_input(LABELS, feed.labels)
+        self._in_flight.append(feed)
+
+    def _schedule(self, feeds: Iterator[Feed]) -> None:
+        """Feed and start runs until `depth` are in flight or `feeds` is exhausted."""
+        if not self._primed:
+            first = [feed for _, feed in zip(range(self.depth), feeds)]
+            if not first:
+                return
+            while len(first) < self.depth:  # DALI's first call starts `depth` runs: pad with
+                first.append(Feed(first[-1].encoded, first[-1].labels, 0))  # runs of no samples
+            for feed in first:
+                self._feed(feed)
+            self.pipe.schedule_run()
+            self._primed = True
+        while len(self._in_flight) < self.depth:
+            following = next(feeds, None)
+            if following is None:
+                return
+            self._feed(following)
+            self.pipe.schedule_run()
+
+    def _take(self, stream: Any) -> tuple[Feed, list]:
+        """The oldest run's feed and outputs (bound to `stream` on a GPU, see `loaders.dali`)."""
+        feed = self._in_flight[0]
+        outputs = self.pipe.share_outputs(cuda_stream=stream)
+        self._in_flight.popleft()
+        self.pipe.release_outputs()  # the default executor keeps `outputs` valid after this
+        return feed, outputs
+
+    def in_flight(self) -> tuple[Feed, ...]:
+        """The feeds of the runs started and not yet handed back (oldest first)."""
+        return tuple(self._in_flight)
+
+    def run(self, feeds: Iterable[Feed], stream: Any = None) -> Iterator[tuple[Feed, list]]:
+        """(feed, outputs) of every feed with real samples, in order. A failed run raises DALI's
+        RuntimeError; `in_flight()` then starts with the failed run's feed."""
+        self._generation += 1
+        generation = self._generation
+        while self._in_flight:  # an earlier epoch stopped early: drop what it left running
+            self._take(stream)
+        feeds = iter(feeds)
+        self._schedule(feeds)
+        while True:
+            if generation != self._generation:
+                raise SupersededError("the DALI loader started another iteration while this one "
+                                      "was running; iterate one epoch at a time")
+            if not self._in_flight:
+                return
+            feed, outputs = self._take(stream)
+            self._schedule(feeds)
+            if feed.real:
+                yield feed, outputs
