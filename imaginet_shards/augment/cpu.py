@@ -1,10 +1,10 @@
 """The CPU implementation of the perturbation spec: decode, execute `decisions.Op`s, normalise.
 
 Images are uint8 tensors [3, H, W] until `normalize`, which runs on whole batches (on the training
-device), so workers ship 4x fewer bytes than float32 would take. Decoding is torchvision's
-for JPEG (libjpeg-turbo, faster than PIL here) and for the rare PNGs outside windows.py's fast path;
-other PNGs and WebPs go through windows.py, which decodes only what a leading crop needs (as in
-`train`); JPEGs decode whole, then get cropped: nothing else runs on the full image.
+device), so workers ship 4x fewer bytes than float32 would take. Images go through windows.py,
+which decodes only what a leading crop needs (as in `train`; libjpeg-turbo's partial decompression
+for JPEG); the rare images outside its fast paths decode whole through torchvision, then get
+cropped: nothing else runs on the full image.
 
 The pixel operations are OpenCV's, called as the reference's albumentations 1.3.1 calls them, so
 they give its pixels: reflect-101 padding, resizing without antialiasing, Gaussian blur with
@@ -55,8 +55,8 @@ def decode(data: bytes) -> torch.Tensor:
 
 
 def _decode_checked(data: bytes, crop: CropOp) -> tuple[torch.Tensor, bool]:
-    """(pixels, whether they are `crop`'s): the window through windows.py (PNG, WebP), else the
-    whole image through torchvision. windows.py also keeps corrupt PNGs away from torchvision's
+    """(pixels, whether they are `crop`'s): the window through windows.py, else the whole image
+    through torchvision. windows.py also keeps corrupt PNGs away from torchvision's
     libpng binding, which crashes the process on some (a bad IDAT checksum) instead of raising."""
     try:
         window = decode_window(data, crop.top, crop.left, crop.height, crop.width)
