@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
-from webdataset.tariterators import tar_file_iterator
 
 from imaginet_shards.errors import MissingShardSetError, ShardSetError
 from imaginet_shards.format.images import IMAGE_MEMBERS, MAX_FILE_BYTES
@@ -184,6 +183,8 @@ def read_samples(shards: ShardSet, index: ShardIndex, start: int, stop: int) -> 
     A sample whose members are missing, misnamed or unreadable (truncated shard, bad header) gets
     a Record with `error` set; reading resumes at the next sample's indexed offset.
     """
+    from webdataset.tariterators import tar_file_iterator  # webdataset imports torch: load only
+
     name = index.entry.name
     with shards.open(name) as stream:
         i = start
