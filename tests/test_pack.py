@@ -14,7 +14,7 @@ import pytest
 from helpers.trees import make_dataset
 from imaginet_shards.errors import AnnotationError
 from imaginet_shards.format.annotations import LABEL_COLUMNS
-from imaginet_shards.format.tar import parse_index
+from imaginet_shards.format.tar import _tarfile_header, member_header, parse_index
 from imaginet_shards.io.shardset import load_manifest
 from imaginet_shards.ops.pack import PackError, PackOptions, pack, split_shards, stratified_order
 
@@ -264,3 +264,11 @@ def test_webp_sizes_come_from_the_header_and_match_pillow():
         assert info.format == "webp" and (info.width, info.height) == Image.open(BytesIO(blob)).size
     with pytest.raises(ImageCheckError, match="WEBP"):
         check_image(blobs[0][:len(blobs[0]) // 2])
+
+
+@pytest.mark.parametrize("name", ["000000001.jpg", "000123456.labels", "a", "x" * 99, "x" * 100,
+                                  "dir/x.png", "é.json", "d/" * 60 + ".png"])
+def test_member_headers_are_what_tarfile_writes(name):
+    """The directly assembled ustar headers equal tarfile's, byte for byte (shards stay identical)."""
+    for size in (0, 1, 511, 512, 10**6, 8**11 - 1, 2**31, 987_654_321):
+        assert member_header(name, size) == _tarfile_header(name, size)

@@ -2,6 +2,7 @@
 """Pack throughput beside GNU `tar cf` of the same files, in one run on this machine.
 
     python tools/bench_pack.py                       # embedded sample at realistic sizes (max side 1024)
+    python tools/bench_pack.py --count 600 --max-side 640   # smaller files (~260 KB on average)
     python tools/bench_pack.py --root R --annotations A
 
 Both read the same files from a warm page cache and write to the same disk; pack also hashes every
@@ -33,6 +34,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--root", type=Path, help="Dataset root (default: generate the sample).")
     parser.add_argument("--annotations", type=Path, help="Annotation file of the images under --root.")
     parser.add_argument("--count", type=int, default=400, help="Sample images to generate.")
+    parser.add_argument("--max-side", type=int, default=1024,
+                        help="Longest side of the generated images (1024: ImagiNet's sizes).")
     parser.add_argument("--workers", type=int, default=2, help="Pack worker processes.")
     parser.add_argument("--repeats", type=int, default=3, help="Timed repeats (the best is kept).")
     parser.add_argument("--json", help="Also write the figures as JSON ('-': stdout, the table goes to stderr).")
@@ -49,7 +52,8 @@ def main(args: argparse.Namespace) -> None:
             from imaginet_shards.sample import SampleOptions, write_sample
 
             args.root = work / "sample"
-            write_sample(args.root, SampleOptions(count=args.count, max_side=1024, formats="realistic"))
+            write_sample(args.root, SampleOptions(count=args.count, max_side=args.max_side,
+                                                       formats="realistic"))
             args.annotations = work / "all.txt"
             args.annotations.write_text("".join((args.root / f"{split}.txt").read_text()
                                                 for split in ("train", "calibration", "test")))
@@ -64,11 +68,11 @@ def main(args: argparse.Namespace) -> None:
             tar_times.append(_timed(partial(run_command, [
                 "tar", "cf", str(tar_out), "-C", str(args.root), "-T", str(listing)])))
             tar_out.unlink()
-            out = work / f"pack-{repeat}"
+            dest = work / f"pack-{repeat}"
             pack_times.append(_timed(partial(pack, PackOptions(
-                root=args.root, annotations=args.annotations, out=out, workers=args.workers,
+                root=args.root, annotations=args.annotations, out=dest, workers=args.workers,
                 max_count=100, progress=False))))
-            shutil.rmtree(out)
+            shutil.rmtree(dest)
         tar_mbs = source_bytes / 1e6 / min(tar_times)
         pack_mbs = source_bytes / 1e6 / min(pack_times)
         result = {"files": len(paths), "source_mb": round(source_bytes / 1e6, 1),
