@@ -10,14 +10,7 @@ docs/architecture.md.
 from __future__ import annotations
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as _version
 from typing import Any
-
-try:
-    __version__ = _version("imaginet")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0+local"
 
 # name -> module; imported on first use, so that commands that do not load never import torch.
 _EXPORTS = {
@@ -39,7 +32,20 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 
+def _installed_version() -> str:
+    """The installed distribution's version; importlib.metadata is slow to import, so only the
+    commands that print or record it pay for it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("imaginet")
+    except PackageNotFoundError:  # running from a source tree that was not installed
+        return "0.0.0+local"
+
+
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        return _installed_version()
     if name in _EXPORTS:
         return getattr(import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'imaginet_shards' has no attribute {name!r}")

@@ -17,9 +17,7 @@ import argparse
 import json
 import logging
 import os
-import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -85,6 +83,8 @@ def write_json(target: str | os.PathLike[str], data: Any) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
+    import tempfile  # imported here, as subprocess below: every command line imports this module
+
     path = Path(target)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -106,6 +106,8 @@ def add_logging_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
 def run_command(command: list[str]) -> None:
     """Run a command line as a user would (a tool's stage); when it fails, it has said why on
     stderr, and the tool ends with its exit status (2 if a signal ended it)."""
+    import subprocess
+
     status = subprocess.run(command).returncode
     if status != 0:
         sys.exit(status if status > 0 else EXIT_ERROR)

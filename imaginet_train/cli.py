@@ -12,9 +12,8 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from imaginet_shards import __version__
 from imaginet_shards.bench.cli import bench_options, run_bench_command
-from imaginet_shards.cli import CommandGroup
+from imaginet_shards.cli import CommandGroup, version_option
 
 from .model import ARCHS
 from .train import RECIPES
@@ -93,7 +92,7 @@ training_options = _apply(
 
 
 @click.group(cls=CommandGroup)
-@click.version_option(__version__, prog_name="imaginet-train")
+@version_option("imaginet-train")
 def main() -> None:
     """Train and evaluate synthetic-image detectors on imaginet shards."""
 

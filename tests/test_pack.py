@@ -14,7 +14,7 @@ import pytest
 from helpers.trees import make_dataset
 from imaginet_shards.errors import AnnotationError
 from imaginet_shards.format.annotations import LABEL_COLUMNS
-from imaginet_shards.format.tar import parse_index
+from imaginet_shards.format.tar import _tarfile_header, member_header, parse_index
 from imaginet_shards.io.shardset import load_manifest
 from imaginet_shards.ops.pack import PackError, PackOptions, pack, split_shards, stratified_order
 
@@ -236,3 +236,39 @@ def test_index_files_match_tar_offsets(tiny_dataset, tmp_path):
     assert len(flat) == len(members)
     for item in flat:
         assert members[item.name].offset_data == item.offset and members[item.name].size == item.size
+
+
+def test_webp_sizes_come_from_the_header_and_match_pillow():
+    """check_image reads WebP sizes with libwebp's header parser: the same as Pillow's for lossy,
+    lossless, alpha (VP8X) and animated files; truncated ones are still refused."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    from imaginet_shards.format.images import ImageCheckError, check_image
+
+    rng = np.random.default_rng(0)
+    blobs = []
+    for options, mode, size in [({"quality": 80}, "RGB", (37, 21)), ({"lossless": True}, "RGB", (300, 17)),
+                                ({"quality": 60}, "RGBA", (64, 129))]:
+        buffer = BytesIO()
+        pixels = rng.integers(0, 256, (size[1], size[0], len(mode)), dtype=np.uint8)
+        Image.fromarray(pixels, mode).save(buffer, "WEBP", **options)
+        blobs.append(buffer.getvalue())
+    frames = [Image.new("RGB", (45, 33), (v, v, v)) for v in (0, 255)]
+    buffer = BytesIO()
+    frames[0].save(buffer, "WEBP", save_all=True, append_images=frames[1:], duration=10)
+    blobs.append(buffer.getvalue())
+    for blob in blobs:
+        info = check_image(blob)
+        assert info.format == "webp" and (info.width, info.height) == Image.open(BytesIO(blob)).size
+    with pytest.raises(ImageCheckError, match="WEBP"):
+        check_image(blobs[0][:len(blobs[0]) // 2])
+
+
+@pytest.mark.parametrize("name", ["000000001.jpg", "000123456.labels", "a", "x" * 99, "x" * 100,
+                                  "dir/x.png", "é.json", "d/" * 60 + ".png"])
+def test_member_headers_are_what_tarfile_writes(name):
+    """The directly assembled ustar headers equal tarfile's, byte for byte (shards stay identical)."""
+    for size in (0, 1, 511, 512, 10**6, 8**11 - 1, 2**31, 987_654_321):
+        assert member_header(name, size) == _tarfile_header(name, size)

@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from helpers.trees import make_dataset
@@ -93,3 +94,20 @@ def test_inspect_counts_and_flags_format_confound(tmp_path):
     result = _cli("inspect", str(tmp_path / "out"), "--json", str(tmp_path / "r.json"))
     assert result.returncode == 0 and "<-- confound" in result.stdout
     assert json.loads((tmp_path / "r.json").read_text())["samples"] == 48
+
+
+def test_bias_auc_equals_scikit_learns():
+    """`inspect` computes its single-feature AUCs itself (ties ranked as scikit-learn ranks them)."""
+    from sklearn.metrics import roc_auc_score
+
+    from imaginet_shards.ops.stats import _auc
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        n = int(rng.integers(2, 200))
+        origin = rng.integers(0, 2, n)
+        feature = rng.integers(0, int(rng.integers(1, 6)), n) * 0.137  # few values: many ties
+        if len(set(origin)) < 2:
+            assert _auc(feature, origin) is None
+        else:
+            assert _auc(feature, origin) == pytest.approx(roc_auc_score(origin, feature), abs=1e-12)

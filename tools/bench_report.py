@@ -150,6 +150,11 @@ def plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
+# The sections of benchmarks.md from this heading on are measured by other commands (they say
+# which) and are kept when the report is regenerated.
+HAND_MEASURED = "## Measured with other commands"
+
+
 def markdown(report: dict, command: str, bench: str, plot_name: str) -> str:
     """docs/benchmarks.md."""
     machine, settings = report["machine"], report["settings"]
@@ -237,7 +242,9 @@ def main(args: argparse.Namespace) -> None:
     shown = shlex.join([command[2].replace("_", "-"), *command[3:]])
     text = markdown(report, shlex.join(["python", "tools/bench_report.py", *sys.argv[1:]]), shown,
                     plot_path.name)
-    (args.docs / "benchmarks.md").write_text(text)
+    target = args.docs / "benchmarks.md"
+    kept = target.read_text().partition(HAND_MEASURED)[1:] if target.exists() else ("", "")
+    target.write_text(text + ("\n" + "".join(kept) if kept[0] else ""))
     print(f"wrote {args.docs / 'benchmarks.md'} and {plot_path}")
 
 

@@ -1,10 +1,10 @@
 """The CPU implementation of the perturbation spec: decode, execute `decisions.Op`s, normalise.
 
 Images are uint8 tensors [3, H, W] until `normalize`, which runs on whole batches (on the training
-device), so workers ship 4x fewer bytes than float32 would take. Decoding is torchvision's
-for JPEG (libjpeg-turbo, faster than PIL here) and for the rare PNGs outside windows.py's fast path;
-other PNGs and WebPs go through windows.py, which decodes only what a leading crop needs (as in
-`train`); JPEGs decode whole, then get cropped: nothing else runs on the full image.
+device), so workers ship 4x fewer bytes than float32 would take. Images go through windows.py,
+which decodes only what a leading crop needs (as in `train`; libjpeg-turbo's partial decompression
+for JPEG); the rare images outside its fast paths decode whole through OpenCV, then get cropped:
+nothing else runs on the full image.
 
 The pixel operations are OpenCV's, called as the reference's albumentations 1.3.1 calls them, so
 they give its pixels: reflect-101 padding, resizing without antialiasing, Gaussian blur with
@@ -20,9 +20,7 @@ import math
 import cv2
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as tvf
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_image
 
 from imaginet_shards.augment.decisions import (
     BlurOp,
@@ -55,27 +53,27 @@ def decode(data: bytes) -> torch.Tensor:
 
 
 def _decode_checked(data: bytes, crop: CropOp) -> tuple[torch.Tensor, bool]:
-    """(pixels, whether they are `crop`'s): the window through windows.py (PNG, WebP), else the
-    whole image through torchvision. windows.py also keeps corrupt PNGs away from torchvision's
-    libpng binding, which crashes the process on some (a bad IDAT checksum) instead of raising."""
+    """(pixels, whether they are `crop`'s): the window through windows.py, else the whole image
+    through OpenCV. windows.py also keeps corrupt PNGs away from full decoders' libpng bindings,
+    some of which crash the process on them (a bad IDAT checksum) instead of raising."""
     try:
         window = decode_window(data, crop.top, crop.left, crop.height, crop.width)
     except ValueError as exc:
         raise ValueError(f"corrupt image: {exc}") from None
     if window is None:
-        return _decode_torchvision(data), False
+        return _decode_whole(data), False
     return torch.from_numpy(window).permute(2, 0, 1), True
 
 
-def _decode_torchvision(data: bytes) -> torch.Tensor:
-    try:
-        image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                             mode=ImageReadMode.RGB)
-    except RuntimeError as exc:
-        raise ValueError(f"corrupt image: {exc}") from None
-    if image.dtype != torch.uint8:  # 16-bit PNG
-        image = tvf.to_dtype(image, torch.uint8, scale=True)
-    return image
+def _decode_whole(data: bytes) -> torch.Tensor:
+    """The whole image through OpenCV, as the reference reads images (`cv2.imread`): grey and
+    palette expanded, alpha dropped, 16 bits scaled to 8, EXIF orientation ignored (as windows.py
+    does). OpenCV, not torchvision: importing torchvision.io costs every loader start seconds."""
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8),
+                          cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if pixels is None:
+        raise ValueError("corrupt image: OpenCV could not decode it")
+    return torch.from_numpy(cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)).permute(2, 0, 1)
 
 
 def encode(image: torch.Tensor, fmt: str, quality: int | None = None) -> bytes:

@@ -1,12 +1,14 @@
 """The stages under a loader, timed alone: reading the tars (raw sample bytes
 through `shardset.read_samples`, nothing decoded) and decoding (full-frame, per image format, with
 each backend's decoder and parallelism: PIL in DataLoader workers for `files`, the CPU backend's
-`augment.cpu.decode` in DataLoader workers for `cpu` (torchvision for JPEG, `codecs.windows` for PNG
-and WebP), the DALI loader's own decoder configuration on `threads` DALI threads for `dali`).
+`augment.cpu.decode` in DataLoader workers for `cpu` (`codecs.windows`, OpenCV for the rare images
+outside its fast paths), the DALI loader's own decoder configuration on `threads` DALI threads for
+`dali`).
 
 Decode-only is the physical bound of a backend that decodes whole images; its full pipeline also
 crops, perturbs, batches and normalises. Pipelines that start with a crop decode less than a whole
-image (PNG/WebP windows in both backends, JPEG ROI in DALI: windows.py), so they can beat it.
+image (PNG/WebP windows in both backends, JPEG windows in the CPU backend, JPEG ROI in DALI), so
+they can beat it.
 Every stage makes one untimed pass first (page cache, worker and pipeline start), then `repeats`
 timed passes; figures are medians over the passes.
 """

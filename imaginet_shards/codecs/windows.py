@@ -1,26 +1,36 @@
 """Window decoding: the pixels of a crop, decoding as little of the image as each format allows.
 
-`decode_window` serves PNG (`codecs.png`) and WebP (`codecs.webp`) and returns None for other
-formats (JPEG: DALI decodes JPEG windows itself, and a full libjpeg-turbo decode is cheap on the
-CPU backend) and for the rare PNGs and WebPs outside the fast paths. Both loaders crop through it,
-so they decode the same pixels, which are exactly those of a full decode.
+`decode_window` serves JPEG (`codecs.jpeg`), PNG (`codecs.png`) and WebP (`codecs.webp`) and
+returns None for the rare images outside the fast paths. Both loaders crop PNG and WebP through it,
+the CPU backend JPEG too (DALI decodes JPEG windows with its own decoder, on the GPU where it has
+one), so they decode the same pixels, which are exactly those of a full decode.
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from imaginet_shards.codecs import jpeg as jpeg_window
 from imaginet_shards.codecs import png as png_window
 from imaginet_shards.codecs import webp as webp_window
 from imaginet_shards.format.images import sniff_format
 
-_DECODERS = {"png": png_window.decode_window, "webp": webp_window.decode_window}
-def decode_window(data, top: int, left: int, height: int, width: int) -> np.ndarray | None:
-    """RGB uint8 (height, width, 3) of the window, or None when the format has no window decoder
-    here; ValueError for corrupt data or a window outside the image."""
-    decoder = _DECODERS.get(sniff_format(bytes(memoryview(data)[:12])) or "")
+_DECODERS = {"jpeg": jpeg_window.decode_window, "png": png_window.decode_window,
+             "webp": webp_window.decode_window}
+# The formats DALI's pipeline hands to `WindowDecoder`: its own decoder crops JPEGs.
+DALI_FORMATS = frozenset({"png", "webp"})
+
+
+def decode_window(data, top: int, left: int, height: int, width: int,
+                  formats: Collection[str] = frozenset(_DECODERS)) -> np.ndarray | None:
+    """RGB uint8 (height, width, 3) of the window, or None when the format is not in `formats` or
+    the image is outside its decoder's fast path; ValueError for corrupt data or a window outside
+    the image."""
+    fmt = sniff_format(bytes(memoryview(data)[:12]))
+    decoder = _DECODERS.get(fmt or "") if fmt in formats else None
     return None if decoder is None else decoder(data, top, left, height, width)
 
 
@@ -51,7 +61,8 @@ class WindowDecoder:
     @staticmethod
     def _one(data: np.ndarray, start: np.ndarray, shape: np.ndarray) -> np.ndarray | None:
         try:
-            return decode_window(data, int(start[0]), int(start[1]), int(shape[0]), int(shape[1]))
+            return decode_window(data, int(start[0]), int(start[1]), int(shape[0]), int(shape[1]),
+                                 DALI_FORMATS)
         except ValueError:
             return None
 

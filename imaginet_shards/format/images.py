@@ -62,8 +62,8 @@ def check_window(top: int, left: int, height: int, width: int, image_height: int
 
 
 def _structurally_complete(fmt: str, data: bytes) -> bool:
-    if fmt == "jpeg":
-        return data.rstrip(b"\0\r\n ")[-2:] == b"\xff\xd9"
+    if fmt == "jpeg":  # the tail alone: a longer run of padding only costs a full decode check
+        return data[-4096:].rstrip(b"\0\r\n ")[-2:] == b"\xff\xd9"
     if fmt == "png":
         return data.endswith(_PNG_IEND)
     riff_size = struct.unpack("<I", data[4:8])[0]
@@ -76,6 +76,19 @@ def _open(data: bytes) -> Image.Image:
         return Image.open(io.BytesIO(data))
 
 
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a still or animated WebP from libwebp's header parser (`WebPGetFeatures`
+    reads the RIFF and VP8/VP8L/VP8X headers alone, where Pillow sets up a whole demuxer), or None
+    when libwebp rejects the header."""
+    from webp import ffi, lib
+
+    features = ffi.new("WebPBitstreamFeatures*")
+    source = ffi.from_buffer(data)
+    if lib.WebPGetFeatures(source, len(source), features) != lib.VP8_STATUS_OK:
+        return None
+    return features.width, features.height
+
+
 def check_image(data: bytes, decode: bool = False) -> ImageInfo:
     """Format and size of encoded image bytes, refusing non-images, truncated files and images
     above MAX_PIXELS. With `decode`, always decode fully (what `verify --decode` does)."""
@@ -84,6 +97,11 @@ def check_image(data: bytes, decode: bool = False) -> ImageInfo:
     fmt = sniff_format(data)
     if fmt is None:
         raise ImageCheckError("not a JPEG, PNG or WebP image (unknown magic bytes)")
+    if fmt == "webp" and not decode and _structurally_complete(fmt, data):
+        size = _webp_size(data)
+        # Pillow's own limit (a warning, an error here) may be below ours: Pillow then says why.
+        if size is not None and size[0] * size[1] <= min(MAX_PIXELS, Image.MAX_IMAGE_PIXELS or MAX_PIXELS):
+            return ImageInfo(fmt, *size)
     try:
         image = _open(data)
         width, height = image.size

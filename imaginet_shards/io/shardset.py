@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
-from webdataset.tariterators import tar_file_iterator
 
 from imaginet_shards.errors import MissingShardSetError, ShardSetError
 from imaginet_shards.format.images import IMAGE_MEMBERS, MAX_FILE_BYTES
@@ -219,6 +218,8 @@ def _runs(numbers: list[int]) -> Iterator[tuple[int, int]]:
 
 
 def _read_run(stream: BinaryIO, index: ShardIndex, start: int, stop: int) -> Iterator[Record]:
+    from webdataset.tariterators import tar_file_iterator  # webdataset imports torch: load only
+
     name = index.entry.name
     i = start
     while i < stop:
