@@ -1,6 +1,7 @@
 """Window decoding: the pixels of a crop, decoding as little of the image as each format allows.
 
-`decode_window` serves PNG (`codecs.png`) and WebP (`codecs.webp`) and returns None for other
+`decode_window` serves PNG (`codecs.png`), WebP (`codecs.webp`) and the tiled layout's `.tiles`
+members (`codecs.tiles`, which nothing else can decode) and returns None for other
 formats (JPEG: DALI decodes JPEG windows itself, and a full libjpeg-turbo decode is cheap on the
 CPU backend) and for the rare PNGs and WebPs outside the fast paths. Both loaders crop through it,
 so they decode the same pixels, which are exactly those of a full decode.
@@ -13,10 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from imaginet_shards.codecs import png as png_window
+from imaginet_shards.codecs import tiles as tiles_window
 from imaginet_shards.codecs import webp as webp_window
 from imaginet_shards.format.images import sniff_format
 
-_DECODERS = {"png": png_window.decode_window, "webp": webp_window.decode_window}
+_DECODERS = {"png": png_window.decode_window, "webp": webp_window.decode_window,
+             "tiles": tiles_window.decode_window}
 def decode_window(data, top: int, left: int, height: int, width: int) -> np.ndarray | None:
     """RGB uint8 (height, width, 3) of the window, or None when the format has no window decoder
     here; ValueError for corrupt data or a window outside the image."""
