@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
 from imaginet_shards.augment.cpu import decode
+from imaginet_shards.cli import main
 from imaginet_shards.codecs.tiles import decode_tiles, decode_window, encode_tiles, pixels_sha256
 from imaginet_shards.codecs.windows import decode_window as dispatch_window
 from imaginet_shards.format.images import ImageCheckError, check_image
@@ -18,6 +20,7 @@ from imaginet_shards.format.tiles import TileHeaderError, read_header
 from imaginet_shards.io.shardset import load_index, open_shard_set, read_samples
 from imaginet_shards.loaders.factory import make_loader
 from imaginet_shards.ops.retile import RetileOptions, retile
+from imaginet_shards.ops.stats import format_report, inspect
 from imaginet_shards.ops.verify import verify
 from tests.helpers.shardsets import pack_arrays, rewrite_shard
 
@@ -119,7 +122,7 @@ def test_verify_checks_tiles_and_the_source(layouts, tmp_path) -> None:
     source, tiled = layouts
     assert verify(str(tiled), workers=1, progress=False, source=str(source)).ok
     report = verify(str(source), workers=1, progress=False, source=str(tiled))
-    assert [p.message for p in report.problems] == [f"not a tiled shard set: nothing to compare with a source"]
+    assert [p.message for p in report.problems] == ["not a tiled shard set: nothing to compare with a source"]
     # a tile whose pixels changed while the tar, index, .json and manifest stay consistent
     broken = tmp_path / "broken"
     retile(RetileOptions(source=str(source), out=broken, tile=64, progress=False))
@@ -153,3 +156,23 @@ def test_cpu_loader_gives_the_same_batches_from_both_layouts(layouts, preset) ->
     for (images_a, labels_a), (images_b, labels_b) in zip(original, copy):
         assert torch.equal(labels_a, labels_b)
         assert torch.equal(images_a, images_b)
+
+
+def test_inspect_shows_the_layout_and_source_formats(layouts) -> None:
+    source, tiled = layouts
+    report = inspect(str(tiled))
+    assert "layout: tiled, 16 images (png/webp) as 64-px zlib-rows tiles" in format_report(report)
+    assert report.formats == inspect(str(source)).formats  # tiles count as their source's format
+
+
+def test_retile_and_verify_commands(layouts, tmp_path) -> None:
+    source, _ = layouts
+    runner = CliRunner()
+    result = runner.invoke(main, ["retile", str(source), str(tmp_path / "t"), "--tile", "96",
+                                  "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "24 samples (8 tiled, 96-px tiles)" in result.output
+    result = runner.invoke(main, ["verify", str(tmp_path / "t"), "--source", str(source)])
+    assert result.exit_code == 0 and "OK" in result.output, result.output
+    result = runner.invoke(main, ["retile", str(source), str(tmp_path / "t")])
+    assert result.exit_code == 2 and "--overwrite" in result.output

@@ -7,8 +7,9 @@ second, for PNG and WebP images:
 
 Candidates, each image cut into --tile pixel tiles (RGB):
   png        every tile a PNG (OpenCV, zlib level 6), decoded by codecs.png: inflates only down to
-             the crop's last row, unfilters only up to its right edge (what codecs.tiles uses)
-  zlib-rows  the same filtered rows as a bare zlib stream (no PNG chunks, no CRC)
+             the crop's last row, unfilters only up to its right edge
+  zlib-rows  the same filtered rows as a bare zlib stream (no PNG chunks, no CRC), inflated and
+             unfiltered the same way (what codecs.tiles uses)
   zstd-rows  the same filtered rows compressed with zstd (level 3), if `zstandard` is installed
   webp-ll    every tile a lossless WebP (libwebp, method 4), decoded by codecs.webp
 and, for reference, the original file decoded through the window decoders (codecs.windows).
@@ -22,7 +23,6 @@ import statistics
 import sys
 import tempfile
 import time
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from imaginet_shards.augment.cpu import decode
 from imaginet_shards.cli_common import run_tool, write_json
 from imaginet_shards.codecs import png as png_window
 from imaginet_shards.codecs import webp as webp_window
+from imaginet_shards.codecs.tiles import filtered_rows
 from imaginet_shards.codecs.windows import decode_window
 
 Tile = bytes
@@ -47,19 +48,10 @@ def _png(block: np.ndarray) -> bytes:
     return encoded.tobytes()
 
 
-def _filtered_rows(block: np.ndarray) -> bytes:
-    """The filtered rows OpenCV's PNG encoder chose, inflated from its IDAT chunks."""
-    data = _png(block)
-    layout = png_window.read_layout(data)
-    assert layout is not None
-    view = memoryview(data)
-    return zlib.decompress(b"".join(view[o:o + n] for o, n in layout.idat))
-
-
 def _unfilter(rows: np.ndarray, tile_w: int, top: int, left: int, height: int, width: int
               ) -> np.ndarray:
     pixels = np.empty((height, (left + width) * 3), dtype=np.uint8)
-    png_window._unfilter(rows, pixels, 1 + tile_w * 3, 3, top)
+    png_window.unfilter_rows(rows, pixels, 1 + tile_w * 3, 3, top)
     return pixels.reshape(height, left + width, 3)[:, left:]
 
 
@@ -72,7 +64,7 @@ def codecs() -> dict[str, tuple[Callable[[np.ndarray], bytes], Decoder]]:
     """Name -> (encode an RGB tile, decode a window of an encoded tile)."""
     table: dict[str, tuple[Callable[[np.ndarray], bytes], Decoder]] = {
         "png": (_png, lambda t, th, tw, y, x, h, w: png_window.decode_window(t, y, x, h, w)),
-        "zlib-rows": (lambda b: zlib_ng.compress(_filtered_rows(b), 6), _zlib_decode),
+        "zlib-rows": (lambda b: zlib_ng.compress(filtered_rows(b), 6), _zlib_decode),
     }
     try:
         import zstandard
@@ -83,7 +75,7 @@ def codecs() -> dict[str, tuple[Callable[[np.ndarray], bytes], Decoder]]:
             rows = decompressor.decompress(tile, max_output_size=tile_h * (1 + tile_w * 3))
             return _unfilter(np.frombuffer(rows, np.uint8), tile_w, top, left, height, width)
 
-        table["zstd-rows"] = (lambda b: compressor.compress(_filtered_rows(b)), zstd_decode)
+        table["zstd-rows"] = (lambda b: compressor.compress(filtered_rows(b)), zstd_decode)
     except ImportError:
         print("zstandard is not installed: zstd-rows left out", file=sys.stderr)
 
@@ -151,8 +143,9 @@ def main(args: argparse.Namespace) -> None:
         crops = [(i, int(rng.integers(im.shape[0] - args.crop + 1)),
                   int(rng.integers(im.shape[1] - args.crop + 1)))
                  for i, im in enumerate(images) for _ in range(args.crops)]
-        original_ms = _median_ms(lambda: [decode_window(sources[i], y, x, args.crop, args.crop)
-                                          for i, y, x in crops], args.repeats, len(crops))
+        original_ms = _median_ms(lambda sources=sources, crops=crops: [
+            decode_window(sources[i], y, x, args.crop, args.crop) for i, y, x in crops],
+            args.repeats, len(crops))
         rows.append({"format": suffix[1:], "codec": "original file", "images": len(files),
                      "ms_per_crop": original_ms, "bytes_ratio": 1.0})
         for name, (encode, decoder) in table.items():
@@ -163,9 +156,9 @@ def main(args: argparse.Namespace) -> None:
                 expected = images[i][y:y + args.crop, x:x + args.crop]
                 got = crop_tiles(tiled[i], args.tile, y, x, args.crop, decoder, images[i].shape[:2])
                 assert np.array_equal(got, expected), f"{name} is not lossless on {files[i]}"
-            ms = _median_ms(lambda: [crop_tiles(tiled[i], args.tile, y, x, args.crop, decoder,
-                                                images[i].shape[:2]) for i, y, x in crops],
-                            args.repeats, len(crops))
+            ms = _median_ms(lambda tiled=tiled, decoder=decoder, images=images, crops=crops: [
+                crop_tiles(tiled[i], args.tile, y, x, args.crop, decoder, images[i].shape[:2])
+                for i, y, x in crops], args.repeats, len(crops))
             size = sum(len(t) for image in tiled for row in image for t in row)
             rows.append({"format": suffix[1:], "codec": name, "images": len(files),
                          "ms_per_crop": ms, "bytes_ratio": size / sum(map(len, sources))})

@@ -1,9 +1,12 @@
 """Encode an image as a `.tiles` member (`format.tiles`) and decode windows of one, inflating only
 the tiles that cover the window, and of each only the rows and columns it needs.
 
-Each tile is an 8-bit RGB PNG decoded by `codecs.png` (the codec chosen by measurement:
-`tools/bench_tiles.py`, docs/benchmarks.md), so a tile inflates only down to the window's last row
-and unfilters only up to its right edge.
+Each tile is a bare zlib stream of PNG-filtered RGB rows (the "zlib-rows" codec, chosen by
+measurement: `tools/bench_tiles.py`, docs/benchmarks.md): the rows OpenCV's PNG encoder filters,
+without PNG's chunks and CRCs, inflated by zlib-ng only down to the window's last row and
+unfiltered by `codecs.png`'s kernel only up to its right edge. A tile inflated to its end is
+checked against its zlib checksum; a partial one only for well-formed deflate data (as any ROI
+decoder: `verify` decodes every tile whole).
 """
 from __future__ import annotations
 
@@ -11,30 +14,36 @@ import hashlib
 
 import cv2
 import numpy as np
+from zlib_ng import zlib_ng
 
 from imaginet_shards.codecs import png as png_window
 from imaginet_shards.format.images import MAX_PIXELS, check_window
 from imaginet_shards.format.tiles import TileHeader, TileHeaderError, pack_header, read_header, tile_grid
 
-PNG_LEVEL = 6  # zlib level of the tiles: level 9 saves ~1 % for twice the encoding time
+ZLIB_LEVEL = 6
+
+
+def filtered_rows(block: np.ndarray) -> bytes:
+    """The PNG-filtered rows of an RGB tile (filter type byte first), filters chosen by OpenCV's
+    PNG encoder (libpng's adaptive choice), taken from its IDAT chunks."""
+    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(block[:, :, ::-1]),  # BGR in, RGB out
+                               (cv2.IMWRITE_PNG_COMPRESSION, 1))
+    layout = png_window.read_layout(encoded) if ok else None
+    if layout is None:
+        raise ValueError(f"OpenCV could not encode a {block.shape} tile as PNG")
+    view = memoryview(encoded.tobytes())
+    return zlib_ng.decompress(b"".join(view[o:o + n] for o, n in layout.idat))
 
 
 def encode_tiles(pixels: np.ndarray, tile: int) -> bytes:
-    """A `.tiles` member holding the RGB uint8 (H, W, 3) `pixels` in `tile`-pixel PNG tiles."""
+    """A `.tiles` member holding the RGB uint8 (H, W, 3) `pixels` in `tile`-pixel tiles."""
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
         raise ValueError(f"expected RGB uint8 (H, W, 3) pixels, got {pixels.dtype} {pixels.shape}")
     height, width = pixels.shape[:2]
     rows, cols = tile_grid(height, width, tile)
-    bgr = pixels[:, :, ::-1]  # OpenCV writes BGR arrays as RGB PNGs
-    tiles = []
-    for row in range(rows):
-        for col in range(cols):
-            block = np.ascontiguousarray(bgr[row * tile:(row + 1) * tile, col * tile:(col + 1) * tile])
-            ok, encoded = cv2.imencode(".png", block, (cv2.IMWRITE_PNG_COMPRESSION, PNG_LEVEL))
-            if not ok:
-                raise ValueError(f"OpenCV could not encode a {block.shape} tile as PNG")
-            tiles.append(encoded.tobytes())
-    header = pack_header("png", height, width, tile, [len(t) for t in tiles])
+    tiles = [zlib_ng.compress(filtered_rows(pixels[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile]),
+                              ZLIB_LEVEL) for r in range(rows) for c in range(cols)]
+    header = pack_header("zlib-rows", height, width, tile, [len(t) for t in tiles])
     return b"".join([header, *tiles])
 
 
@@ -62,16 +71,26 @@ def decode_window(data, top: int, left: int, height: int, width: int) -> np.ndar
 
 def _tile_window(header: TileHeader, data, row: int, col: int, top: int, left: int, height: int,
                  width: int) -> np.ndarray:
+    """Rows [top, top+height) x columns [left, left+width) of one tile."""
     encoded = header.tile_bytes(data, row, col)
-    layout = png_window.read_layout(encoded)
-    if layout is None or layout.channels != 3 or \
-            (layout.height, layout.width) != header.tile_shape(row, col):
-        raise TileHeaderError(f"tile ({row}, {col}) is not an 8-bit RGB PNG of "
-                              f"{header.tile_shape(row, col)} pixels")
-    window = png_window.decode_window(encoded, top, left, height, width)
-    if window is None:  # read_layout accepted it, so the decoder does too
-        raise TileHeaderError(f"tile ({row}, {col}) is outside the PNG fast path")
-    return window
+    tile_h, tile_w = header.tile_shape(row, col)
+    stride = 1 + 3 * tile_w
+    need = (top + height) * stride
+    try:
+        if top + height == tile_h:  # to the end: zlib checks the stream's checksum
+            rows = zlib_ng.decompress(encoded, bufsize=need)
+        else:
+            rows = zlib_ng.decompressobj().decompress(encoded, need)
+    except zlib_ng.error as error:  # type: ignore[misc]  # its stub types `error` as an instance
+        raise TileHeaderError(f"tile ({row}, {col}): corrupt data: {error}") from None
+    if len(rows) != (need if top + height < tile_h else tile_h * stride):
+        raise TileHeaderError(f"tile ({row}, {col}) holds {len(rows)} bytes of rows, expected "
+                              f"{tile_h * stride}")
+    pixels = np.empty((height, (left + width) * 3), dtype=np.uint8)
+    bad = png_window.unfilter_rows(np.frombuffer(rows, np.uint8), pixels, stride, 3, top)
+    if bad >= 0:
+        raise TileHeaderError(f"tile ({row}, {col}): row {bad} has an unknown filter type")
+    return pixels.reshape(height, left + width, 3)[:, left:]
 
 
 def decode_tiles(data) -> np.ndarray:
@@ -85,5 +104,5 @@ def pixels_sha256(pixels: np.ndarray) -> str:
     manifest records for each tiled image)."""
     pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
     digest = hashlib.sha256(repr(tuple(pixels.shape)).encode())
-    digest.update(memoryview(pixels).cast("B"))
+    digest.update(pixels.data)
     return digest.hexdigest()

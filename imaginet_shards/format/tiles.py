@@ -27,9 +27,11 @@ import numpy as np
 
 from imaginet_shards.errors import ImageError
 
+RETILE_KEY = "retile"  # the manifest option that marks a tiled shard set and holds its recipe
 TILES_MAGIC = b"IMTILES\x00"
 TILES_VERSION = 1
-TILE_CODECS = {1: "png"}  # codec id -> name; "png": each tile is an 8-bit RGB PNG
+# codec id -> name; "zlib-rows": each tile is one zlib stream of PNG-filtered RGB rows
+TILE_CODECS = {1: "zlib-rows"}
 CODEC_IDS = {name: number for number, name in TILE_CODECS.items()}
 MIN_TILE, MAX_TILE = 16, 4096
 _FIXED = struct.Struct("<8sBBBBIIHH")

@@ -34,12 +34,10 @@ from imaginet_shards.format.manifest import (
 )
 from imaginet_shards.format.members import encode_members, label_members
 from imaginet_shards.format.tar import ShardWriter
-from imaginet_shards.format.tiles import check_tile_size
+from imaginet_shards.format.tiles import RETILE_KEY, check_tile_size
 from imaginet_shards.io import storage
 from imaginet_shards.io.shardset import ShardSet, load_index, open_shard_set, read_samples
 from imaginet_shards.ops.perturb import worker_map
-
-RETILE_KEY = "retile"  # the manifest option that marks a tiled shard set
 
 
 @dataclass(frozen=True)
@@ -140,7 +138,7 @@ def retile(options: RetileOptions) -> Manifest:
             entries.append(ShardEntry(**entry))
             pixels.update(shard_pixels)
     source = shards.manifest
-    recipe = {"tile": options.tile, "codec": "png", "formats": list(tiled_formats(options.webp)),
+    recipe = {"tile": options.tile, "codec": "zlib-rows", "formats": list(tiled_formats(options.webp)),
               "source_manifest_sha256": manifest_sha256(options.source),
               "source_plan_sha256": source.plan_sha256}
     manifest = build_manifest(

@@ -32,6 +32,7 @@ from imaginet_shards.format.manifest import (
 )
 from imaginet_shards.format.members import MAX_META_BYTES, decode_labels, member_order_problem
 from imaginet_shards.format.tar import IndexEntry, parse_index, split_member_name
+from imaginet_shards.format.tiles import RETILE_KEY
 from imaginet_shards.io import storage
 from imaginet_shards.io.shardset import (
     ShardSet,
@@ -41,7 +42,7 @@ from imaginet_shards.io.shardset import (
     read_samples,
     shard_set_root,
 )
-from imaginet_shards.ops.retile import RETILE_KEY, manifest_sha256
+from imaginet_shards.ops.retile import manifest_sha256
 
 
 @dataclass(frozen=True)
