@@ -11,6 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from helpers.shardsets import pack_arrays, rewrite_shard
 from imaginet_shards.augment.cpu import decode
 from imaginet_shards.cli import main
 from imaginet_shards.codecs.tiles import decode_tiles, decode_window, encode_tiles, pixels_sha256
@@ -22,7 +23,6 @@ from imaginet_shards.loaders.factory import make_loader
 from imaginet_shards.ops.retile import RetileOptions, retile
 from imaginet_shards.ops.stats import format_report, inspect
 from imaginet_shards.ops.verify import verify
-from tests.helpers.shardsets import pack_arrays, rewrite_shard
 
 
 def textured(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -142,13 +142,20 @@ def test_verify_checks_tiles_and_the_source(layouts, tmp_path) -> None:
     assert any(p.key == victim["key"] and "reassemble" in p.message for p in problems)
 
 
+@pytest.mark.parametrize("backend", ["cpu", "dali"])
 @pytest.mark.parametrize("preset", ["train", "eval", "calibration"])
-def test_cpu_loader_gives_the_same_batches_from_both_layouts(layouts, preset) -> None:
+def test_loaders_give_the_same_batches_from_both_layouts(layouts, backend, preset) -> None:
+    if backend == "dali":
+        pytest.importorskip("nvidia.dali")
+
     def batches(path: Path) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        loader = make_loader(path, backend="cpu", preset=preset, batch_size=6, rank=0, world_size=1,
-                             seed=5, workers=1, device="cpu")
+        loader = make_loader(path, backend=backend, preset=preset, batch_size=6, rank=0,
+                             world_size=1, seed=5, workers=1, device="cpu")
         loader.set_epoch(1)
-        return list(loader)
+        try:
+            return [(images.clone(), labels.clone()) for images, labels in loader]
+        finally:
+            loader.close()
 
     source, tiled = layouts
     original, copy = batches(source), batches(tiled)

@@ -95,6 +95,9 @@ class _Builder:
         # on the CPU, PNG and WebP windows skip DALI's whole-image decoding (windows.py); with
         # "mixed", nvImageCodec decodes them on the CPU too, but that route is untested: off
         self.windows = windows if decode_device == "cpu" else None
+        self.tiled = windows is not None and windows.tiled  # only windows.py reads .tiles
+        if self.tiled and decode_device != "cpu":
+            raise NotImplementedError("tiled shard sets decode on the CPU (decode_device='cpu')")
         self.decoder = {"device": decode_device, "adjust_orientation": False,
                         "output_type": types.RGB}
         if decode_device == "mixed":  # nvJPEG with libjpeg-turbo's chroma upsampling
@@ -104,7 +107,10 @@ class _Builder:
     # -- views -------------------------------------------------------------------------------
 
     def encoded_view(self, encoded: DataNode) -> _View:
-        shape = fn.peek_image_shape(encoded, adjust_orientation=False, dtype=types.INT32)
+        if self.tiled:
+            shape = fn.python_function(encoded, function=self.windows.shape)  # type: ignore[union-attr]
+        else:
+            shape = fn.peek_image_shape(encoded, adjust_orientation=False, dtype=types.INT32)
         return _View.whole(encoded, True, shape)
 
     @staticmethod
@@ -117,6 +123,8 @@ class _Builder:
         if not view.cropped:
             if not view.encoded:
                 return view.source
+            if self.tiled:
+                return self.read(view, pair(view.top, view.left), pair(view.height, view.width))
             return fn.decoders.image(view.source, **self.decoder)
         if view.padded:
             return self.mirrored(view)

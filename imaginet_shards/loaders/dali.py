@@ -69,6 +69,7 @@ from imaginet_shards.codecs.windows import WindowDecoder
 from imaginet_shards.errors import SampleError, ShardSetError
 from imaginet_shards.format.images import IMAGE_MEMBERS
 from imaginet_shards.format.tar import INDEX_VERSION, format_index_line
+from imaginet_shards.format.tiles import RETILE_KEY
 from imaginet_shards.io import storage
 from imaginet_shards.io.shardset import ShardIndex, ShardSet, load_index, open_shard_set
 from imaginet_shards.loaders.base import EpochLoader, LoaderConfig
@@ -205,7 +206,8 @@ class DaliLoader(EpochLoader):
         super().__init__(shards, config)
         self._indexes: dict[int, ShardIndex] = {}
         # one window decoder (and thread pool) for the loader's life, not one per epoch's pipeline
-        self._windows = WindowDecoder(max(config.workers, 1))
+        self._windows = WindowDecoder(max(config.workers, 1),
+                                      tiled=RETILE_KEY in shards.manifest.options)
 
     def close(self) -> None:
         self._windows.close()
