@@ -27,7 +27,7 @@ def filtered_rows(block: np.ndarray) -> bytes:
     """The PNG-filtered rows of an RGB tile (filter type byte first), filters chosen by OpenCV's
     PNG encoder (libpng's adaptive choice), taken from its IDAT chunks."""
     ok, encoded = cv2.imencode(".png", np.ascontiguousarray(block[:, :, ::-1]),  # BGR in, RGB out
-                               (cv2.IMWRITE_PNG_COMPRESSION, 1))
+                               (cv2.IMWRITE_PNG_COMPRESSION, 0))  # stored: filters only
     layout = png_window.read_layout(encoded) if ok else None
     if layout is None:
         raise ValueError(f"OpenCV could not encode a {block.shape} tile as PNG")
