@@ -20,6 +20,7 @@ from imaginet_shards.format.images import ImageCheckError, check_image
 from imaginet_shards.format.tiles import TileHeaderError, read_header
 from imaginet_shards.io.shardset import load_index, open_shard_set, read_samples
 from imaginet_shards.loaders.factory import make_loader
+from imaginet_shards.ops.pack import PackError, PackOptions, pack
 from imaginet_shards.ops.retile import RetileOptions, retile
 from imaginet_shards.ops.stats import format_report, inspect
 from imaginet_shards.ops.verify import verify
@@ -183,3 +184,12 @@ def test_retile_and_verify_commands(layouts, tmp_path) -> None:
     assert result.exit_code == 0 and "OK" in result.output, result.output
     result = runner.invoke(main, ["retile", str(source), str(tmp_path / "t")])
     assert result.exit_code == 2 and "--overwrite" in result.output
+
+
+def test_pack_refuses_a_tiled_image_as_a_source(tmp_path) -> None:
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "a.png").write_bytes(encode_tiles(textured(np.random.default_rng(4), 40, 40), 32))
+    (tmp_path / "a.txt").write_text("img/a.png,0,0,4,8\n")
+    with pytest.raises(PackError, match="tiled-layout image"):
+        pack(PackOptions(root=tmp_path, annotations=tmp_path / "a.txt", out=tmp_path / "out",
+                         workers=1, progress=False))
