@@ -193,3 +193,18 @@ def test_pack_refuses_a_tiled_image_as_a_source(tmp_path) -> None:
     with pytest.raises(PackError, match="tiled-layout image"):
         pack(PackOptions(root=tmp_path, annotations=tmp_path / "a.txt", out=tmp_path / "out",
                          workers=1, progress=False))
+
+
+def test_auto_backend_reads_a_tiled_set_on_a_gpu_with_the_cpu_backend(layouts, monkeypatch) -> None:
+    pytest.importorskip("nvidia.dali")
+    from imaginet_shards.loaders import dali
+    from imaginet_shards.loaders.cpu import CpuLoader
+
+    monkeypatch.setattr(dali, "device_ids", lambda device: (0, "mixed"))  # a GPU, mocked
+    source, tiled = layouts
+    with pytest.raises(NotImplementedError, match="tiled shard set"):
+        make_loader(tiled, backend="dali", preset="eval", batch_size=4, device="cpu")
+    loader = make_loader(tiled, backend="auto", preset="eval", batch_size=4, device="cpu")
+    assert isinstance(loader, CpuLoader)
+    loader.close()
+    make_loader(source, backend="dali", preset="eval", batch_size=4, device="cpu").close()

@@ -202,12 +202,14 @@ class DaliLoader(EpochLoader):
         if config.preset.per_sample_seed:
             raise NotImplementedError(f"preset {config.preset.name!r} needs per-sample seeds, which "
                                       "DALI's generators cannot key by sample; use backend='cpu'")
-        device_ids(config.device)
+        tiled = RETILE_KEY in shards.manifest.options
+        if device_ids(config.device)[1] != "cpu" and tiled:
+            raise NotImplementedError("a tiled shard set decodes through windows.py on the CPU: "
+                                      "DALI reads it with device='cpu' only; use backend='cpu'")
         super().__init__(shards, config)
         self._indexes: dict[int, ShardIndex] = {}
         # one window decoder (and thread pool) for the loader's life, not one per epoch's pipeline
-        self._windows = WindowDecoder(max(config.workers, 1),
-                                      tiled=RETILE_KEY in shards.manifest.options)
+        self._windows = WindowDecoder(max(config.workers, 1), tiled=tiled)
 
     def close(self) -> None:
         self._windows.close()
