@@ -209,11 +209,15 @@ def pack(root: Path, annotations: Path, annotation_format: str, out: str, prefix
 @click.argument("dest")
 @click.option("--decode", is_flag=True, help="Also decode every image.")
 @click.option("--workers", default=2, show_default=True, help="Shards checked in parallel.")
+@click.option("--source", metavar="SRC", default=None,
+              help="For a tiled set (retile): also check it against the shard set it was made "
+                   "from (the tiles hold the source images' pixels, the other images its bytes).")
 @click.option("--json", "json_out", type=JSON_TARGET, help="Also write the report as JSON ('-': stdout).")
-def verify(dest: str, decode: bool, workers: int, json_out: str | None) -> None:
-    """Check a shard set against its manifest; exit 1 listing every problem."""
+def verify(dest: str, decode: bool, workers: int, source: str | None, json_out: str | None) -> None:
+    """Check a shard set against its manifest; exit 1 listing every problem. A tiled set's tiles
+    are always decoded and checked against the pixel checksums its manifest records."""
     from imaginet_shards.ops.verify import verify as run_verify
-    report = run_verify(dest, decode=decode, workers=workers)
+    report = run_verify(dest, decode=decode, workers=workers, source=source)
     for problem in report.problems:
         click.echo(f"PROBLEM {problem}", err=True)
     status = "OK" if report.ok else f"FAILED ({len(report.problems)} problems)"
@@ -271,6 +275,30 @@ def perturb(src: str, dest: Path, layout: str, annotation_files: tuple[Path, ...
     total = manifest.totals
     click.echo(f"{dest}: {total['samples']} samples in {total['shards']} shards, "
                f"{total['bytes'] / 1e6:.1f} MB ({preset}, seed {seed})")
+
+
+@main.command()
+@click.argument("src")
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option("--tile", default=128, show_default=True, help="Tile side in pixels.")
+@click.option("--webp", is_flag=True, help="Tile WebP images too (lossy ones decoded once); "
+                                           "without it they keep their bytes, as JPEGs do.")
+@click.option("--workers", default=2, show_default=True, help="Processes writing shards.")
+@click.option("--overwrite", is_flag=True, help="Replace a shard set already at DEST.")
+def retile(src: str, dest: Path, tile: int, webp: bool, workers: int, overwrite: bool) -> None:
+    """Write the tiled training layout of the shard set SRC at DEST: PNG images (and WebP with
+    --webp) as tiles that a crop decodes only where it needs them; same shards, keys and labels."""
+    import time
+
+    from imaginet_shards.ops.retile import RetileOptions
+    from imaginet_shards.ops.retile import retile as run_retile
+    started = time.monotonic()
+    manifest = run_retile(RetileOptions(source=src, out=dest, tile=tile, webp=webp,
+                                        workers=workers, overwrite=overwrite))
+    tiled = len(manifest.options["retile"]["pixels_sha256"])
+    click.echo(f"{dest}: {manifest.samples} samples ({tiled} tiled, {tile}-px tiles) in "
+               f"{len(manifest.shards)} shards, {manifest.totals['bytes'] / 1e6:.1f} MB in "
+               f"{time.monotonic() - started:.1f} s")
 
 
 def _perturb_reference(root: Path, dest: Path, annotation_files: tuple[Path, ...], shards: Path | None,

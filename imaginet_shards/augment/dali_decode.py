@@ -54,12 +54,17 @@ class Decoder:
                  decoder_args: Mapping[str, Any]):
         self.windows = windows
         self.gpu = decode_device == "mixed"
+        self.tiled = windows is not None and windows.tiled  # only windows.py reads .tiles
+        if self.tiled and self.gpu:
+            raise NotImplementedError("tiled shard sets decode on the CPU (decode_device='cpu')")
         self.decoder = {"device": decode_device, "adjust_orientation": False,
                         "output_type": types.RGB, **decoder_args}
 
-    @staticmethod
-    def encoded_view(encoded: DataNode) -> View:
-        shape = fn.peek_image_shape(encoded, adjust_orientation=False, dtype=types.INT32)
+    def encoded_view(self, encoded: DataNode) -> View:
+        if self.tiled:
+            shape = fn.python_function(encoded, function=self.windows.shape)  # type: ignore[union-attr]
+        else:
+            shape = fn.peek_image_shape(encoded, adjust_orientation=False, dtype=types.INT32)
         return View.whole(encoded, True, shape)
 
     def pixels(self, view: View) -> DataNode:
@@ -68,6 +73,8 @@ class Decoder:
         if not view.cropped:
             if not view.encoded:
                 return view.source
+            if self.tiled:  # DALI's decoders cannot read .tiles members: the window route
+                return self.read(view, pair(view.top, view.left), pair(view.height, view.width))
             return fn.decoders.image(view.source, **self.decoder)
         if view.padded:
             return self.mirrored(view)

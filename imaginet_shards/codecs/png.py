@@ -119,7 +119,7 @@ def _paeth(a, b, c):
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
-def _unfilter(src, dst, stride, bpp, top):  # pragma: no cover - compiled; tested through callers
+def unfilter_rows(src, dst, stride, bpp, top):  # pragma: no cover - compiled; tested through callers
     """Reverse the PNG row filters of the rows of `src` (rows of `stride` bytes, filter byte first)
     down to row `top + dst.shape[0]`, only the `dst.shape[1]` leftmost bytes of each; rows from
     `top` on land in `dst`, the rows above pass through a two-row buffer (each row needs only the
@@ -186,7 +186,7 @@ def decode_window(data, top: int, left: int, height: int, width: int) -> np.ndar
     bpp = layout.channels
     right = left + width
     pixels = np.empty((height, right * bpp), dtype=np.uint8)
-    bad = _unfilter(rows, pixels, layout.stride, bpp, top)
+    bad = unfilter_rows(rows, pixels, layout.stride, bpp, top)
     if bad >= 0:
         raise PngError(f"row {bad} has unknown filter type {rows[bad * layout.stride]}")
     window = pixels.reshape(height, right, bpp)[:, left:]

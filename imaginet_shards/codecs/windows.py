@@ -1,9 +1,10 @@
 """Window decoding: the pixels of a crop, decoding as little of the image as each format allows.
 
-`decode_window` serves JPEG (`codecs.jpeg`), PNG (`codecs.png`) and WebP (`codecs.webp`) and
-returns None for the rare images outside the fast paths. Both loaders crop PNG and WebP through it,
-the CPU backend JPEG too (DALI decodes JPEG windows with its own decoder, on the GPU where it has
-one), so they decode the same pixels, which are exactly those of a full decode.
+`decode_window` serves JPEG (`codecs.jpeg`), PNG (`codecs.png`), WebP (`codecs.webp`) and the tiled
+layout's `.tiles` members (`codecs.tiles`, which nothing else can decode), and returns None for the
+rare images outside the fast paths. Both loaders crop PNG, WebP and tiles through it, the CPU
+backend JPEG too (DALI decodes JPEG windows with its own decoder, on the GPU where it has one), so
+they decode the same pixels, which are exactly those of a full decode.
 """
 from __future__ import annotations
 
@@ -15,13 +16,14 @@ import numpy as np
 
 from imaginet_shards.codecs import jpeg as jpeg_window
 from imaginet_shards.codecs import png as png_window
+from imaginet_shards.codecs import tiles as tiles_window
 from imaginet_shards.codecs import webp as webp_window
-from imaginet_shards.format.images import sniff_format
+from imaginet_shards.format.images import check_image, sniff_format
 
 _DECODERS = {"jpeg": jpeg_window.decode_window, "png": png_window.decode_window,
-             "webp": webp_window.decode_window}
+             "webp": webp_window.decode_window, "tiles": tiles_window.decode_window}
 # The formats DALI's pipeline hands to `WindowDecoder`: its own decoder crops JPEGs.
-DALI_FORMATS = frozenset({"png", "webp"})
+DALI_FORMATS = frozenset({"png", "webp", "tiles"})
 
 
 def decode_window(data, top: int, left: int, height: int, width: int,
@@ -38,10 +40,15 @@ class WindowDecoder:
     """Batch form of `decode_window` for DALI's `python_function`: decodes a batch on `threads`
     threads (the decoders release the GIL) and flags each sample it decoded. The others (JPEG,
     images outside the fast paths, corrupt images) come back empty and False, for the pipeline's
-    own decoder, which then reports corrupt data as it always does."""
+    own decoder, which then reports corrupt data as it always does.
 
-    def __init__(self, threads: int):
+    `tiled`: the shard set holds `.tiles` members (the tiled layout), which only this decoder
+    reads: DALI's graph then takes every image's shape from `shape` and decodes every window,
+    whole images included, through this decoder first."""
+
+    def __init__(self, threads: int, tiled: bool = False):
         self.threads = max(int(threads), 1)
+        self.tiled = tiled
         self._pool: ThreadPoolExecutor | None = None
         self._pid = os.getpid()
 
@@ -57,6 +64,13 @@ class WindowDecoder:
         if self._pool is not None and self._pid == os.getpid():
             self._pool.shutdown(wait=True)
         self._pool = None
+
+    @staticmethod
+    def shape(encoded: np.ndarray) -> np.ndarray:
+        """int32 (height, width, 3) of one encoded image, read from its header (what DALI's
+        `peek_image_shape` gives, for `.tiles` members too)."""
+        info = check_image(encoded.tobytes())
+        return np.array([info.height, info.width, 3], dtype=np.int32)
 
     @staticmethod
     def _one(data: np.ndarray, start: np.ndarray, shape: np.ndarray) -> np.ndarray | None:

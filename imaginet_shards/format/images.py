@@ -12,17 +12,19 @@ from dataclasses import dataclass
 from PIL import Image
 
 from imaginet_shards.errors import ImageError
+from imaginet_shards.format.tiles import TILES_MAGIC, TileHeaderError, read_header
 
 MAX_PIXELS = 128 * 1024 * 1024  # larger images are refused (decompression bombs)
 MAX_FILE_BYTES = 256 * 1024 * 1024
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
-# Image format (as `sniff_format` names it) -> the extension of the shard member that stores it.
-FORMAT_MEMBER: Mapping[str, str] = {"jpeg": "jpg", "png": "png", "webp": "webp"}
+# Image format (as `sniff_format` names it) -> the extension of the shard member that stores it;
+# "tiles" is the tiled training layout's member (`format.tiles`), never a source file.
+FORMAT_MEMBER: Mapping[str, str] = {"jpeg": "jpg", "png": "png", "webp": "webp", "tiles": "tiles"}
 IMAGE_MEMBERS: tuple[str, ...] = tuple(FORMAT_MEMBER.values())
 # File-name suffixes of source images an annotation file may name (compared lower-cased).
-SOURCE_SUFFIXES: frozenset[str] = frozenset({".jpeg", *(f".{ext}" for ext in IMAGE_MEMBERS)})
+SOURCE_SUFFIXES: frozenset[str] = frozenset({".jpeg", ".jpg", ".png", ".webp"})
 
 
 class ImageCheckError(ImageError):
@@ -41,13 +43,15 @@ class ImageInfo:
 
 
 def sniff_format(data: bytes) -> str | None:
-    """"jpeg", "png" or "webp" from the magic bytes, else None."""
+    """"jpeg", "png", "webp" or "tiles" from the magic bytes, else None."""
     if data[:3] == b"\xff\xd8\xff":
         return "jpeg"
     if data[:8] == PNG_SIGNATURE:
         return "png"
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "webp"
+    if data[:8] == TILES_MAGIC:
+        return "tiles"
     return None
 
 
@@ -91,12 +95,19 @@ def _webp_size(data: bytes) -> tuple[int, int] | None:
 
 def check_image(data: bytes, decode: bool = False) -> ImageInfo:
     """Format and size of encoded image bytes, refusing non-images, truncated files and images
-    above MAX_PIXELS. With `decode`, always decode fully (what `verify --decode` does)."""
+    above MAX_PIXELS. With `decode`, always decode fully (what `verify --decode` does). A tiled
+    image's header alone is checked here (its tiles are decoded by `codecs.tiles`)."""
     if len(data) > MAX_FILE_BYTES:
         raise ImageCheckError(f"file of {len(data)} bytes exceeds the {MAX_FILE_BYTES}-byte limit")
     fmt = sniff_format(data)
     if fmt is None:
         raise ImageCheckError("not a JPEG, PNG or WebP image (unknown magic bytes)")
+    if fmt == "tiles":
+        try:
+            header = read_header(data, MAX_PIXELS)
+        except TileHeaderError as exc:
+            raise ImageCheckError(f"bad tiled image: {exc}") from None
+        return ImageInfo(fmt, header.width, header.height)
     if fmt == "webp" and not decode and _structurally_complete(fmt, data):
         size = _webp_size(data)
         # Pillow's own limit (a warning, an error here) may be below ours: Pillow then says why.

@@ -19,7 +19,7 @@ from imaginet_shards.format.annotations import LABEL_COLUMNS
 from imaginet_shards.format.images import FORMAT_MEMBER, IMAGE_MEMBERS
 
 __all__ = ["IMAGE_MEMBERS", "LABEL_BYTES", "META_MEMBERS", "MAX_META_BYTES", "decode_labels",
-           "encode_members", "member_order_problem"]
+           "encode_members", "label_members", "member_order_problem"]
 
 META_MEMBERS: tuple[str, ...] = ("cls", "labels", "json")
 MAX_META_BYTES = 1 << 20  # a .cls, .labels or .json member above this is refused unread
@@ -32,12 +32,13 @@ def encode_members(key: str, data: bytes, fmt: str, labels: Sequence[int], meta:
     the key, the labels by name, and the image's sha256 and size."""
     record = {**meta, "key": key, "labels": dict(zip(LABEL_COLUMNS, labels, strict=True)),
               "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "format": fmt}
-    return [
-        (FORMAT_MEMBER[fmt], data),
-        ("cls", str(labels[0]).encode()),
-        ("labels", np.asarray(labels, dtype="<i4").tobytes()),
-        ("json", json.dumps(record, sort_keys=True).encode()),
-    ]
+    return [(FORMAT_MEMBER[fmt], data), *label_members(labels),
+            ("json", json.dumps(record, sort_keys=True).encode())]
+
+
+def label_members(labels: Sequence[int]) -> list[tuple[str, bytes]]:
+    """The .cls and .labels members of a sample with `labels`."""
+    return [("cls", str(labels[0]).encode()), ("labels", np.asarray(labels, dtype="<i4").tobytes())]
 
 
 def decode_labels(raw: bytes) -> np.ndarray:

@@ -75,6 +75,7 @@ from nvidia.dali.backend import TensorListCPU
 
 from imaginet_shards.codecs.windows import WindowDecoder
 from imaginet_shards.errors import SampleError, ShardSetError
+from imaginet_shards.format.tiles import RETILE_KEY
 from imaginet_shards.io.shardset import ShardIndex, ShardSet, open_shard_set, read_batch
 from imaginet_shards.loaders.base import EpochLoader, LoaderConfig
 from imaginet_shards.loaders.dali_faults import HINT, check_batch, dali_reason, first_unusable
@@ -132,11 +133,14 @@ class DaliLoader(EpochLoader):
         if config.preset.per_sample_seed:
             raise NotImplementedError(f"preset {config.preset.name!r} needs per-sample seeds, which "
                                       "DALI's generators cannot key by sample; use backend='cpu'")
-        device_ids(config.device)
+        tiled = RETILE_KEY in shards.manifest.options
+        if device_ids(config.device)[1] != "cpu" and tiled:
+            raise NotImplementedError("a tiled shard set decodes through windows.py on the CPU: "
+                                      "DALI reads it with device='cpu' only; use backend='cpu'")
         super().__init__(shards, config)
         self._indexes: dict[int, ShardIndex] = {}
         # the pipeline and its window decoder (a thread pool) live as long as the loader
-        self._windows = WindowDecoder(max(config.workers, 1))
+        self._windows = WindowDecoder(max(config.workers, 1), tiled=tiled)
         self._runner: Runner | None = None
         self._names: tuple[str, ...] = ()
         try:

@@ -201,6 +201,8 @@ def write_shard(plan: ShardPlan, root: str, out: str, on_error: str) -> dict:
                 try:
                     data = (root_dir / sample.path).read_bytes()
                     info = check_image(data)
+                    if info.format == "tiles":
+                        raise ImageCheckError("a tiled-layout image (retile's output), not a source image")
                 except (OSError, ImageCheckError) as exc:
                     if on_error == "raise":
                         raise PackError(f"line {sample.line}: {sample.path}", str(exc),

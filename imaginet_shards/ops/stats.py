@@ -18,6 +18,7 @@ from imaginet_shards.errors import SampleError
 from imaginet_shards.format.annotations import LABEL_COLUMNS, label_name, recorded_format
 from imaginet_shards.format.manifest import Manifest, ShardEntry
 from imaginet_shards.format.tar import parse_index, split_member_name
+from imaginet_shards.format.tiles import RETILE_KEY
 from imaginet_shards.io import storage
 from imaginet_shards.io.shardset import load_manifest, shard_set_root
 
@@ -47,7 +48,9 @@ def load_metadata(dest: str, workers: int = 4) -> tuple[Manifest, pd.DataFrame]:
     root = shard_set_root(dest)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         shards = list(pool.map(lambda e: shard_metadata(root, e), manifest.shards))
-    rows = [{**{c: r["labels"][c] for c in LABEL_COLUMNS}, "format": r["format"],
+    # a tiled set's .tiles members keep their source's format for the statistics and bias table
+    rows = [{**{c: r["labels"][c] for c in LABEL_COLUMNS},
+             "format": r.get("source", {}).get("format", r["format"]),
              "width": r["width"], "height": r["height"], "bytes": r["bytes"], "shard": r["shard"]}
             for records in shards for r in records]
     return manifest, pd.DataFrame(rows, columns=[*LABEL_COLUMNS, "format", "width", "height",
@@ -143,6 +146,11 @@ def format_report(report: InspectReport) -> str:
                          f"{row['auc']:.2f}: a detector can learn it instead of the generator traces")
     m = report.manifest
     lines.append(f"{m.samples} samples in {len(m.shards)} shards, {len(m.skipped)} skipped at packing")
+    recipe = m.options.get(RETILE_KEY)
+    if recipe is not None:
+        lines.append(f"   layout: tiled, {len(recipe['pixels_sha256'])} images ({'/'.join(recipe['formats'])}) "
+                     f"as {recipe['tile']}-px {recipe['codec']} tiles, the others as packed; made from "
+                     f"the shard set with manifest sha256 {recipe['source_manifest_sha256'][:16]}…")
     for column, counts in report.counts.items():
         lines.append(f"{column:>9}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     lines.append("   format: " + ", ".join(f"{k} {v}" for k, v in report.formats.items()))

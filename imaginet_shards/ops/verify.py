@@ -3,7 +3,10 @@
 Checks per shard: present, size and sha256 as recorded; a well-formed tar of regular files; samples
 complete and in order (image, .cls, .labels, .json); `.labels`, `.cls` and `.json` agree; the image's
 sha256 is the one recorded at packing; the `.idx` file lists exactly the tar's data offsets; sample
-counts and label histograms match the manifest.
+counts and label histograms match the manifest. On a tiled set (`retile`), every `.tiles` member
+reassembles to the pixels whose sha256 the manifest records; given the source set, the tiled set
+records that set's manifest, holds the same keys in the same shards and order, its tiles hold the
+source images' decoded pixels and its other images are the source's bytes.
 """
 from __future__ import annotations
 
@@ -11,13 +14,15 @@ import hashlib
 import io
 import json
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import BinaryIO
 
 from tqdm import tqdm
 
+from imaginet_shards.augment.cpu import decode as decode_image
+from imaginet_shards.codecs.tiles import decode_tiles, pixels_sha256
 from imaginet_shards.format.annotations import LABEL_COLUMNS
 from imaginet_shards.format.images import IMAGE_MEMBERS, ImageCheckError, check_image
 from imaginet_shards.format.manifest import (
@@ -27,8 +32,17 @@ from imaginet_shards.format.manifest import (
 )
 from imaginet_shards.format.members import MAX_META_BYTES, decode_labels, member_order_problem
 from imaginet_shards.format.tar import IndexEntry, parse_index, split_member_name
+from imaginet_shards.format.tiles import RETILE_KEY
 from imaginet_shards.io import storage
-from imaginet_shards.io.shardset import load_manifest, shard_set_root
+from imaginet_shards.io.shardset import (
+    ShardSet,
+    load_index,
+    load_manifest,
+    open_shard_set,
+    read_samples,
+    shard_set_root,
+)
+from imaginet_shards.ops.retile import manifest_sha256
 
 
 @dataclass(frozen=True)
@@ -121,7 +135,23 @@ def _payload(archive: tarfile.TarFile, info: tarfile.TarInfo) -> bytes:
     return b"" if stream is None else stream.read()
 
 
-def _check_sample(shard: str, key: str, members: list, decode: bool) -> tuple[list[Problem], tuple | None]:
+def _tile_problems(shard: str, key: str, ext: str, image: bytes, expected: str | None
+                   ) -> list[Problem]:
+    """Whether a tiled image reassembles to the pixels the manifest records for it."""
+    if expected is None:
+        return [Problem(shard, key, "tiled image without a pixel sha256 in the manifest")]
+    if ext != "tiles":
+        return [Problem(shard, key, f"the manifest records tiles, the sample holds a .{ext}")]
+    try:
+        if pixels_sha256(decode_tiles(image)) != expected:
+            return [Problem(shard, key, "tiles do not reassemble to the recorded pixels")]
+    except ValueError as exc:
+        return [Problem(shard, key, f"tiles do not decode: {exc}")]
+    return []
+
+
+def _check_sample(shard: str, key: str, members: list, decode: bool, pixels: Mapping[str, str]
+                  ) -> tuple[list[Problem], tuple | None]:
     problems = []
     exts = [m[0] for m in members]
     order = member_order_problem(exts)
@@ -143,6 +173,8 @@ def _check_sample(shard: str, key: str, members: list, decode: bool) -> tuple[li
         problems.append(Problem(shard, key, f".cls {cls!r} disagrees with origin {labels[0]}"))
     if hashlib.sha256(image).hexdigest() != meta.get("sha256"):
         problems.append(Problem(shard, key, "image sha256 differs from the one recorded at packing"))
+    if exts[0] == "tiles" or key in pixels:
+        problems += _tile_problems(shard, key, exts[0], image, pixels.get(key))
     if decode:
         try:
             info = check_image(image, decode=True)
@@ -154,8 +186,10 @@ def _check_sample(shard: str, key: str, members: list, decode: bool) -> tuple[li
     return problems, labels
 
 
-def verify_shard(root: str, entry: ShardEntry, decode: bool = False) -> tuple[list[Problem], int]:
-    """All problems of one shard, and the number of samples read."""
+def verify_shard(root: str, entry: ShardEntry, decode: bool = False,
+                 pixels: Mapping[str, str] | None = None) -> tuple[list[Problem], int]:
+    """All problems of one shard, and the number of samples read; `pixels`: a tiled set's
+    {key: sha256 of the decoded pixels}."""
     tar_url, idx_url = storage.join(root, entry.name), storage.join(root, entry.index)
     if not storage.exists(tar_url):
         return [Problem(entry.name, "", "shard file is missing")], 0
@@ -167,7 +201,8 @@ def verify_shard(root: str, entry: ShardEntry, decode: bool = False) -> tuple[li
         try:
             with tarfile.open(fileobj=reader, mode="r|") as archive:
                 for key, members in _samples(archive, problems, entry.name):
-                    found, sample_labels = _check_sample(entry.name, key, members, decode)
+                    found, sample_labels = _check_sample(entry.name, key, members, decode,
+                                                        pixels or {})
                     problems += found
                     index_entries.append([m[2] for m in members])
                     if sample_labels is not None:
@@ -196,14 +231,61 @@ def verify_shard(root: str, entry: ShardEntry, decode: bool = False) -> tuple[li
     return problems, len(index_entries)
 
 
-def verify(dest: str, decode: bool = False, workers: int = 2, progress: bool = True) -> VerifyReport:
-    """Verify every shard of the set at `dest` (directory or URL)."""
+def compare_with_source(source: ShardSet, entry: ShardEntry, root: str, pixels: Mapping[str, str]
+                        ) -> list[Problem]:
+    """A tiled shard against the source shard of the same name: same keys in the same order, tiles
+    holding the source image's decoded pixels, other images the source's bytes."""
+    tiled = open_shard_set(root)
+    found = next((e for e in source.manifest.shards if e.name == entry.name), None)
+    if found is None:
+        return [Problem(entry.name, "", "no shard of this name in the source set")]
+    pairs = zip(read_samples(source, load_index(source, found), 0, found.samples),
+                read_samples(tiled, load_index(tiled, entry), 0, entry.samples))
+    problems = [] if found.samples == entry.samples else [
+        Problem(entry.name, "", f"{entry.samples} samples, the source shard has {found.samples}")]
+    for original, copy in pairs:
+        if original.key != copy.key or original.error or copy.error:
+            problems.append(Problem(entry.name, copy.key, original.error or copy.error or
+                                    f"key differs from the source's {original.key}"))
+        elif copy.key in pixels:
+            try:
+                same = pixels_sha256(decode_image(original.image).permute(1, 2, 0).numpy()) \
+                    == pixels[copy.key]
+            except ValueError as exc:
+                problems.append(Problem(entry.name, copy.key, f"source image does not decode: {exc}"))
+                continue
+            if not same:
+                problems.append(Problem(entry.name, copy.key, "tiles differ from the source pixels"))
+        elif original.image != copy.image:
+            problems.append(Problem(entry.name, copy.key, "image bytes differ from the source's"))
+    return problems
+
+
+def _source_problems(dest: str, manifest: Manifest, source: str, workers: int) -> list[Problem]:
+    recipe = manifest.options.get(RETILE_KEY)
+    if recipe is None:
+        return [Problem(dest, "", "not a tiled shard set: nothing to compare with a source")]
+    if manifest_sha256(source) != recipe.get("source_manifest_sha256"):
+        return [Problem(dest, "", f"derived from another shard set than {source} (manifest sha256)")]
+    shards, root = open_shard_set(source), shard_set_root(dest)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        found = pool.map(lambda e: compare_with_source(shards, e, root, recipe["pixels_sha256"]),
+                         manifest.shards)
+        return [problem for problems in found for problem in problems]
+
+
+def verify(dest: str, decode: bool = False, workers: int = 2, progress: bool = True,
+           source: str | None = None) -> VerifyReport:
+    """Verify every shard of the set at `dest` (directory or URL); for a tiled set, also against
+    its `source` set when given."""
     manifest = load_manifest(dest)
     root = shard_set_root(dest)
-    problems: list[Problem] = []
+    pixels = manifest.options.get(RETILE_KEY, {}).get("pixels_sha256", {})
+    problems: list[Problem] = [] if source is None else _source_problems(dest, manifest, source,
+                                                                          workers)
     samples = 0
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = pool.map(lambda e: verify_shard(root, e, decode), manifest.shards)
+        results = pool.map(lambda e: verify_shard(root, e, decode, pixels), manifest.shards)
         for found, count in tqdm(results, total=len(manifest.shards), desc="verify", unit="shard",
                                  disable=not progress):
             problems += found
