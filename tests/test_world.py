@@ -10,36 +10,34 @@ from imaginet_shards.loaders.world import (
     batches_per_rank,
     derive_seed,
     dropped_samples,
+    rank_order,
     sample_rng,
     shard_order,
-    worker_plan,
 )
 
 SHARD_COUNTS = [(7,), (5, 3), (10, 10, 3), (4, 9, 1, 6, 2), (0, 8, 0, 5), (1, 1, 1)]
 
 
-def epoch_positions(counts, world_size, workers, batch_size, drop_last, seed=0, epoch=0):
-    """{rank: [(shard, index), ...]} and {rank: batch count}, read through every worker's plan."""
+def epoch_positions(counts, world_size, buffer, batch_size, drop_last, seed=0, epoch=0):
+    """{rank: [(shard, index), ...]} and {rank: batch count}, from every rank's order."""
     seen, batches = {}, {}
     for rank in range(world_size):
-        spec = EpochSpec(world_size, rank, batch_size, seed, epoch, drop_last)
-        seen[rank], batches[rank] = [], 0
-        for worker in range(workers):
-            plan = worker_plan(counts, spec, workers, worker)
-            assert sum(plan.batch_sizes) == plan.samples
-            assert all(0 <= b <= batch_size for b in plan.batch_sizes)
-            batches[rank] += len(plan.batch_sizes)
-            seen[rank] += [(s.shard, i) for s in plan.segments for i in range(s.start, s.stop)]
+        order = rank_order(counts, EpochSpec(world_size, rank, batch_size, seed, epoch, drop_last),
+                           buffer)
+        assert sum(order.batch_sizes) == len(order.shards) == len(order.samples)
+        assert all(0 <= b <= batch_size for b in order.batch_sizes)
+        batches[rank] = len(order)
+        seen[rank] = list(zip(order.shards.tolist(), order.samples.tolist()))
     return seen, batches
 
 
 @pytest.mark.parametrize("counts", SHARD_COUNTS)
-@pytest.mark.parametrize("world_size,workers", list(itertools.product((1, 2, 3, 4), (1, 2, 3))))
+@pytest.mark.parametrize("world_size,buffer", list(itertools.product((1, 2, 3, 4), (0, 4))))
 @pytest.mark.parametrize("batch_size", (1, 2, 3))
 @pytest.mark.parametrize("drop_last", (True, False))
-def test_partition(counts, world_size, workers, batch_size, drop_last):
+def test_partition(counts, world_size, buffer, batch_size, drop_last):
     total = sum(counts)
-    seen, batches = epoch_positions(counts, world_size, workers, batch_size, drop_last, seed=3)
+    seen, batches = epoch_positions(counts, world_size, buffer, batch_size, drop_last, seed=3)
     expected = batches_per_rank(total, world_size, batch_size, drop_last)
     assert set(batches.values()) == {expected}
     everything = [p for rank in range(world_size) for p in seen[rank]]
@@ -57,8 +55,8 @@ def test_partition(counts, world_size, workers, batch_size, drop_last):
 def test_eval_batches_are_never_empty_when_samples_suffice():
     # 17 samples, 4 ranks, batch 4: 2 batches each although ranks hold 4 or 5 samples.
     for rank in range(4):
-        plan = worker_plan((17,), EpochSpec(4, rank, 4, drop_last=False))
-        assert len(plan.batch_sizes) == 2 and min(plan.batch_sizes) >= 1
+        order = rank_order((17,), EpochSpec(4, rank, 4, drop_last=False))
+        assert len(order) == 2 and min(order.batch_sizes) >= 1
 
 
 def test_epochs_reshuffle_and_seed_fixes_order():
@@ -73,10 +71,10 @@ def test_epochs_reshuffle_and_seed_fixes_order():
     assert epoch0 != epoch1
 
 
-def test_a_worker_touches_few_shards():
+def test_a_rank_touches_few_shards():
     counts = (100,) * 12
-    plan = worker_plan(counts, EpochSpec(4, 1, 10), num_workers=3, worker=2)
-    assert len(plan.segments) <= 2 and plan.samples == 100
+    order = rank_order(counts, EpochSpec(4, 1, 10), 16)
+    assert len(set(order.shards.tolist())) <= 4 and len(order.shards) == 300
 
 
 def test_bad_arguments_raise():
@@ -84,8 +82,8 @@ def test_bad_arguments_raise():
         EpochSpec(world_size=2, rank=2, batch_size=4)
     with pytest.raises(ValueError, match="batch_size"):
         EpochSpec(world_size=1, rank=0, batch_size=0)
-    with pytest.raises(ValueError, match="worker 3"):
-        worker_plan((4,), EpochSpec(1, 0, 2), num_workers=3, worker=3)
+    with pytest.raises(ValueError, match="counts must be >= 0"):
+        rank_order((4, -1), EpochSpec(1, 0, 2))
 
 
 def test_sample_rng_is_pure():

@@ -18,8 +18,6 @@ BLOCK = 512
 RECORD = 20 * BLOCK  # GNU tar's default record size; archives end padded to it
 INDEX_VERSION = "v1.2"
 MTIME = 946684800  # 2000-01-01T00:00:00Z: fixed so that shards are byte-reproducible
-MAX_MEMBER_BYTES = 1 << 31
-
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,7 @@ class ShardSet:
 
     @property
     def counts(self) -> tuple[int, ...]:
-        """Samples per shard, in manifest order (what `world.worker_plan` partitions)."""
+        """Samples per shard, in manifest order (what `world.rank_order` partitions)."""
         return tuple(s.samples for s in self.manifest.shards)
 
     @property

@@ -45,9 +45,10 @@ DALI substitutions and limitations
 - **Rot90 / Flip**: `fn.transpose` + `fn.flip`: exact, counter-clockwise turns as `torch.rot90`.
 - **PadTo + Crop**: ROI decode of the part of the window inside the image
   (`fn.decoders.image_slice`); a window reaching past the image decodes the image's whole extent
-  along that axis and mirrors it (reflect-101, centred): identical to pad-then-crop. Only JPEG
-  decodes just the window (libjpeg-turbo on the CPU, nvJPEG on a GPU); PNG and WebP
-  (nvImageCodec's OpenCV decoders) decode the whole image, as on the CPU backend.
+  along that axis and mirrors it (reflect-101, centred): identical to pad-then-crop. JPEG windows
+  are decoded by DALI's ROI decoder (libjpeg-turbo on the CPU, nvJPEG on a GPU); PNG, WebP and
+  tiled images by `codecs.windows` through `fn.python_function` on CPU threads, on both devices
+  (the rows above the crop's bottom only, as on the CPU backend).
 - **Resizing** (`SquareResize`, `ResizedCrop`): `fn.resize` without antialiasing; linear within 1
   level of OpenCV, cubic within 4 (another kernel), Lanczos-4 becomes Lanczos-3 (within 3).
 - **Decoding**: EXIF orientation is ignored, as on the CPU backend. On the CPU, `eval` outputs are

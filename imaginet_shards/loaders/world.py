@@ -47,20 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 
 # Domain tags keep the generators for different purposes independent for the same seed.
-_SHARD_ORDER, _STREAM, _SAMPLE, _JITTER = 1, 2, 3, 4
-
-
-@dataclass(frozen=True)
-class Segment:
-    """Samples `start` (inclusive) to `stop` (exclusive) of shard number `shard` (manifest order)."""
-
-    shard: int
-    start: int
-    stop: int
-
-    @property
-    def samples(self) -> int:
-        return self.stop - self.start
+_SHARD_ORDER, _SAMPLE, _JITTER = 1, 3, 4  # (2 is retired: kept apart so seeds stay as they were)
 
 
 @dataclass(frozen=True)
@@ -83,20 +70,6 @@ class EpochSpec:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.seed < 0 or self.epoch < 0:
             raise ValueError(f"seed and epoch must be >= 0, got seed={self.seed} epoch={self.epoch}")
-
-
-@dataclass(frozen=True)
-class WorkerPlan:
-    """What one worker of one rank reads in one epoch: `segments` in order, cut into batches of
-    `batch_sizes` (which sum to the segments' sample count; entries can be < batch_size or 0 at
-    the end of a `drop_last=False` epoch)."""
-
-    segments: tuple[Segment, ...]
-    batch_sizes: tuple[int, ...]
-
-    @property
-    def samples(self) -> int:
-        return sum(s.samples for s in self.segments)
 
 
 def derive_seed(*parts: int | str) -> np.random.SeedSequence:
@@ -152,50 +125,6 @@ def rank_batch_sizes(total: int, spec: EpochSpec) -> tuple[int, ...]:
         sizes.append(size)
         left -= size
     return tuple(sizes)
-
-
-def worker_batches(num_batches: int, num_workers: int, worker: int) -> tuple[int, int]:
-    """[first, stop) of the batches a worker produces: contiguous, balanced, first workers get more."""
-    if num_workers < 1 or not 0 <= worker < num_workers:
-        raise ValueError(f"worker {worker} is not in 0..{num_workers - 1} ({num_workers} workers)")
-    base, extra = divmod(num_batches, num_workers)
-    first = worker * base + min(worker, extra)
-    return first, first + base + (1 if worker < extra else 0)
-
-
-def segments(counts: Sequence[int], order: Sequence[int], start: int, stop: int
-             ) -> tuple[Segment, ...]:
-    """The shard ranges that positions [start, stop) of the sequence `order` x `counts` cover."""
-    out: list[Segment] = []
-    offset = 0
-    for shard in order:
-        lo, hi = max(start, offset), min(stop, offset + counts[shard])
-        if lo < hi:
-            out.append(Segment(shard, lo - offset, hi - offset))
-        offset += counts[shard]
-        if offset >= stop:
-            break
-    return tuple(out)
-
-
-def worker_plan(counts: Sequence[int], spec: EpochSpec, num_workers: int = 1,
-                worker: int = 0) -> WorkerPlan:
-    """What worker `worker` of `num_workers` on rank `spec.rank` reads this epoch (see module doc)."""
-    if any(c < 0 for c in counts):
-        raise ValueError(f"shard sample counts must be >= 0, got {list(counts)}")
-    total = sum(counts)
-    sizes = rank_batch_sizes(total, spec)
-    first, last = worker_batches(len(sizes), num_workers, worker)
-    rank_start, _ = rank_span(total, spec)
-    start = rank_start + sum(sizes[:first])
-    stop = start + sum(sizes[first:last])
-    order = shard_order(len(counts), spec.seed, spec.epoch, spec.shuffle)
-    return WorkerPlan(segments(counts, order, start, stop), sizes[first:last])
-
-
-def stream_rng(spec: EpochSpec, worker: int) -> np.random.Generator:
-    """The generator of one worker's shuffle buffer in one epoch."""
-    return np.random.default_rng(derive_seed(_STREAM, spec.seed, spec.epoch, spec.rank, worker))
 
 
 def sample_rng(seed: int, key: str, epoch: int | None) -> np.random.Generator:
