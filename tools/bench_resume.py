@@ -3,8 +3,9 @@ against a fresh start, for each backend, reproducible from scratch:
 
     python tools/bench_resume.py --out runs/bench-resume
 
-writes and packs the sample dataset (realistic formats) unless OUT already holds it, then, in this
-process and alternating fresh and resumed so that both see the same warm caches, times
+writes and packs the sample dataset (realistic formats, as `bench_loaders.py` does) unless OUT
+already holds it, then, in this process and alternating fresh and resumed so that both see the
+same warm caches, times
 `make_loader(...)` + `load_state_dict(...)` + the first batch, and prints the medians and their
 ratio (target: at most 1.5, as a resume should cost reading the index and nothing more).
 """
@@ -15,24 +16,10 @@ import statistics
 import time
 from pathlib import Path
 
+from bench_loaders import prepare
 from imaginet_shards.cli_common import run_tool, write_json
 from imaginet_shards.env import dali_installed
 from imaginet_shards.loaders import make_loader
-from imaginet_shards.ops.pack import PackOptions, pack
-from imaginet_shards.sample import SPLITS, SampleOptions, write_sample
-
-
-def prepare(out: Path, count: int, max_side: int, workers: int) -> Path:
-    """The shard directory of a `count`-image sample, created when missing."""
-    root, annotations, shards = out / "sample", out / "all.txt", out / "shards"
-    if not (root / "train.txt").exists():
-        write_sample(root, SampleOptions(count=count, max_side=max_side, formats="realistic",
-                                         workers=workers))
-    if not annotations.exists():
-        annotations.write_text("".join((root / f"{split}.txt").read_text() for split in SPLITS))
-    if not (shards / "manifest.json").exists():
-        pack(PackOptions(root=root, annotations=annotations, out=shards, workers=workers))
-    return shards
 
 
 def first_batch_seconds(shards: Path, backend: str, args: argparse.Namespace, at: float) -> float:
@@ -67,7 +54,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    shards = prepare(args.out, args.count, args.max_side, args.workers)
+    _, _, shards = prepare(args.out, args.count, args.max_side, args.workers)
     results = []
     for backend in args.backends.split(","):
         if backend == "dali" and not dali_installed():

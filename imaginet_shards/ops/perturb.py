@@ -132,17 +132,25 @@ def worker_map(function: Callable[..., T], columns: Sequence[Sequence[Any]], wor
     return pool.map(function, *columns)
 
 
+def prepare_destination(dest: str | os.PathLike[str], source: ShardSet, overwrite: bool) -> Path:
+    """The folder of a shard set derived from `source`, made ready: not the source itself, not an
+    existing shard set unless `overwrite`, whose old manifest is then removed first (so that a
+    half-written set never looks complete)."""
+    out = Path(dest)
+    if out.resolve() == Path(source.root).resolve():
+        raise ValueError(f"{out}: the destination must differ from the source shard set")
+    if (out / MANIFEST_NAME).exists() and not overwrite:
+        raise ValueError(f"{out} already holds a shard set (manifest.json); pass --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    return out
+
+
 def perturb(options: PerturbOptions) -> Manifest:
     """Write the perturbed shard set at options.out (manifest.json last) and return its manifest."""
     shards = open_shard_set(options.source)
     preset = get_preset(options.preset)
-    out = Path(options.out)
-    if out.resolve() == Path(shards.root).resolve():
-        raise ValueError(f"{out}: the destination must differ from the source shard set")
-    if (out / MANIFEST_NAME).exists() and not options.overwrite:
-        raise ValueError(f"{out} already holds a shard set (manifest.json); pass --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    out = prepare_destination(options.out, shards, options.overwrite)
     count = len(shards.manifest.shards)
     columns = ([shards] * count, range(count), [str(out)] * count, [preset] * count,
                [options.seed] * count)

@@ -37,7 +37,7 @@ from imaginet_shards.format.tar import ShardWriter
 from imaginet_shards.format.tiles import RETILE_KEY, check_tile_size
 from imaginet_shards.io import storage
 from imaginet_shards.io.shardset import ShardSet, load_index, open_shard_set, read_samples
-from imaginet_shards.ops.perturb import worker_map
+from imaginet_shards.ops.perturb import prepare_destination, worker_map
 
 
 @dataclass(frozen=True)
@@ -111,22 +111,10 @@ def retile_shard(shards: ShardSet, number: int, out: str, tile: int, webp: bool
                              label_histogram(labels), entry.first_key)), pixels
 
 
-def manifest_sha256(source: str) -> str:
-    """The sha256 of a shard set's manifest.json: the identity a derived set records."""
-    location = source if str(source).endswith(".json") else storage.join(source, MANIFEST_NAME)
-    return hashlib.sha256(storage.read_bytes(location)).hexdigest()
-
-
 def retile(options: RetileOptions) -> Manifest:
     """Write the tiled shard set at options.out (manifest.json last) and return its manifest."""
     shards = open_shard_set(options.source)
-    out = Path(options.out)
-    if out.resolve() == Path(shards.root).resolve():
-        raise ValueError(f"{out}: the destination must differ from the source shard set")
-    if (out / MANIFEST_NAME).exists() and not options.overwrite:
-        raise ValueError(f"{out} already holds a shard set (manifest.json); pass --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    out = prepare_destination(options.out, shards, options.overwrite)
     count = len(shards.manifest.shards)
     columns: list[list[Any]] = [[shards] * count, list(range(count)), [str(out)] * count,
                                 [options.tile] * count, [options.webp] * count]
@@ -139,7 +127,7 @@ def retile(options: RetileOptions) -> Manifest:
             pixels.update(shard_pixels)
     source = shards.manifest
     recipe = {"tile": options.tile, "codec": "zlib-rows", "formats": list(tiled_formats(options.webp)),
-              "source_manifest_sha256": manifest_sha256(options.source),
+              "source_manifest_sha256": shards.manifest.sha256,
               "source_plan_sha256": source.plan_sha256}
     manifest = build_manifest(
         source.annotations, {**source.options, RETILE_KEY: {**recipe, "pixels_sha256": pixels}},

@@ -42,7 +42,6 @@ from imaginet_shards.io.shardset import (
     read_samples,
     shard_set_root,
 )
-from imaginet_shards.ops.retile import manifest_sha256
 
 
 @dataclass(frozen=True)
@@ -265,9 +264,9 @@ def _source_problems(dest: str, manifest: Manifest, source: str, workers: int) -
     recipe = manifest.options.get(RETILE_KEY)
     if recipe is None:
         return [Problem(dest, "", "not a tiled shard set: nothing to compare with a source")]
-    if manifest_sha256(source) != recipe.get("source_manifest_sha256"):
-        return [Problem(dest, "", f"derived from another shard set than {source} (manifest sha256)")]
     shards, root = open_shard_set(source), shard_set_root(dest)
+    if shards.manifest.sha256 != recipe.get("source_manifest_sha256"):
+        return [Problem(dest, "", f"derived from another shard set than {source} (manifest sha256)")]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         found = pool.map(lambda e: compare_with_source(shards, e, root, recipe["pixels_sha256"]),
                          manifest.shards)
