@@ -26,18 +26,10 @@ MB = 1024 * 1024
 
 
 def sample_shards(work: Path, count: int) -> Path:
-    """A small generated shard set (the embedded sample at max side 256)."""
-    from imaginet_shards.ops.pack import PackOptions, pack
-    from imaginet_shards.sample import SPLITS, SampleOptions, write_sample
+    """A small generated shard set (the sample at max side 256, 16 samples per shard)."""
+    from bench_loaders import prepare
 
-    sample = work / "sample"
-    write_sample(sample, SampleOptions(count=count, max_side=256, formats="realistic"),
-                 progress=False)
-    everything = work / "all.txt"
-    everything.write_text("".join((sample / f"{split}.txt").read_text() for split in SPLITS))
-    pack(PackOptions(root=sample, annotations=everything, out=work / "shards", max_count=16,
-                     progress=False))
-    return work / "shards"
+    return prepare(work, count, 256, 1, max_count=16, progress=False)[2]
 
 
 def run_epochs(shards: Path, backend: str, args: argparse.Namespace) -> dict:

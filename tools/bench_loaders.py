@@ -19,16 +19,20 @@ from imaginet_shards.ops.pack import PackOptions, pack
 from imaginet_shards.sample import SPLITS, SampleOptions, write_sample
 
 
-def prepare(out: Path, count: int, max_side: int, workers: int) -> tuple[Path, Path, Path]:
-    """(image root, annotation file of every split, shard directory), created when missing."""
+def prepare(out: Path, count: int, max_side: int, workers: int, *, max_count: int = 2000,
+            progress: bool = True) -> tuple[Path, Path, Path]:
+    """(image root, annotation file of every split, shard directory) of the realistic-format sample
+    under `out`, created when missing (shards of at most `max_count` samples). The benchmark tools
+    all generate their data here."""
     root, annotations, shards = out / "sample", out / "all.txt", out / "shards"
     if not (root / "train.txt").exists():
         write_sample(root, SampleOptions(count=count, max_side=max_side, formats="realistic",
-                                         workers=workers))
+                                         workers=workers), progress=progress)
     if not annotations.exists():
         annotations.write_text("".join((root / f"{split}.txt").read_text() for split in SPLITS))
     if not (shards / "manifest.json").exists():
-        pack(PackOptions(root=root, annotations=annotations, out=shards, workers=workers))
+        pack(PackOptions(root=root, annotations=annotations, out=shards, workers=workers,
+                         max_count=max_count, progress=progress))
     return root, annotations, shards
 
 

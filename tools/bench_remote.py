@@ -26,16 +26,9 @@ from helpers.s3local import moto_server  # noqa: E402
 
 
 def _sample_shards(work: Path, count: int) -> Path:
-    from imaginet_shards.ops.pack import PackOptions, pack
-    from imaginet_shards.sample import SampleOptions, write_sample
+    from bench_loaders import prepare
 
-    sample = work / "sample"
-    write_sample(sample, SampleOptions(count=count, max_side=1024, formats="realistic"), progress=False)
-    everything = work / "all.txt"
-    everything.write_text("".join((sample / f"{s}.txt").read_text() for s in ("train", "calibration", "test")))
-    pack(PackOptions(root=sample, annotations=everything,
-                     out=work / "shards", max_count=50, progress=False))
-    return work / "shards"
+    return prepare(work, count, 1024, 1, max_count=50, progress=False)[2]
 
 
 def parser() -> argparse.ArgumentParser:

@@ -110,16 +110,9 @@ def report(result: dict[str, Any]) -> str:
 
 def make_shards(folder: Path, count: int, max_side: int, workers: int) -> Path:
     """The sample dataset (realistic formats) packed into `folder`/shards."""
-    from imaginet_shards.ops.pack import PackOptions, pack
-    from imaginet_shards.sample import SPLITS, SampleOptions, write_sample
+    from bench_loaders import prepare  # tools/ is on the path when this runs as a script
 
-    root, annotations, shards = folder / "sample", folder / "all.txt", folder / "shards"
-    write_sample(root, SampleOptions(count=count, max_side=max_side, formats="realistic",
-                                     workers=workers), progress=False)
-    annotations.write_text("".join((root / f"{split}.txt").read_text() for split in SPLITS))
-    pack(PackOptions(root=root, annotations=annotations, out=shards, workers=workers,
-                     progress=False))
-    return shards
+    return prepare(folder, count, max_side, workers, progress=False)[2]
 
 
 def batches(shards: Path, preset: str, device: str, args: argparse.Namespace) -> Iterator[Any]:
