@@ -193,17 +193,17 @@ def read_batch(shards: ShardSet, indexes: dict[int, ShardIndex],
     """The Records of samples (`shard_ids[i]`, `samples[i]`) (shard numbers in manifest order), in
     that order: each shard is opened once and each run of consecutive samples read in one window.
     Indexes not yet in `indexes` are loaded into it."""
+    shard_ids, samples = np.asarray(shard_ids, dtype=np.int64), np.asarray(samples, dtype=np.int64)
     found: dict[tuple[int, int], Record] = {}
-    for shard in sorted({int(s) for s in shard_ids}):
+    for shard in np.unique(shard_ids).tolist():
         if shard not in indexes:
             indexes[shard] = load_index(shards, shards.manifest.shards[shard])
         index = indexes[shard]
-        wanted = sorted({int(n) for s, n in zip(shard_ids, samples) if s == shard})
         with shards.open(index.entry.name) as stream:
-            for start, stop in _runs(wanted):
+            for start, stop in _runs(np.unique(samples[shard_ids == shard]).tolist()):
                 for number, record in enumerate(_read_run(stream, index, start, stop), start):
                     found[shard, number] = record
-    return [found[int(s), int(n)] for s, n in zip(shard_ids, samples)]
+    return [found[s, n] for s, n in zip(shard_ids.tolist(), samples.tolist())]
 
 
 def _runs(numbers: list[int]) -> Iterator[tuple[int, int]]:

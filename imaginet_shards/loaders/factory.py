@@ -44,7 +44,8 @@ def make_loader(source: str | os.PathLike[str], *, backend: Backend = "auto",
         workers: CPU worker processes (CPU backend) or decoder threads (DALI).
         on_error: "raise" names the shard and key of an unusable sample; "skip" (CPU backend)
             drops and counts it in `loader.skipped`.
-        shuffle, shuffle_buffer: shard-order shuffle and the size of the sample shuffle buffer.
+        shuffle, shuffle_buffer: shard-order shuffle, and how far (in places) the local shuffle inside
+            a rank's range may move a sample (world.py).
         drop_last: drop the epoch's tail to keep full, equal batches (training); False keeps it.
         cache_dir, cache_bytes: a local cache of whole remote shards, evicted least-recently-used.
     """

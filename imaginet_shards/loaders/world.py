@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -158,14 +158,18 @@ class RankOrder:
     shards: np.ndarray
     samples: np.ndarray
     batch_sizes: tuple[int, ...]
+    _ends: np.ndarray = field(init=False, repr=False, compare=False)  # where each batch ends
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_ends", np.cumsum(self.batch_sizes, dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.batch_sizes)
 
     def batch(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(shards, samples) of batch `i`."""
-        start = sum(self.batch_sizes[:i])
-        stop = start + self.batch_sizes[i]
+        stop = int(self._ends[i])
+        start = stop - self.batch_sizes[i]
         return self.shards[start:stop], self.samples[start:stop]
 
 
