@@ -38,7 +38,7 @@ from imaginet_shards.format.manifest import (
 )
 from imaginet_shards.format.tar import ShardWriter
 from imaginet_shards.io import storage
-from imaginet_shards.io.shardset import ShardSet, load_index, open_shard_set, read_samples
+from imaginet_shards.io.shardset import Record, ShardSet, load_index, open_shard_set, read_samples
 from imaginet_shards.loaders.world import sample_rng
 from imaginet_shards.ops.pack import PlannedSample, sample_members
 from imaginet_shards.procs import process_pool
@@ -74,9 +74,16 @@ def render(data: bytes, preset: Preset, rng: np.random.Generator
     return encode(apply_ops(image, remaining), "png"), "png", ops
 
 
-def perturb_shard(shards: ShardSet, number: int, out: str, preset: Preset, seed: int) -> dict:
-    """Write the perturbed copy of shard `number` (tar under a temporary name, then renamed) and
-    return its manifest entry as a dict. Runs in a worker process."""
+Members = list[tuple[str, bytes]]
+Labels = tuple[int, int, int, int]
+Rewrite = Callable[[Record, Labels], Members]  # (record, its labels) -> its new members
+
+
+def rewrite_shard(shards: ShardSet, number: int, out: str, rewrite: Rewrite) -> dict:
+    """Write shard `number` of `shards` into `out`, each sample's members given by
+    `rewrite(record, labels)` (the tar under a temporary name, renamed once complete, its index
+    beside it), and return its manifest entry as a dict. An unreadable sample, or one `rewrite`
+    refuses with a ValueError, raises a SampleError naming shard and key. Runs in a worker."""
     entry = shards.manifest.shards[number]
     out_dir = Path(out)
     tmp = out_dir / f".{entry.name}.tmp"
@@ -85,25 +92,14 @@ def perturb_shard(shards: ShardSet, number: int, out: str, preset: Preset, seed:
         with open(tmp, "wb") as stream:
             writer = ShardWriter(stream)
             for record in read_samples(shards, load_index(shards, entry), 0, entry.samples):
-                if record.error:
-                    raise SampleError(entry.name, record.key, record.error)
-                try:
-                    data, fmt, ops = render(record.image, preset,
-                                             sample_rng(seed, record.key, None))
-                    source = json.loads(record.meta)
-                except ValueError as exc:
-                    raise SampleError(entry.name, record.key, str(exc)) from None
-                if record.labels is None:  # read_samples sets labels on every usable record
-                    raise SampleError(entry.name, record.key, "no labels")
+                if record.error or record.labels is None:
+                    raise SampleError(entry.name, record.key, record.error or "no labels")
                 origin, content, family, generator = (int(v) for v in record.labels)
                 sample_labels = (origin, content, family, generator)
-                planned = PlannedSample(record.key, source.get("path", ""), int(source.get("line", 0)),
-                                        sample_labels, len(data))
-                extra = {"source": {"key": record.key, "shard": entry.name,
-                                    "sha256": hashlib.sha256(record.image).hexdigest()},
-                         "perturbation": {"preset": preset.name, "seed": seed, "ops": ops_to_json(ops)}}
-                members = sample_members(record.key, data, ImageInfo(fmt, preset.size, preset.size),
-                                         planned, extra)
+                try:
+                    members = rewrite(record, sample_labels)
+                except ValueError as exc:
+                    raise SampleError(entry.name, record.key, str(exc)) from None
                 writer.add_sample(record.key, members)
                 labels.append(sample_labels)
             size, digest, index = writer.close()
@@ -113,6 +109,25 @@ def perturb_shard(shards: ShardSet, number: int, out: str, preset: Preset, seed:
         tmp.unlink(missing_ok=True)
     return asdict(ShardEntry(entry.name, entry.index, len(labels), size, digest,
                              label_histogram(labels), entry.first_key))
+
+
+def perturb_shard(shards: ShardSet, number: int, out: str, preset: Preset, seed: int) -> dict:
+    """Write the perturbed copy of shard `number` (see `rewrite_shard`) and return its manifest
+    entry as a dict. Runs in a worker process."""
+    name = shards.manifest.shards[number].name
+
+    def perturbed(record: Record, labels: Labels) -> Members:
+        data, fmt, ops = render(record.image, preset, sample_rng(seed, record.key, None))
+        source = json.loads(record.meta)
+        planned = PlannedSample(record.key, source.get("path", ""), int(source.get("line", 0)),
+                                labels, len(data))
+        extra = {"source": {"key": record.key, "shard": name,
+                            "sha256": hashlib.sha256(record.image).hexdigest()},
+                 "perturbation": {"preset": preset.name, "seed": seed, "ops": ops_to_json(ops)}}
+        return sample_members(record.key, data, ImageInfo(fmt, preset.size, preset.size),
+                              planned, extra)
+
+    return rewrite_shard(shards, number, out, perturbed)
 
 
 def single_threaded_worker() -> None:

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +23,17 @@ from tqdm import tqdm
 
 from imaginet_shards.augment.cpu import decode
 from imaginet_shards.codecs.tiles import encode_tiles, pixels_sha256
-from imaginet_shards.errors import SampleError
 from imaginet_shards.format.manifest import (
     MANIFEST_NAME,
     Manifest,
     ShardEntry,
     build_manifest,
-    label_histogram,
 )
 from imaginet_shards.format.members import encode_members, label_members
-from imaginet_shards.format.tar import ShardWriter
 from imaginet_shards.format.tiles import RETILE_KEY, check_tile_size
 from imaginet_shards.io import storage
-from imaginet_shards.io.shardset import ShardSet, load_index, open_shard_set, read_samples
-from imaginet_shards.ops.perturb import prepare_destination, worker_map
+from imaginet_shards.io.shardset import Record, ShardSet, open_shard_set
+from imaginet_shards.ops.perturb import Labels, Members, prepare_destination, rewrite_shard, worker_map
 
 
 @dataclass(frozen=True)
@@ -73,42 +69,22 @@ def tile_image(data: bytes, tile: int) -> tuple[bytes, str, int, int]:
 
 def retile_shard(shards: ShardSet, number: int, out: str, tile: int, webp: bool
                  ) -> tuple[dict, dict[str, str]]:
-    """Write the tiled copy of shard `number` (tar under a temporary name, then renamed); return its
-    manifest entry as a dict and {key: pixels sha256} of the images it tiled. Runs in a worker."""
-    entry = shards.manifest.shards[number]
-    out_dir, formats = Path(out), tiled_formats(webp)
-    tmp = out_dir / f".{entry.name}.tmp"
-    labels, pixels = [], {}
-    try:
-        with open(tmp, "wb") as stream:
-            writer = ShardWriter(stream)
-            for record in read_samples(shards, load_index(shards, entry), 0, entry.samples):
-                if record.error or record.labels is None:
-                    raise SampleError(entry.name, record.key, record.error or "no labels")
-                sample_labels = tuple(int(v) for v in record.labels)
-                if record.image_ext in formats:
-                    try:
-                        tiled, digest, height, width = tile_image(record.image, tile)
-                        meta = json.loads(record.meta)
-                    except ValueError as exc:
-                        raise SampleError(entry.name, record.key, str(exc)) from None
-                    meta["source"] = {"format": meta.get("format"), "bytes": len(record.image),
-                                      "sha256": hashlib.sha256(record.image).hexdigest()}
-                    meta.update(height=height, width=width, tile=tile)
-                    members = encode_members(record.key, tiled, "tiles", sample_labels, meta)
-                    pixels[record.key] = digest
-                else:
-                    members = [(record.image_ext, record.image), *label_members(sample_labels),
-                               ("json", record.meta)]
-                writer.add_sample(record.key, members)
-                labels.append(sample_labels)
-            size, digest, index = writer.close()
-        storage.write_bytes(out_dir / entry.index, index.encode())
-        os.replace(tmp, out_dir / entry.name)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return asdict(ShardEntry(entry.name, entry.index, len(labels), size, digest,
-                             label_histogram(labels), entry.first_key)), pixels
+    """Write the tiled copy of shard `number` (see `perturb.rewrite_shard`); return its manifest
+    entry as a dict and {key: pixels sha256} of the images it tiled. Runs in a worker."""
+    formats, pixels = tiled_formats(webp), {}
+
+    def tiled(record: Record, labels: Labels) -> Members:
+        if record.image_ext not in formats:
+            return [(record.image_ext, record.image), *label_members(labels), ("json", record.meta)]
+        data, digest, height, width = tile_image(record.image, tile)
+        meta = json.loads(record.meta)
+        meta["source"] = {"format": meta.get("format"), "bytes": len(record.image),
+                          "sha256": hashlib.sha256(record.image).hexdigest()}
+        meta.update(height=height, width=width, tile=tile)
+        pixels[record.key] = digest
+        return encode_members(record.key, data, "tiles", labels, meta)
+
+    return rewrite_shard(shards, number, out, tiled), pixels
 
 
 def retile(options: RetileOptions) -> Manifest:
