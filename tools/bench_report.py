@@ -204,8 +204,9 @@ def markdown(report: dict, command: str, bench: str, plot_name: str) -> str:
                      "for the CPU). \"Threads needed\" is the fewest tested threads whose "
                      "full-pipeline rate reaches the model's rate alone; on a GPU machine the "
                      "model would not compete for these cores."]
-    sections += ["## GPU", "No GPU figures yet: run `PYTHONPATH=. python tools/gpu_check.py` on a "
-                 "machine with one NVIDIA GPU and record its JSON here with the GPU's name."]
+    sections += ["## GPU", "This machine has none. Figures from a GPU machine (`tools/gpu_check.py`, "
+                 "`tools/gpu_dali_check.py`, `tools/gpu_jpeg_crops.py`, `imaginet-shards bench` "
+                 "there) are under \"On a GPU machine\" below."]
     return "\n\n".join(sections) + "\n"
 
 

@@ -23,6 +23,7 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -35,8 +36,9 @@ from imaginet_shards.cli_common import EXIT_ERROR, EXIT_OK, EXIT_PROBLEMS, run_t
 
 PRESETS = ("train", "eval", "calibration")
 # mean |GPU - CPU| in 0-255 levels, decisions identical: eval differs only by nvJPEG vs libjpeg-turbo
-# on JPEGs; train/calibration add the CUDA JPEG distortion and another noise generator
-LIMITS = {"eval": 0.5, "train": 3.0, "calibration": 3.0}
+# on JPEGs (0.68 levels on JPEG-only 96-px windows on an H200, tools/gpu_jpeg_crops.py);
+# train/calibration add the CUDA JPEG distortion and another noise generator
+LIMITS = {"eval": 1.0, "train": 3.0, "calibration": 3.0}
 Decisions = dict[str, dict[str, int]]  # key -> decision name -> value
 
 
@@ -211,6 +213,7 @@ def main(args: argparse.Namespace, checks: Callable[[Path, argparse.Namespace], 
                 shards = make_shards(folder, args.images, args.max_side, args.workers)
             result = checks(shards, args)
         except Exception as exc:  # CUDA is here: anything that breaks is a failure, never a skip
+            traceback.print_exc()
             print(f"FAILED: the DALI GPU check could not complete: {type(exc).__name__}: {exc}",
                   file=sys.stderr)
             return EXIT_PROBLEMS

@@ -1,8 +1,9 @@
 """Materialising windows (`dali_nodes.View`) for the DALI graph (`augment.dali`): the one DALI
 decoder of a pipeline, the PNG/WebP window route, and reflect-101 mirroring.
 
-Windows inside the image are decoded as such: JPEG by DALI's ROI decoder
-(`fn.decoders.image_slice`: libjpeg-turbo on the CPU, nvJPEG with "mixed"), PNG and WebP by
+Windows inside the image are decoded as such: JPEG by DALI's ROI decoder on the CPU
+(`fn.decoders.image_slice`, libjpeg-turbo; with "mixed" nvJPEG decodes the whole JPEG on the GPU
+and the window is cut there, see `Decoder.decode_slice`), PNG and WebP by
 windows.py through `fn.python_function` on CPU threads (on both devices, then copied to the GPU
 with "mixed"; DALI's own decoders decode PNG and WebP whole on the CPU), the rest (other PNGs,
 corrupt data) by the DALI decoder. A window that reaches past the image decodes the image's whole
@@ -117,6 +118,11 @@ class Decoder:
         return image
 
     def decode_slice(self, encoded: DataNode, start: DataNode, shape: DataNode) -> DataNode:
-        """DALI's own decoder on the window (a true ROI decode for JPEG)."""
+        """DALI's own decoder on the window: on the CPU a true ROI decode for JPEG; on a GPU a
+        whole-image nvJPEG decode, then the window is cut on the GPU (nvImageCodec hands an ROI
+        decode with libjpeg-turbo's chroma upsampling back to its CPU decoder below nvJPEG 13.2)."""
+        if self.gpu:
+            return fn.slice(fn.decoders.image(encoded, **self.decoder), start=start, shape=shape,
+                            axis_names="HW")
         return fn.decoders.image_slice(encoded, start=start, shape=shape, axis_names="HW",
                                        **self.decoder)
