@@ -2,12 +2,14 @@
 
 `ShardSet.open` is the one place a shard's bytes are opened (streamed, or through the local cache);
 `read_samples` reads samples [start, stop) of one shard, `read_batch` any samples in any order, by
-seeking straight to each run of them with the DALI index offsets and parsing the tar with webdataset's tar iterator (never its decoders: no
-member is unpickled or decoded here). Every failure is reported per sample, naming shard and key,
-so callers decide whether to raise or to skip without ever shifting labels.
+reading each run of them in one read through the DALI index offsets and checking every member's
+tar header against the index (no tar parser; nothing is unpickled or decoded here). Every failure
+is reported per sample, naming shard and key, so callers decide whether to raise or to skip without
+ever shifting labels.
 """
 from __future__ import annotations
 
+import bisect
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from imaginet_shards.format.members import MAX_META_BYTES, decode_labels
 from imaginet_shards.format.tar import (
     BLOCK,
     IndexEntry,
+    check_member_header,
     padding,
     parse_index,
     split_member_name,
@@ -133,6 +136,7 @@ class ShardIndex:
         if len(self.samples) != entry.samples:
             raise ShardSetError(entry.index, f"lists {len(self.samples)} samples, the manifest says "
                                              f"{entry.samples} for {entry.name}")
+        _check_layout(self.samples, entry.index)
         self.oversized = frozenset(
             e.name for sample in self.samples for e in sample
             if e.size > (MAX_FILE_BYTES if e.ext in IMAGE_MEMBERS else MAX_META_BYTES))
@@ -150,6 +154,18 @@ class ShardIndex:
         return last.offset + last.size + padding(last.size, BLOCK)
 
 
+def _check_layout(samples: list[list[IndexEntry]], source: str) -> None:
+    """ShardSetError naming the index line whose members do not follow one another, each after
+    its own header: readers trust these offsets to cut members out of a window."""
+    end = 0
+    for number, sample in enumerate(samples, start=2):
+        for e in sample:
+            if e.size < 0 or e.offset < end + BLOCK:
+                raise ShardSetError(f"{source}:{number}", f"member {e.name} at offset {e.offset} "
+                                    "overlaps the member before it or its own header")
+            end = e.offset + e.size
+
+
 def load_index(shards: ShardSet, entry: ShardEntry) -> ShardIndex:
     """The parsed `.idx` of one shard (through the cache, like the shard, when there is one)."""
     with shards.open(entry.index) as stream:
@@ -158,23 +174,6 @@ def load_index(shards: ShardSet, entry: ShardEntry) -> ShardIndex:
         return ShardIndex(entry, data.decode("ascii"))
     except UnicodeDecodeError as exc:
         raise ShardSetError(entry.index, f"not an ASCII index file: {exc}") from None
-
-
-class _Window:
-    """Reads bytes [begin, end) of a seekable stream: a tar parser sees only the wanted samples."""
-
-    def __init__(self, stream: BinaryIO, begin: int, end: int, name: str):
-        stream.seek(begin)
-        self._stream, self._left, self._name = stream, end - begin, name
-
-    def read(self, size: int = -1) -> bytes:
-        size = self._left if size < 0 else min(size, self._left)
-        data = self._stream.read(size)
-        self._left -= len(data)
-        return data
-
-    def __repr__(self) -> str:  # webdataset appends the stream's repr to its error messages
-        return self._name
 
 
 def read_samples(shards: ShardSet, index: ShardIndex, start: int, stop: int) -> Iterator[Record]:
@@ -218,48 +217,86 @@ def _runs(numbers: list[int]) -> Iterator[tuple[int, int]]:
 
 
 def _read_run(stream: BinaryIO, index: ShardIndex, start: int, stop: int) -> Iterator[Record]:
-    from webdataset.tariterators import tar_file_iterator  # webdataset imports torch: load only
-
-    name = index.entry.name
-    i = start
-    while i < stop:
-        window = _Window(stream, index.begin(i), index.end(stop - 1), name)
-        members = tar_file_iterator(window, skip_meta=None,
-                                    select_files=lambda n: n not in index.oversized)
-        try:
-            while i < stop:
-                yield _record(name, index, i, members)
-                i += 1
-        except Exception as exc:  # tarfile and webdataset raise many types for broken tars
-            yield Record(name, index.key(i),
-                         error=f"unreadable tar data (truncated or corrupt shard?): {exc}")
-            i += 1
+    """Records of samples [start, stop): their members' bytes are read in one read per span of
+    the window (`_spans`), then each sample is cut out of them and checked on its own."""
+    chunks = _Chunks(stream, _spans(index, start, stop))
+    for i in range(start, stop):
+        yield _record(index.entry.name, index, i, chunks)
 
 
-def _record(shard: str, index: ShardIndex, i: int, members: Iterator[dict]) -> Record:
-    """Consume sample i's members (as the index lists them; oversized ones are never read) and
-    check them."""
+def _spans(index: ShardIndex, start: int, stop: int) -> list[tuple[int, int]]:
+    """[begin, end) byte spans holding the headers and data of samples [start, stop)'s members:
+    one span for the run, split only around oversized members (never read). Tar padding between
+    members (under a block) is read along rather than splitting a span."""
+    spans: list[list[int]] = []
+    for sample in index.samples[start:stop]:
+        for entry in sample:
+            if entry.name in index.oversized:
+                continue
+            begin, end = entry.offset - BLOCK, entry.offset + entry.size
+            if spans and begin - spans[-1][1] < BLOCK:
+                spans[-1][1] = max(spans[-1][1], end)
+            else:
+                spans.append([begin, end])
+    return [(begin, end) for begin, end in spans]
+
+
+class _Chunks:
+    """The bytes of some spans of a stream, read at once: each span in one read (less where the
+    stream ends early), then served as memoryview slices without copying."""
+
+    def __init__(self, stream: BinaryIO, spans: list[tuple[int, int]]):
+        self._begins = [begin for begin, _ in spans]
+        self._data = []
+        for begin, end in spans:
+            stream.seek(begin)
+            self._data.append(memoryview(_read_up_to(stream, end - begin)))
+
+    def get(self, begin: int, end: int) -> memoryview | None:
+        """Bytes [begin, end) of the stream, or None when the stream ends before `end`."""
+        chunk = bisect.bisect_right(self._begins, begin) - 1
+        if chunk < 0:
+            return None
+        data, offset = self._data[chunk], begin - self._begins[chunk]
+        return data[offset:end - self._begins[chunk]] if end - self._begins[chunk] <= len(data) else None
+
+
+def _read_up_to(stream: BinaryIO, size: int) -> bytes:
+    """`size` bytes from the stream's position (one read on a local file), fewer only where it
+    ends."""
+    parts: list[bytes] = []
+    while size > 0 and (part := stream.read(size)):
+        parts.append(part)
+        size -= len(part)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _record(shard: str, index: ShardIndex, i: int, chunks: _Chunks) -> Record:
+    """Sample i's members (as the index lists them; oversized ones are never read), each checked
+    against its tar header, then the sample against the layout: one image, a well-formed .labels."""
     key, expected = index.key(i), index.samples[i]
-    found: dict[str, bytes] = {}
-    for entry in expected:
-        if entry.name in index.oversized:
-            continue
-        member = next(members, None)
-        if member is None:
-            return Record(shard, key, error=f"shard ends before member {entry.name} (truncated?)")
-        if member["fname"] != entry.name:
-            raise ValueError(f"tar holds {member['fname']!r} where the index says {entry.name!r}")
-        found[entry.ext] = member["data"]
     too_big = [f"{e.name} ({e.size} bytes)" for e in expected if e.name in index.oversized]
     if too_big:
         return Record(shard, key, error=f"member above the size limit: {', '.join(too_big)}")
+    found: dict[str, memoryview] = {}
+    for entry in expected:
+        member = chunks.get(entry.offset - BLOCK, entry.offset + entry.size)
+        if member is None:
+            return Record(shard, key, error=f"shard ends before the end of member {entry.name} "
+                                            "(truncated?)")
+        try:
+            check_member_header(member[:BLOCK], entry.name, entry.size)
+        except ValueError as exc:
+            return Record(shard, key, error=f"tar header disagrees with the index: {exc}")
+        found[entry.ext] = member[BLOCK:]
     images = [ext for ext in found if ext in IMAGE_MEMBERS]
     if len(images) != 1:
         return Record(shard, key, error=f"expected one image member, found {len(images)}")
     if "labels" not in found:
         return Record(shard, key, error="missing .labels member")
     try:
-        labels = decode_labels(found["labels"])
+        labels = decode_labels(bytes(found["labels"]))
     except ValueError as exc:
         return Record(shard, key, error=str(exc))
-    return Record(shard, key, found[images[0]], images[0], labels, found.get("json", b""))
+    return Record(shard, key, bytes(found[images[0]]), images[0], labels,
+                  bytes(found.get("json", b"")))
