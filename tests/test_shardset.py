@@ -163,11 +163,10 @@ def test_a_run_of_samples_is_one_read(shards):
     records = read_batch(shard_set, {0: index}, [0] * 5, [6, 2, 3, 4, 0])  # runs 0, 2..4, 6
     assert [r.key for r in records] == [f"{i:09d}" for i in (6, 2, 3, 4, 0)]
     assert not any(r.error for r in records)
-    def data_end(i):  # a run's read ends with its last member's data (the padding is not needed)
-        return index.samples[i][-1].offset + index.samples[i][-1].size
-    assert shard_set.reads == [(index.begin(0), data_end(0) - index.begin(0)),
-                               (index.begin(2), data_end(4) - index.begin(2)),
-                               (index.begin(6), data_end(6) - index.begin(6))]
+    def run(start, last):  # from the first member's header to the last member's data's end
+        begin, end = index.samples[start][0].offset - BLOCK, index.samples[last][-1].offset
+        return begin, end + index.samples[last][-1].size - begin
+    assert shard_set.reads == [run(0, 0), run(2, 4), run(6, 6)]
 
 
 def test_oversized_members_are_never_read(shards, monkeypatch):

@@ -25,7 +25,6 @@ from imaginet_shards.format.tar import (
     BLOCK,
     IndexEntry,
     check_member_header,
-    padding,
     parse_index,
     split_member_name,
 )
@@ -128,7 +127,8 @@ class Record:
 
 
 class ShardIndex:
-    """A shard's DALI index: members per sample and the byte span of each sample in the tar."""
+    """A shard's DALI index: members per sample (name, data offset and size of each), checked to
+    follow one another in the tar; `oversized` names the members above the size limits."""
 
     def __init__(self, entry: ShardEntry, text: str):
         self.entry = entry
@@ -143,15 +143,6 @@ class ShardIndex:
 
     def key(self, i: int) -> str:
         return split_member_name(self.samples[i][0].name)[0]
-
-    def begin(self, i: int) -> int:
-        """Offset of sample i's first header: the end of sample i-1 (0 for the first)."""
-        return 0 if i == 0 else self.end(i - 1)
-
-    def end(self, i: int) -> int:
-        """Offset just past sample i's last member data (padded to the tar block)."""
-        last = self.samples[i][-1]
-        return last.offset + last.size + padding(last.size, BLOCK)
 
 
 def _check_layout(samples: list[list[IndexEntry]], source: str) -> None:
