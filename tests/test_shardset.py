@@ -169,6 +169,20 @@ def test_a_run_of_samples_is_one_read(shards):
     assert shard_set.reads == [run(0, 0), run(2, 4), run(6, 6)]
 
 
+def test_a_long_run_is_read_in_bounded_windows(pristine, monkeypatch):
+    window = 8 * 1024  # a couple of samples of these tiny images
+    monkeypatch.setattr(shardset, "WINDOW_BYTES", window)
+    shard_set = logged(pristine)
+    index = load_index(shard_set, shard_set.manifest.shards[0])
+    shard_set.reads.clear()
+    assert_as_packed(list(read_samples(shard_set, index, 0, COUNT)), pristine, bad=set())
+    reads = shard_set.reads
+    assert 2 <= len(reads) < COUNT and reads[0][0] == 0
+    assert all(size <= window + 2 * BLOCK for _, size in reads)  # the last .json may cross it
+    for (at, size), (following, _) in zip(reads, reads[1:]):  # back to back, padding between
+        assert 0 <= following - (at + size) < BLOCK
+
+
 def test_oversized_members_are_never_read(shards, monkeypatch):
     monkeypatch.setattr(shardset, "MAX_META_BYTES", 100)  # every .json is now above the limit
     shard_set = logged(shards)

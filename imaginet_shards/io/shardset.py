@@ -2,8 +2,8 @@
 
 `ShardSet.open` is the one place a shard's bytes are opened (streamed, or through the local cache);
 `read_samples` reads samples [start, stop) of one shard, `read_batch` any samples in any order, by
-reading each run of them in one read through the DALI index offsets and checking every member's
-tar header against the index (no tar parser; nothing is unpickled or decoded here). Every failure
+reading each run of them in one read (a window of up to WINDOW_BYTES) through the DALI index
+offsets and checking every member's tar header against the index (no tar parser; nothing is unpickled or decoded here). Every failure
 is reported per sample, naming shard and key, so callers decide whether to raise or to skip without
 ever shifting labels.
 """
@@ -32,6 +32,7 @@ from imaginet_shards.io import storage
 from imaginet_shards.io.cache import DEFAULT_CACHE_BYTES, ShardCache
 
 log = logging.getLogger(__name__)
+WINDOW_BYTES = 32 << 20  # a run of samples is read in windows of about this many bytes
 
 
 def load_manifest(dest: str) -> Manifest:
@@ -181,7 +182,8 @@ def read_batch(shards: ShardSet, indexes: dict[int, ShardIndex],
                shard_ids: Sequence[int] | np.ndarray, samples: Sequence[int] | np.ndarray
                ) -> list[Record]:
     """The Records of samples (`shard_ids[i]`, `samples[i]`) (shard numbers in manifest order), in
-    that order: each shard is opened once and each run of consecutive samples read in one window.
+    that order: each shard is opened once and each run of consecutive samples read in one window
+    (up to WINDOW_BYTES).
     Indexes not yet in `indexes` are loaded into it."""
     shard_ids, samples = np.asarray(shard_ids, dtype=np.int64), np.asarray(samples, dtype=np.int64)
     found: dict[tuple[int, int], Record] = {}
@@ -208,11 +210,24 @@ def _runs(numbers: list[int]) -> Iterator[tuple[int, int]]:
 
 
 def _read_run(stream: BinaryIO, index: ShardIndex, start: int, stop: int) -> Iterator[Record]:
-    """Records of samples [start, stop): their members' bytes are read in one read per span of
-    the window (`_spans`), then each sample is cut out of them and checked on its own."""
-    chunks = _Chunks(stream, _spans(index, start, stop))
-    for i in range(start, stop):
-        yield _record(index.entry.name, index, i, chunks)
+    """Records of samples [start, stop), read window by window: each window's members in one read
+    per span (`_spans`), then each sample cut out of them and checked on its own."""
+    while start < stop:
+        end = _window_stop(index, start, stop)
+        chunks = _Chunks(stream, _spans(index, start, end))
+        for i in range(start, end):
+            yield _record(index.entry.name, index, i, chunks)
+        start = end
+
+
+def _window_stop(index: ShardIndex, start: int, stop: int) -> int:
+    """The end of the window of samples from `start`: as many as fit WINDOW_BYTES (at least one),
+    so that reading a whole shard never holds more than that in memory."""
+    first = index.samples[start][0].offset
+    end = start + 1
+    while end < stop and index.samples[end][-1].offset - first < WINDOW_BYTES:
+        end += 1
+    return end
 
 
 def _spans(index: ShardIndex, start: int, stop: int) -> list[tuple[int, int]]:
