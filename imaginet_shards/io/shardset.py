@@ -3,9 +3,9 @@
 `ShardSet.open` is the one place a shard's bytes are opened (streamed, or through the local cache);
 `read_samples` reads samples [start, stop) of one shard, `read_batch` any samples in any order, by
 reading each run of them in one read (a window of up to WINDOW_BYTES) through the DALI index
-offsets and checking every member's tar header against the index (no tar parser; nothing is unpickled or decoded here). Every failure
-is reported per sample, naming shard and key, so callers decide whether to raise or to skip without
-ever shifting labels.
+offsets and checking every member's tar header against the index (no tar parser; nothing is
+unpickled or decoded here). Every failure is reported per sample, naming shard and key, so callers
+decide whether to raise or to skip without ever shifting labels.
 """
 from __future__ import annotations
 
@@ -183,8 +183,7 @@ def read_batch(shards: ShardSet, indexes: dict[int, ShardIndex],
                ) -> list[Record]:
     """The Records of samples (`shard_ids[i]`, `samples[i]`) (shard numbers in manifest order), in
     that order: each shard is opened once and each run of consecutive samples read in one window
-    (up to WINDOW_BYTES).
-    Indexes not yet in `indexes` are loaded into it."""
+    (up to WINDOW_BYTES). Indexes not yet in `indexes` are loaded into it."""
     shard_ids, samples = np.asarray(shard_ids, dtype=np.int64), np.asarray(samples, dtype=np.int64)
     found: dict[tuple[int, int], Record] = {}
     for shard in np.unique(shard_ids).tolist():
@@ -263,8 +262,8 @@ class _Chunks:
         chunk = bisect.bisect_right(self._begins, begin) - 1
         if chunk < 0:
             return None
-        data, offset = self._data[chunk], begin - self._begins[chunk]
-        return data[offset:end - self._begins[chunk]] if end - self._begins[chunk] <= len(data) else None
+        data, base = self._data[chunk], self._begins[chunk]
+        return data[begin - base:end - base] if end - base <= len(data) else None
 
 
 def _read_up_to(stream: BinaryIO, size: int) -> bytes:
@@ -293,7 +292,7 @@ def _record(shard: str, index: ShardIndex, i: int, chunks: _Chunks) -> Record:
         try:
             check_member_header(member[:BLOCK], entry.name, entry.size)
         except ValueError as exc:
-            return Record(shard, key, error=f"tar header disagrees with the index: {exc}")
+            return Record(shard, key, error=f"member {entry.name}: {exc}")
         found[entry.ext] = member[BLOCK:]
     images = [ext for ext in found if ext in IMAGE_MEMBERS]
     if len(images) != 1:
