@@ -2,7 +2,9 @@
 
 Tar headers are deterministic (fixed mtime, owner, mode), so the same samples always give the same
 bytes. The DALI index (the v1.2 text format of DALI's `wds2idx`) is built while writing: first line
-`v1.2 <samples>`, then per sample, per member, `ext data_offset size name`.
+`v1.2 <samples>`, then per sample, per member, `ext data_offset size name`. Readers go straight to
+a member through its index entry and check the header in front of it (`check_member_header`)
+before trusting its bytes.
 """
 from __future__ import annotations
 
@@ -57,6 +59,44 @@ def _tarfile_header(name: str, size: int) -> bytes:
     info.uid = info.gid = 0
     info.uname = info.gname = ""
     return info.tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict")
+
+
+def check_member_header(header, name: str, size: int) -> None:
+    """Check that `header` (512 bytes, any bytes-like object) is the ustar header of a regular file
+    called `name` (a long name split into the prefix field counts whole) holding `size` bytes, as
+    the index says; ValueError saying what differs (checksum, format, type, name or size)."""
+    head = bytes(header)
+    if len(head) != BLOCK:
+        raise ValueError(f"{len(head)}-byte tar header, expected {BLOCK}")
+    stored, computed = _octal(head[148:156]), sum(head) - sum(head[148:156]) + 8 * 32
+    if stored != computed:  # the checksum field itself counts as spaces
+        raise ValueError(f"tar header checksum {stored}, computed {computed}: not a header, or a "
+                         "damaged one")
+    if head[257:262] != b"ustar":
+        raise ValueError("not a ustar tar header")
+    if head[156:157] not in (b"0", b"\0"):
+        raise ValueError(f"tar header of type {head[156:157]!r}, expected a regular file")
+    found = _text(head[:100])
+    if head[345] != 0:
+        found = f"{_text(head[345:500])}/{found}"
+    if found != name:
+        raise ValueError(f"tar header names {found!r} where the index says {name!r}")
+    stored_size = _octal(head[124:136])
+    if stored_size != size:
+        raise ValueError(f"tar header of {name} gives {stored_size} bytes, the index {size}")
+
+
+def _text(field: bytes) -> str:
+    return field.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def _octal(field: bytes) -> int:
+    """A header's numeric field (octal digits, as ustar writes them); -1 when it is not one."""
+    digits = field.split(b"\0", 1)[0].strip(b" ")
+    try:
+        return int(digits, 8)
+    except ValueError:
+        return -1
 
 
 def padding(size: int, unit: int = BLOCK) -> int:

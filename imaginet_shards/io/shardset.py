@@ -2,12 +2,14 @@
 
 `ShardSet.open` is the one place a shard's bytes are opened (streamed, or through the local cache);
 `read_samples` reads samples [start, stop) of one shard, `read_batch` any samples in any order, by
-seeking straight to each run of them with the DALI index offsets and parsing the tar with webdataset's tar iterator (never its decoders: no
-member is unpickled or decoded here). Every failure is reported per sample, naming shard and key,
-so callers decide whether to raise or to skip without ever shifting labels.
+reading each run of them in one read (a window of up to WINDOW_BYTES) through the DALI index
+offsets and checking every member's tar header against the index (no tar parser; nothing is
+unpickled or decoded here). Every failure is reported per sample, naming shard and key, so callers
+decide whether to raise or to skip without ever shifting labels.
 """
 from __future__ import annotations
 
+import bisect
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from imaginet_shards.format.members import MAX_META_BYTES, decode_labels
 from imaginet_shards.format.tar import (
     BLOCK,
     IndexEntry,
-    padding,
+    check_member_header,
     parse_index,
     split_member_name,
 )
@@ -30,6 +32,7 @@ from imaginet_shards.io import storage
 from imaginet_shards.io.cache import DEFAULT_CACHE_BYTES, ShardCache
 
 log = logging.getLogger(__name__)
+WINDOW_BYTES = 32 << 20  # a run of samples is read in windows of about this many bytes
 
 
 def load_manifest(dest: str) -> Manifest:
@@ -125,7 +128,8 @@ class Record:
 
 
 class ShardIndex:
-    """A shard's DALI index: members per sample and the byte span of each sample in the tar."""
+    """A shard's DALI index: members per sample (name, data offset and size of each), checked to
+    follow one another in the tar; `oversized` names the members above the size limits."""
 
     def __init__(self, entry: ShardEntry, text: str):
         self.entry = entry
@@ -133,6 +137,7 @@ class ShardIndex:
         if len(self.samples) != entry.samples:
             raise ShardSetError(entry.index, f"lists {len(self.samples)} samples, the manifest says "
                                              f"{entry.samples} for {entry.name}")
+        _check_layout(self.samples, entry.index)
         self.oversized = frozenset(
             e.name for sample in self.samples for e in sample
             if e.size > (MAX_FILE_BYTES if e.ext in IMAGE_MEMBERS else MAX_META_BYTES))
@@ -140,14 +145,17 @@ class ShardIndex:
     def key(self, i: int) -> str:
         return split_member_name(self.samples[i][0].name)[0]
 
-    def begin(self, i: int) -> int:
-        """Offset of sample i's first header: the end of sample i-1 (0 for the first)."""
-        return 0 if i == 0 else self.end(i - 1)
 
-    def end(self, i: int) -> int:
-        """Offset just past sample i's last member data (padded to the tar block)."""
-        last = self.samples[i][-1]
-        return last.offset + last.size + padding(last.size, BLOCK)
+def _check_layout(samples: list[list[IndexEntry]], source: str) -> None:
+    """ShardSetError naming the index line whose members do not follow one another, each after
+    its own header: readers trust these offsets to cut members out of a window."""
+    end = 0
+    for number, sample in enumerate(samples, start=2):
+        for e in sample:
+            if e.size < 0 or e.offset < end + BLOCK:
+                raise ShardSetError(f"{source}:{number}", f"member {e.name} at offset {e.offset} "
+                                    "overlaps the member before it or its own header")
+            end = e.offset + e.size
 
 
 def load_index(shards: ShardSet, entry: ShardEntry) -> ShardIndex:
@@ -158,23 +166,6 @@ def load_index(shards: ShardSet, entry: ShardEntry) -> ShardIndex:
         return ShardIndex(entry, data.decode("ascii"))
     except UnicodeDecodeError as exc:
         raise ShardSetError(entry.index, f"not an ASCII index file: {exc}") from None
-
-
-class _Window:
-    """Reads bytes [begin, end) of a seekable stream: a tar parser sees only the wanted samples."""
-
-    def __init__(self, stream: BinaryIO, begin: int, end: int, name: str):
-        stream.seek(begin)
-        self._stream, self._left, self._name = stream, end - begin, name
-
-    def read(self, size: int = -1) -> bytes:
-        size = self._left if size < 0 else min(size, self._left)
-        data = self._stream.read(size)
-        self._left -= len(data)
-        return data
-
-    def __repr__(self) -> str:  # webdataset appends the stream's repr to its error messages
-        return self._name
 
 
 def read_samples(shards: ShardSet, index: ShardIndex, start: int, stop: int) -> Iterator[Record]:
@@ -191,8 +182,8 @@ def read_batch(shards: ShardSet, indexes: dict[int, ShardIndex],
                shard_ids: Sequence[int] | np.ndarray, samples: Sequence[int] | np.ndarray
                ) -> list[Record]:
     """The Records of samples (`shard_ids[i]`, `samples[i]`) (shard numbers in manifest order), in
-    that order: each shard is opened once and each run of consecutive samples read in one window.
-    Indexes not yet in `indexes` are loaded into it."""
+    that order: each shard is opened once and each run of consecutive samples read in one window
+    (up to WINDOW_BYTES). Indexes not yet in `indexes` are loaded into it."""
     shard_ids, samples = np.asarray(shard_ids, dtype=np.int64), np.asarray(samples, dtype=np.int64)
     found: dict[tuple[int, int], Record] = {}
     for shard in np.unique(shard_ids).tolist():
@@ -218,48 +209,99 @@ def _runs(numbers: list[int]) -> Iterator[tuple[int, int]]:
 
 
 def _read_run(stream: BinaryIO, index: ShardIndex, start: int, stop: int) -> Iterator[Record]:
-    from webdataset.tariterators import tar_file_iterator  # webdataset imports torch: load only
-
-    name = index.entry.name
-    i = start
-    while i < stop:
-        window = _Window(stream, index.begin(i), index.end(stop - 1), name)
-        members = tar_file_iterator(window, skip_meta=None,
-                                    select_files=lambda n: n not in index.oversized)
-        try:
-            while i < stop:
-                yield _record(name, index, i, members)
-                i += 1
-        except Exception as exc:  # tarfile and webdataset raise many types for broken tars
-            yield Record(name, index.key(i),
-                         error=f"unreadable tar data (truncated or corrupt shard?): {exc}")
-            i += 1
+    """Records of samples [start, stop), read window by window: each window's members in one read
+    per span (`_spans`), then each sample cut out of them and checked on its own."""
+    while start < stop:
+        end = _window_stop(index, start, stop)
+        chunks = _Chunks(stream, _spans(index, start, end))
+        for i in range(start, end):
+            yield _record(index.entry.name, index, i, chunks)
+        start = end
 
 
-def _record(shard: str, index: ShardIndex, i: int, members: Iterator[dict]) -> Record:
-    """Consume sample i's members (as the index lists them; oversized ones are never read) and
-    check them."""
+def _window_stop(index: ShardIndex, start: int, stop: int) -> int:
+    """The end of the window of samples from `start`: as many as fit WINDOW_BYTES (at least one),
+    so that reading a whole shard never holds more than that in memory."""
+    first = index.samples[start][0].offset
+    end = start + 1
+    while end < stop and index.samples[end][-1].offset - first < WINDOW_BYTES:
+        end += 1
+    return end
+
+
+def _spans(index: ShardIndex, start: int, stop: int) -> list[tuple[int, int]]:
+    """[begin, end) byte spans holding the headers and data of samples [start, stop)'s members:
+    one span for the run, split only around oversized members (never read). Tar padding between
+    members (under a block) is read along rather than splitting a span."""
+    spans: list[list[int]] = []
+    for sample in index.samples[start:stop]:
+        for entry in sample:
+            if entry.name in index.oversized:
+                continue
+            begin, end = entry.offset - BLOCK, entry.offset + entry.size
+            if spans and begin - spans[-1][1] < BLOCK:
+                spans[-1][1] = max(spans[-1][1], end)
+            else:
+                spans.append([begin, end])
+    return [(begin, end) for begin, end in spans]
+
+
+class _Chunks:
+    """The bytes of some spans of a stream, read at once: each span in one read (less where the
+    stream ends early), then served as memoryview slices without copying."""
+
+    def __init__(self, stream: BinaryIO, spans: list[tuple[int, int]]):
+        self._begins = [begin for begin, _ in spans]
+        self._data = []
+        for begin, end in spans:
+            stream.seek(begin)
+            self._data.append(memoryview(_read_up_to(stream, end - begin)))
+
+    def get(self, begin: int, end: int) -> memoryview | None:
+        """Bytes [begin, end) of the stream, or None when the stream ends before `end`."""
+        chunk = bisect.bisect_right(self._begins, begin) - 1
+        if chunk < 0:
+            return None
+        data, base = self._data[chunk], self._begins[chunk]
+        return data[begin - base:end - base] if end - base <= len(data) else None
+
+
+def _read_up_to(stream: BinaryIO, size: int) -> bytes:
+    """`size` bytes from the stream's position (one read on a local file), fewer only where it
+    ends."""
+    parts: list[bytes] = []
+    while size > 0 and (part := stream.read(size)):
+        parts.append(part)
+        size -= len(part)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _record(shard: str, index: ShardIndex, i: int, chunks: _Chunks) -> Record:
+    """Sample i's members (as the index lists them; oversized ones are never read), each checked
+    against its tar header, then the sample against the layout: one image, a well-formed .labels."""
     key, expected = index.key(i), index.samples[i]
-    found: dict[str, bytes] = {}
-    for entry in expected:
-        if entry.name in index.oversized:
-            continue
-        member = next(members, None)
-        if member is None:
-            return Record(shard, key, error=f"shard ends before member {entry.name} (truncated?)")
-        if member["fname"] != entry.name:
-            raise ValueError(f"tar holds {member['fname']!r} where the index says {entry.name!r}")
-        found[entry.ext] = member["data"]
     too_big = [f"{e.name} ({e.size} bytes)" for e in expected if e.name in index.oversized]
     if too_big:
         return Record(shard, key, error=f"member above the size limit: {', '.join(too_big)}")
+    found: dict[str, memoryview] = {}
+    for entry in expected:
+        member = chunks.get(entry.offset - BLOCK, entry.offset + entry.size)
+        if member is None:
+            return Record(shard, key, error=f"shard ends before the end of member {entry.name} "
+                                            "(truncated?)")
+        try:
+            check_member_header(member[:BLOCK], entry.name, entry.size)
+        except ValueError as exc:
+            return Record(shard, key, error=f"member {entry.name}: {exc}")
+        found[entry.ext] = member[BLOCK:]
     images = [ext for ext in found if ext in IMAGE_MEMBERS]
     if len(images) != 1:
         return Record(shard, key, error=f"expected one image member, found {len(images)}")
     if "labels" not in found:
         return Record(shard, key, error="missing .labels member")
     try:
-        labels = decode_labels(found["labels"])
+        labels = decode_labels(bytes(found["labels"]))
     except ValueError as exc:
         return Record(shard, key, error=str(exc))
-    return Record(shard, key, found[images[0]], images[0], labels, found.get("json", b""))
+    return Record(shard, key, bytes(found[images[0]]), images[0], labels,
+                  bytes(found.get("json", b"")))

@@ -1,7 +1,7 @@
 """Loaders: shard sets to batches on the training device, with one contract for two backends.
 
 `make_loader` builds the DALI backend (`dali`: GPU or CPU pipelines) or the CPU backend (`cpu`:
-webdataset's tar reader, DataLoader workers); `base` holds the contract both implement
+members read through the index offsets, DataLoader workers); `base` holds the contract both implement
 (`LoaderConfig`, the `Loader` protocol), `world` the pure partitioning of samples over ranks, workers
 and epochs.
 """
