@@ -1,4 +1,4 @@
-"""The CPU backend: shards read with webdataset's tar iterator, OpenCV perturbations, DataLoader workers.
+"""The CPU backend: members read through the index offsets, OpenCV perturbations, DataLoader workers.
 
 The rank delivers `world.rank_order` (the same samples and batches as the DALI backend): DataLoader
 worker w makes batches w, w + workers, ... (the DataLoader hands them over in order), reading each
