@@ -38,3 +38,36 @@ def test_inspect_imports_no_heavy_library(tmp_path):
     modules = _imported_by("inspect", str(tmp_path / "out"))
     assert "imaginet_shards" in modules and "numpy" in modules  # it did read the set
     assert not HEAVY & modules
+
+
+def test_png_kernel_loads_before_the_workers_fork_with_the_signature_decoding_uses(tmp_path):
+    """numba is imported on the first PNG, not with the loader; the CPU loader loads the PNG
+    kernel in the parent before its workers fork (they inherit it), and what it loads is the very
+    specialisation that PNG and tile windows call: no decode after it compiles or loads another."""
+    root = tmp_path / "root"
+    pack(PackOptions(root=root, annotations=make_dataset(root, 12), out=tmp_path / "out",
+                     progress=False))
+    probe = (
+        "import sys\n"
+        "import cv2, numpy as np\n"
+        "from imaginet_shards import make_loader\n"
+        "from imaginet_shards.codecs import tiles, windows\n"
+        "print('IMPORTED', 'numba' in sys.modules)\n"
+        f"loader = make_loader({str(tmp_path / 'out')!r}, backend='cpu', batch_size=4, workers=2,\n"
+        "                     device='cpu')\n"
+        "images, labels = next(iter(loader))\n"
+        "from imaginet_shards.codecs.png_kernel import unfilter_rows\n"
+        "print('PARENT', len(unfilter_rows.signatures), tuple(images.shape))\n"
+        "pixels = np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8)\n"
+        "ok, encoded = cv2.imencode('.png', pixels)\n"
+        "assert (windows.decode_window(encoded.tobytes(), 5, 7, 40, 30)\n"
+        "        == cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)[5:45, 7:37]).all()\n"
+        "assert (windows.decode_window(tiles.encode_tiles(pixels, 32), 5, 7, 40, 30)\n"
+        "        == pixels[5:45, 7:37]).all()\n"
+        "print('AFTER DECODING', len(unfilter_rows.signatures))\n")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "IMPORTED False" in done.stdout
+    assert "PARENT 1 (4, 3, 96, 96)" in done.stdout
+    assert "AFTER DECODING 1" in done.stdout
