@@ -1,5 +1,6 @@
 """Start-up: the commands that do not load data import none of the heavy libraries (pandas, torch,
-numba, OpenCV), so that `imaginet-shards --help` and `inspect` start in a fraction of a second.
+numba, OpenCV), so that `imaginet-shards --help`, `inspect` and `verify` start in a fraction of a
+second.
 A regression guard on what is imported, not a timed test (docs/benchmarks.md has the times)."""
 import json
 import subprocess
@@ -17,7 +18,10 @@ def _imported_by(*args: str) -> set[str]:
     """The top-level packages imported by running `imaginet-shards ARGS` in a fresh interpreter."""
     probe = ("import json, sys\n"
              "from imaginet_shards.cli import main\n"
-             f"main({list(args)!r}, standalone_mode=False)\n"
+             "try:\n"
+             f"    main({list(args)!r}, standalone_mode=False)\n"
+             "except SystemExit as exc:\n"
+             "    assert exc.code == 0, exc.code\n"
              "print('MODULES', json.dumps(sorted(sys.modules)))\n")
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
@@ -31,13 +35,14 @@ def test_help_imports_no_heavy_library():
     assert not (HEAVY | {"numpy"}) & modules
 
 
-def test_inspect_imports_no_heavy_library(tmp_path):
+def test_inspect_and_verify_import_no_heavy_library(tmp_path):
     root = tmp_path / "root"
     pack(PackOptions(root=root, annotations=make_dataset(root, 12), out=tmp_path / "out",
                      progress=False))
-    modules = _imported_by("inspect", str(tmp_path / "out"))
-    assert "imaginet_shards" in modules and "numpy" in modules  # it did read the set
-    assert not HEAVY & modules
+    for command in ("inspect", "verify"):
+        modules = _imported_by(command, str(tmp_path / "out"))
+        assert "numpy" in modules, command  # it did read the set
+        assert not HEAVY & modules, command
 
 
 def test_png_kernel_loads_before_the_workers_fork_with_the_signature_decoding_uses(tmp_path):
