@@ -15,11 +15,10 @@ from .metrics import roc_auc
 
 def trivial_baselines(dest: str) -> dict[str, float]:
     """ROC AUC for `origin` of file size, bytes per pixel and pixel count on the shard set `dest`."""
-    _, frame = load_metadata(dest)
-    if frame.empty:
+    _, columns = load_metadata(dest)
+    if len(columns["origin"]) == 0:
         raise ValueError(f"{dest}: no samples to compute baselines on")
-    origin = frame["origin"].to_numpy()
-    pixels = (frame["width"] * frame["height"]).to_numpy(dtype=np.float64)
-    features = {"file_size": frame["bytes"].to_numpy(dtype=np.float64), "pixels": pixels}
+    pixels = (columns["width"] * columns["height"]).astype(np.float64)
+    features = {"file_size": columns["bytes"].astype(np.float64), "pixels": pixels}
     features["bytes_per_pixel"] = features["file_size"] / pixels
-    return {name: roc_auc(origin, values) for name, values in features.items()}
+    return {name: roc_auc(columns["origin"], values) for name, values in features.items()}

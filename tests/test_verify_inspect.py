@@ -111,3 +111,21 @@ def test_bias_auc_equals_scikit_learns():
             assert _auc(feature, origin) is None
         else:
             assert _auc(feature, origin) == pytest.approx(roc_auc_score(origin, feature), abs=1e-12)
+
+
+def test_file_size_bins_equal_pandas_qcut():
+    """`inspect` bins file sizes itself (numpy only); bins and their names are pandas' `qcut`'s."""
+    import pandas as pd
+
+    from imaginet_shards.ops.stats import quantile_bins
+
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        n = int(rng.integers(1, 80))
+        values = [rng.integers(1, 3_000_000, n), rng.integers(1, 4, n) * 1000,
+                  np.full(n, int(rng.integers(1, 10**6)))][trial % 3]
+        count = min(5, len(np.unique(values)))
+        expected = pd.qcut(pd.Series(values), count, duplicates="drop")
+        ids, names = quantile_bins(values, count)
+        assert names == [str(interval) for interval in expected.cat.categories]
+        assert ids.tolist() == expected.cat.codes.tolist()

@@ -3,9 +3,10 @@
 A PNG is one zlib stream of filtered rows; each row depends on the row above and each pixel on the
 pixel to its left, so a window needs every row down to its bottom, but nothing below it and, per
 row, nothing right of it. Inflating stops at the window's last row (zlib-ng) and unfiltering stops at
-its right edge (a numba kernel that releases the GIL). For a 96-pixel random crop of a 1024-pixel
-image that is about half the inflating and a third of the unfiltering of a full decode: neither
-DALI (nvImageCodec hands PNGs to OpenCV, which decodes whole images) nor torchvision/Pillow offer it.
+its right edge (a numba kernel that releases the GIL, `codecs.png_kernel`). For a 96-pixel random
+crop of a 1024-pixel image that is about half the inflating and a third of the unfiltering of a full
+decode: neither DALI (nvImageCodec hands PNGs to OpenCV, which decodes whole images) nor
+torchvision/Pillow offer it.
 
 The fast path covers 8-bit grey, grey+alpha, RGB and RGBA without interlacing: nearly every PNG a
 generator or camera pipeline writes. `decode_window` returns None for the rest (palettes, 16-bit,
@@ -16,7 +17,6 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 from zlib_ng import zlib_ng
 
@@ -110,67 +110,21 @@ def _inflate_rows(view: memoryview, layout: PngLayout, rows: int) -> np.ndarray:
     raise PngError(f"image data ends after {have // layout.stride} of {rows} rows")
 
 
-@numba.njit(inline="always")
-def _paeth(a, b, c):
-    """The Paeth predictor, branch-free (mispredicted branches cost more than the arithmetic)."""
-    pa, pb, pc = abs(b - c), abs(a - c), abs(a + b - 2 * c)
-    p = c + (b - c) * np.int32(pb <= pc)
-    return p + (a - p) * (np.int32(pa <= pb) & np.int32(pa <= pc))
+def unfilter_rows(src: np.ndarray, dst: np.ndarray, stride: int, bpp: int, top: int) -> int:
+    """Reverse the PNG row filters of the rows of `src` down to row `top + dst.shape[0]`, only the
+    `dst.shape[1]` leftmost bytes of each, into `dst` from row `top` on; the index of the first row
+    with an unknown filter type, or -1. The kernel (`codecs.png_kernel`) is imported on first use:
+    numba takes about a CPU second to import and set up, which only PNG decoding needs."""
+    from imaginet_shards.codecs.png_kernel import unfilter_rows as kernel
+
+    return int(kernel(src, dst, stride, bpp, top))
 
 
-@numba.njit(nogil=True, cache=True, boundscheck=False)
-def unfilter_rows(src, dst, stride, bpp, top):  # pragma: no cover - compiled; tested through callers
-    """Reverse the PNG row filters of the rows of `src` (rows of `stride` bytes, filter byte first)
-    down to row `top + dst.shape[0]`, only the `dst.shape[1]` leftmost bytes of each; rows from
-    `top` on land in `dst`, the rows above pass through a two-row buffer (each row needs only the
-    one above it). Returns the index of the first row with an unknown filter type, or -1."""
-    n = dst.shape[1]
-    zero = np.zeros(n, np.uint8)
-    above = np.empty((2, n), np.uint8)
-    for r in range(top + dst.shape[0]):
-        kind = src[r * stride]
-        s = src[r * stride + 1:r * stride + 1 + n]
-        d = dst[r - top] if r >= top else above[r & 1]
-        if r == 0:
-            u = zero
-        elif r > top:
-            u = dst[r - 1 - top]
-        else:
-            u = above[(r - 1) & 1]
-        if kind == 0:
-            for i in range(n):
-                d[i] = s[i]
-        elif kind == 2:
-            for i in range(n):
-                d[i] = np.uint8(s[i] + u[i])
-        elif kind == 1 or kind == 3 or (kind == 4 and bpp != 3):
-            # one channel at a time: the running value stays in a register
-            for ch in range(bpp):
-                a, c = np.int32(0), np.int32(0)
-                for i in range(ch, n, bpp):
-                    b = np.int32(u[i])
-                    if kind == 1:
-                        a = (np.int32(s[i]) + a) & 255
-                    elif kind == 3:
-                        a = (np.int32(s[i]) + ((a + b) >> 1)) & 255
-                    else:
-                        a = (np.int32(s[i]) + _paeth(a, b, c)) & 255
-                    d[i] = a
-                    c = b
-        elif kind == 4:
-            # RGB Paeth, the common slow case: three independent dependency chains side by side
-            a0, a1, a2 = np.int32(0), np.int32(0), np.int32(0)
-            c0, c1, c2 = np.int32(0), np.int32(0), np.int32(0)
-            for i in range(0, n, 3):
-                b0, b1, b2 = np.int32(u[i]), np.int32(u[i + 1]), np.int32(u[i + 2])
-                a0 = (np.int32(s[i]) + _paeth(a0, b0, c0)) & 255
-                a1 = (np.int32(s[i + 1]) + _paeth(a1, b1, c1)) & 255
-                a2 = (np.int32(s[i + 2]) + _paeth(a2, b2, c2)) & 255
-                d[i], d[i + 1], d[i + 2] = a0, a1, a2
-                c0, c1, c2 = b0, b1, b2
-        else:
-            return r
-    return -1
+def load_kernel() -> None:
+    """Load the compiled kernel into this process now (compiling and caching it if no cache is
+    usable). A process that forks workers calls it first: they inherit the loaded kernel instead
+    of each loading it again (about a CPU second each, and a compile each when the cache is cold)."""
+    unfilter_rows(np.frombuffer(bytes(4), np.uint8), np.empty((1, 3), np.uint8), 4, 3, 0)
 
 
 def decode_window(data, top: int, left: int, height: int, width: int) -> np.ndarray | None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 
-import cv2
 import numpy as np
 from zlib_ng import zlib_ng
 
@@ -26,6 +25,8 @@ ZLIB_LEVEL = 6
 def filtered_rows(block: np.ndarray) -> bytes:
     """The PNG-filtered rows of an RGB tile (filter type byte first), filters chosen by OpenCV's
     PNG encoder (libpng's adaptive choice), taken from its IDAT chunks."""
+    import cv2  # here: only writing tiles needs OpenCV (a fifth of a second to import), not reading them
+
     ok, encoded = cv2.imencode(".png", np.ascontiguousarray(block[:, :, ::-1]),  # BGR in, RGB out
                                (cv2.IMWRITE_PNG_COMPRESSION, 0))  # stored: filters only
     layout = png_window.read_layout(encoded) if ok else None

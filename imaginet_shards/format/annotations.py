@@ -11,13 +11,13 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from imaginet_shards.errors import AnnotationError
 from imaginet_shards.format.images import SOURCE_SUFFIXES
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 LABEL_COLUMNS: tuple[str, ...] = ("origin", "content", "family", "generator")
 
@@ -207,6 +207,9 @@ def parse_lines(lines: Iterable[str], source: str = "<annotations>", collect: bo
         line_numbers.append(number)
     if problems:
         raise AnnotationError(source, problems)
+    import numpy as np  # here: the vocabularies and the label checks serve commands that never parse
+    import pandas as pd  # a file (inspect, --help), and pandas alone takes most of a second to import
+
     labels_array = np.asarray(rows, dtype=np.int64).reshape(-1, 4)
     frame = pd.DataFrame({"path": paths})
     for i, name in enumerate(LABEL_COLUMNS):

@@ -10,10 +10,10 @@ each call and never writes it.
 """
 from __future__ import annotations
 
-import asyncio
 import io
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -73,7 +73,11 @@ def is_transient(exc: BaseException) -> bool:
     """Worth retrying: timeouts, resets, cut connections and 5xx answers; not 4xx or missing files."""
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
         return False
-    if isinstance(exc, (ConnectionError, TimeoutError, asyncio.TimeoutError)):
+    # before Python 3.11 asyncio (aiohttp, under the remote filesystems) had its own TimeoutError;
+    # looked up only if something imported asyncio, so local commands never import it
+    asyncio = sys.modules.get("asyncio")
+    if isinstance(exc, (ConnectionError, TimeoutError)) or (
+            asyncio is not None and isinstance(exc, asyncio.TimeoutError)):
         return True
     status = getattr(exc, "status", None) or getattr(exc, "code", None)
     response = getattr(exc, "response", None)

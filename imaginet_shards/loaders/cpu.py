@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from imaginet_shards.augment.cpu import augment, normalize
+from imaginet_shards.codecs.png import load_kernel
 from imaginet_shards.errors import SampleError
 from imaginet_shards.io.shardset import Record, ShardIndex, ShardSet, read_batch
 from imaginet_shards.loaders.base import EpochLoader, LoaderConfig, SkippedSample
@@ -152,6 +153,8 @@ class CpuLoader(EpochLoader):
     def _batches(self) -> Iterator[Batch]:
         device = torch.device(self.config.device)
         self._position.set(self.config.epoch, self._legs)
+        if self.config.workers > 0 and multiprocessing.get_start_method() == "fork":
+            load_kernel()  # before the workers start: they inherit it instead of each loading it
         for images, labels, keys, skipped in self._loader:
             if skipped and self.config.on_error == "raise":
                 bad = skipped[0]

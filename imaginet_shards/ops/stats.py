@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from imaginet_shards.errors import SampleError
 from imaginet_shards.format.annotations import LABEL_COLUMNS, label_name, recorded_format
@@ -23,6 +22,11 @@ from imaginet_shards.io import storage
 from imaginet_shards.io.shardset import load_manifest, shard_set_root
 
 BIAS_AUC_MARGIN = 0.1  # |AUC - 0.5| above this is flagged
+SIZE_EDGES = (0, 256, 512, 768, 1024, 1536, np.inf)  # max side (px), bins closed on the right
+SIZE_NAMES = ("<=256", "257-512", "513-768", "769-1024", "1025-1536", ">1536")
+BYTE_BINS = 5  # file-size quantiles
+# One array per column, a row per sample (numpy only: pandas would double `inspect`'s start-up).
+Columns = dict[str, np.ndarray]
 
 
 def shard_metadata(root: str, entry: ShardEntry) -> list[dict]:
@@ -42,19 +46,22 @@ def shard_metadata(root: str, entry: ShardEntry) -> list[dict]:
     return records
 
 
-def load_metadata(dest: str, workers: int = 4) -> tuple[Manifest, pd.DataFrame]:
-    """Manifest and one row per sample: labels, format, width, height, bytes, shard."""
+def load_metadata(dest: str, workers: int = 4) -> tuple[Manifest, Columns]:
+    """Manifest and the columns origin, content, family, generator, format, width, height, bytes
+    and shard, one row per sample."""
     manifest = load_manifest(dest)
     root = shard_set_root(dest)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         shards = list(pool.map(lambda e: shard_metadata(root, e), manifest.shards))
+    records = [r for records in shards for r in records]
+    columns = {c: np.array([r["labels"][c] for r in records], dtype=np.int64) for c in LABEL_COLUMNS}
     # a tiled set's .tiles members keep their source's format for the statistics and bias table
-    rows = [{**{c: r["labels"][c] for c in LABEL_COLUMNS},
-             "format": r.get("source", {}).get("format", r["format"]),
-             "width": r["width"], "height": r["height"], "bytes": r["bytes"], "shard": r["shard"]}
-            for records in shards for r in records]
-    return manifest, pd.DataFrame(rows, columns=[*LABEL_COLUMNS, "format", "width", "height",
-                                                 "bytes", "shard"])
+    columns["format"] = np.array([r.get("source", {}).get("format", r["format"]) for r in records],
+                                 dtype=object)
+    for name in ("width", "height", "bytes"):
+        columns[name] = np.array([r[name] for r in records], dtype=np.int64)
+    columns["shard"] = np.array([r["shard"] for r in records], dtype=object)
+    return manifest, columns
 
 
 def _auc(feature: np.ndarray, origin: np.ndarray) -> float | None:
@@ -71,32 +78,63 @@ def _auc(feature: np.ndarray, origin: np.ndarray) -> float | None:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def _bias_rows(frame: pd.DataFrame, column: str, bins: pd.Series) -> dict:
-    table = pd.crosstab(bins, frame["origin"], dropna=True).reindex(columns=[0, 1], fill_value=0)
-    table = table[table.sum(axis=1) > 0]
-    table.columns = ["real", "synthetic"]
-    table["synthetic_share"] = (table["synthetic"] / table.sum(axis=1)).round(3)
-    # AUC of the best single-feature detector: rank each bin by its synthetic share
-    score = bins.map(table["synthetic_share"]).astype(float).to_numpy()
-    auc = _auc(score, frame["origin"].to_numpy())
+def _bias_rows(origin: np.ndarray, column: str, bins: np.ndarray, names: list[str]) -> dict:
+    """Real and synthetic counts per bin (`bins`: each sample's index into `names`, -1 for none),
+    the synthetic share, and the AUC of the best single-feature detector: each sample scored by
+    its bin's synthetic share."""
+    binned = bins >= 0
+    real = np.bincount(bins[binned & (origin == 0)], minlength=len(names))
+    synthetic = np.bincount(bins[binned & (origin == 1)], minlength=len(names))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.round(synthetic / (real + synthetic), 3)
+    score = np.where(binned, share[np.maximum(bins, 0)], np.nan)
+    auc = _auc(score, origin)
     return {"feature": column, "auc": auc,
             "flag": auc is not None and abs(auc - 0.5) > BIAS_AUC_MARGIN,
-            "table": {str(k): {c: (float(v) if c == "synthetic_share" else int(v))
-                               for c, v in row.items()} for k, row in table.iterrows()}}
+            "table": {names[i]: {"real": int(real[i]), "synthetic": int(synthetic[i]),
+                                 "synthetic_share": float(share[i])}
+                      for i in range(len(names)) if real[i] + synthetic[i] > 0}}
 
 
-def bias_report(frame: pd.DataFrame) -> list[dict]:
+def _round_fraction(value: float, precision: int) -> float:
+    """`value` to `precision` significant digits after the point (of its fraction when |value| < 1)."""
+    if not np.isfinite(value) or value == 0:
+        return value
+    whole = np.modf(value)[1]
+    digits = precision if whole != 0 else -int(np.floor(np.log10(abs(value)))) - 1 + precision
+    return float(np.around(value, digits))
+
+
+def quantile_bins(values: np.ndarray, count: int) -> tuple[np.ndarray, list[str]]:
+    """Each value's quantile bin (-1 for none) and the bins' names, as pandas' `qcut(values, count,
+    duplicates="drop")` gives them: right-closed intervals `(low, high]` between the quantiles,
+    repeated edges dropped, the lowest edge lowered by the rounding step so that it is included."""
+    edges = np.quantile(values.astype(np.float64), np.linspace(0, 1, count + 1))
+    if len(edges) != 2:
+        edges = edges[np.concatenate([[True], edges[1:] != edges[:-1]])]
+    ids = np.searchsorted(edges, values, side="left")
+    ids[values == edges[0]] = 1
+    ids = np.where((ids == 0) | (ids == len(edges)), 0, ids) - 1
+    precision = next((p for p in range(3, 20)
+                      if len({_round_fraction(e, p) for e in edges}) == len(edges)), 3)
+    breaks = [_round_fraction(e, precision) for e in edges]
+    breaks[0] -= 10 ** -precision
+    return ids, [f"({low}, {high}]" for low, high in zip(breaks[:-1], breaks[1:])]
+
+
+def bias_report(columns: Columns) -> list[dict]:
     """For format, image size and file size: synthetic share per bin and single-feature AUC."""
-    if frame.empty:
+    origin = columns["origin"]
+    if len(origin) == 0:
         return []
-    side = frame[["width", "height"]].max(axis=1)
-    size_bins = pd.cut(side, [0, 256, 512, 768, 1024, 1536, np.inf],
-                       labels=["<=256", "257-512", "513-768", "769-1024", "1025-1536", ">1536"])
-    quantiles = min(5, frame["bytes"].nunique())
-    byte_bins = pd.qcut(frame["bytes"], quantiles, duplicates="drop")
-    return [_bias_rows(frame, "format", frame["format"]),
-            _bias_rows(frame, "max side (px)", size_bins),
-            _bias_rows(frame, "file size (quintiles)", byte_bins)]
+    formats, format_bins = np.unique(columns["format"], return_inverse=True)
+    side = np.maximum(columns["width"], columns["height"])
+    size_bins = np.where(side > 0, np.searchsorted(SIZE_EDGES, side, side="left") - 1, -1)
+    byte_bins, byte_names = quantile_bins(columns["bytes"],
+                                          min(BYTE_BINS, len(np.unique(columns["bytes"]))))
+    return [_bias_rows(origin, "format", format_bins.reshape(-1), [str(f) for f in formats]),
+            _bias_rows(origin, "max side (px)", size_bins, list(SIZE_NAMES)),
+            _bias_rows(origin, "file size (quintiles)", byte_bins, byte_names)]
 
 
 @dataclass(frozen=True)
@@ -115,26 +153,34 @@ class InspectReport:
                 "shard_spread": self.shard_spread, "bias": self.bias}
 
 
-def _describe(values: pd.Series) -> dict[str, float]:
-    if values.empty:
+def _describe(values: np.ndarray) -> dict[str, float]:
+    if len(values) == 0:
         return {}
-    q = values.quantile([0.0, 0.1, 0.5, 0.9, 1.0]).to_numpy()
+    q = np.quantile(values, [0.0, 0.1, 0.5, 0.9, 1.0])
     return dict(zip(["min", "p10", "median", "p90", "max"], (float(v) for v in q)))
 
 
+def _value_counts(values: np.ndarray) -> list[tuple[object, int]]:
+    """(value, count) pairs, the most frequent first; ties in the order the values first appear."""
+    unique, first, counts = np.unique(values, return_index=True, return_counts=True)
+    order = np.lexsort((first, -counts))
+    return [(unique[i], int(counts[i])) for i in order]
+
+
 def inspect(dest: str) -> InspectReport:
-    manifest, frame = load_metadata(dest)
+    manifest, columns = load_metadata(dest)
     annotation_format = recorded_format(manifest.annotations)
-    counts = {c: {label_name(c, int(v), annotation_format): int(n) for v, n in
-                  frame[c].value_counts().sort_index().items()} for c in LABEL_COLUMNS}
-    shards = pd.DataFrame([{"samples": s.samples, "bytes": s.bytes} for s in manifest.shards])
+    counts = {c: {label_name(c, int(v), annotation_format): int(n)
+                  for v, n in zip(*np.unique(columns[c], return_counts=True))} for c in LABEL_COLUMNS}
+    megapixels = columns["width"] * columns["height"] / 1e6
     return InspectReport(
         manifest=manifest, counts=counts,
-        formats={str(k): int(v) for k, v in frame["format"].value_counts().items()},
-        image_sizes={"width": _describe(frame["width"]), "height": _describe(frame["height"]),
-                     "megapixels": _describe(frame["width"] * frame["height"] / 1e6)},
-        shard_spread={"samples": _describe(shards["samples"]), "bytes": _describe(shards["bytes"])},
-        bias=bias_report(frame))
+        formats={str(k): n for k, n in _value_counts(columns["format"])},
+        image_sizes={"width": _describe(columns["width"]), "height": _describe(columns["height"]),
+                     "megapixels": _describe(megapixels)},
+        shard_spread={"samples": _describe(np.array([s.samples for s in manifest.shards])),
+                      "bytes": _describe(np.array([s.bytes for s in manifest.shards]))},
+        bias=bias_report(columns))
 
 
 def format_report(report: InspectReport) -> str:

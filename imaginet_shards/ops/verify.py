@@ -21,7 +21,6 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
-from imaginet_shards.augment.cpu import decode as decode_image
 from imaginet_shards.codecs.tiles import decode_tiles, pixels_sha256
 from imaginet_shards.format.annotations import LABEL_COLUMNS
 from imaginet_shards.format.images import IMAGE_MEMBERS, ImageCheckError, check_image
@@ -234,6 +233,8 @@ def compare_with_source(source: ShardSet, entry: ShardEntry, root: str, pixels: 
                         ) -> list[Problem]:
     """A tiled shard against the source shard of the same name: same keys in the same order, tiles
     holding the source image's decoded pixels, other images the source's bytes."""
+    from imaginet_shards.augment.cpu import decode as decode_image  # here: it imports torch and OpenCV
+
     tiled = open_shard_set(root)
     found = next((e for e in source.manifest.shards if e.name == entry.name), None)
     if found is None:
