@@ -25,7 +25,6 @@ from imaginet_shards.format.annotations import (
     ANNOTATION_FORMATS,
     LABEL_COLUMNS,
     read_annotations,
-    resolve_inside,
 )
 from imaginet_shards.format.images import ImageCheckError, ImageInfo, check_image
 from imaginet_shards.format.manifest import (
@@ -39,6 +38,7 @@ from imaginet_shards.format.manifest import (
 from imaginet_shards.format.members import encode_members
 from imaginet_shards.format.tar import ShardWriter
 from imaginet_shards.io import storage
+from imaginet_shards.ops.locate import RootFiles
 from imaginet_shards.procs import process_pool
 
 STATE_DIR = ".imaginet-pack"
@@ -140,19 +140,17 @@ def _fingerprint(payload: object) -> str:
 
 def _locate(root: Path, frame: pd.DataFrame, on_error: str) -> tuple[pd.DataFrame, list[Skipped]]:
     """Attach file sizes; missing, unreadable or root-escaping files raise or become skip records."""
+    files = RootFiles(root)
     sizes = np.full(len(frame), -1, dtype=np.int64)
     skipped = []
-    for i, row in enumerate(frame.itertuples(index=False)):
+    for i, (path, line) in enumerate(zip(frame["path"].tolist(), frame["line"].tolist())):
         try:
-            target = resolve_inside(root, row.path)
-            if not target.is_file():
-                raise OSError("no such regular file")
-            sizes[i] = target.stat().st_size
+            sizes[i] = files.size(path)
         except (OSError, ValueError) as exc:
             reason = f"missing or unreadable: {exc}" if isinstance(exc, OSError) else str(exc)
             if on_error == "raise":
-                raise PackError(f"line {row.line}: {row.path}", reason, _SKIP_HINT) from None
-            skipped.append(Skipped(row.path, int(row.line), reason))
+                raise PackError(f"line {line}: {path}", reason, _SKIP_HINT) from None
+            skipped.append(Skipped(path, line, reason))
     return frame.assign(size=sizes)[sizes >= 0], skipped
 
 
