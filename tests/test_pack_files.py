@@ -1,4 +1,5 @@
-"""`RootFiles` (pack's file locator) accepts and refuses exactly what `resolve_inside` does."""
+"""Finding the files pack packs: `RootFiles` accepts and refuses exactly what `resolve_inside`
+does."""
 import os
 from pathlib import Path
 
@@ -68,3 +69,4 @@ def test_a_root_reached_through_a_symlink(tree: Path, tmp_path: Path):
     (tmp_path / "alias").symlink_to(tree, target_is_directory=True)
     files = RootFiles(tmp_path / "alias")
     assert [_located(files, p) for p in CASES] == list(CASES.values())
+
