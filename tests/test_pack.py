@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from helpers.trees import make_dataset
@@ -16,7 +17,14 @@ from imaginet_shards.errors import AnnotationError
 from imaginet_shards.format.annotations import LABEL_COLUMNS
 from imaginet_shards.format.tar import _tarfile_header, member_header, parse_index
 from imaginet_shards.io.shardset import load_manifest
-from imaginet_shards.ops.pack import PackError, PackOptions, pack, split_shards, stratified_order
+from imaginet_shards.ops.pack import (
+    PackError,
+    PackOptions,
+    pack,
+    plan_shards,
+    split_shards,
+    stratified_order,
+)
 
 
 def _pack(root, annotations, out, **kw):
@@ -141,6 +149,25 @@ def test_split_respects_count_and_size():
     assert split_shards(sizes, max_count=4, max_size=10**9) == [(0, 4), (4, 8), (8, 10)]
     ranges = split_shards(sizes, max_count=100, max_size=3 * (100 + 2560))
     assert ranges == [(0, 3), (3, 6), (6, 9), (9, 10)]
+
+
+def test_plan_keeps_every_row_whole_in_stratified_order(tmp_path):
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 3, size=(50, 4))
+    frame = pd.DataFrame({"path": [f"d{i % 4}/f{i}.png" for i in range(50)],
+                          **{c: labels[:, k] for k, c in enumerate(LABEL_COLUMNS)},
+                          "line": np.arange(50) * 2 + 1, "size": rng.integers(1, 10**6, size=50)})
+    options = PackOptions(root=tmp_path, annotations=tmp_path / "a.txt", out=tmp_path, max_count=7, seed=2)
+    plans = plan_shards(frame, options)
+    samples = [s for plan in plans for s in plan.samples]
+    assert [len(p.samples) for p in plans] == [7] * 7 + [1]
+    assert [s.path for s in samples] == frame["path"].iloc[stratified_order(labels, seed=2)].tolist()
+    assert [s.key for s in samples] == [f"{i:09d}" for i in range(50)]
+    rows = frame.set_index("path")
+    for s in samples:
+        row = rows.loc[s.path]
+        assert (s.line, s.labels, s.size) == (row["line"], tuple(row[list(LABEL_COLUMNS)]), row["size"])
+        assert all(type(v) is int for v in (s.line, s.size, *s.labels))  # plain ints: JSON fingerprints
 
 
 def test_killed_pack_leaves_no_manifest_and_rerun_completes_identically(tmp_path):

@@ -165,9 +165,9 @@ def plan_shards(frame: pd.DataFrame, options: PackOptions) -> list[ShardPlan]:
                     map(tuple, labels[order].tolist())))
     plans = []
     for index, (start, stop) in enumerate(split_shards(sizes, options.max_count, options.max_size)):
-        samples = tuple(PlannedSample(key=f"{i:0{KEY_DIGITS}d}", path=path, line=line, labels=labels,
+        samples = tuple(PlannedSample(key=f"{i:0{KEY_DIGITS}d}", path=path, line=line, labels=row_labels,
                                       size=size)
-                        for i, (path, line, size, labels) in zip(range(start, stop), rows[start:stop]))
+                        for i, (path, line, size, row_labels) in zip(range(start, stop), rows[start:stop]))
         name = f"{options.prefix}-{index:06d}.tar"
         fingerprint = _fingerprint({"name": name, "options": options.recorded(),
                                     "samples": [vars(s) for s in samples]})  # asdict: slow
