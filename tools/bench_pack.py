@@ -117,7 +117,7 @@ def main(args: argparse.Namespace) -> None:
         listing.write_text("\n".join(paths) + "\n")
         run_command(["tar", "cf", "/dev/null", "-C", str(args.root), "-T", str(listing)])
         load = os.getloadavg()[0]
-        tar_times, pack_times, stages = [], [], []
+        tar_times, pack_times = [], []
         for repeat in range(args.repeats):
             tar_out = work / f"tar-{repeat}.tar"
             tar_times.append(_timed(partial(run_command, [
@@ -128,9 +128,10 @@ def main(args: argparse.Namespace) -> None:
                 root=args.root, annotations=args.annotations, out=dest, workers=args.workers,
                 max_count=100, progress=False))))
             shutil.rmtree(dest)
-            if args.stages:
-                stages.append(stage_times(args.root, samples, work / "stages.tar"))
         load = max(load, os.getloadavg()[0])
+        # After the timed runs: its writes would otherwise be flushed to disk during them.
+        stages = [stage_times(args.root, samples, work / "stages.tar")
+                  for _ in range(args.repeats if args.stages else 0)]
 
         def per_file(seconds: float) -> float:
             return round(seconds / len(paths) * 1e3, 2)
