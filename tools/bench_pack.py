@@ -2,13 +2,13 @@
 """Pack throughput beside GNU `tar cf` of the same files, in one run on this machine.
 
     python tools/bench_pack.py                       # embedded sample at realistic sizes (max side 1024)
-    python tools/bench_pack.py --count 600 --max-side 640   # smaller files (~260 KB on average)
+    python tools/bench_pack.py --count 600 --max-side 640   # smaller files (~250 KB on average)
     python tools/bench_pack.py --root R --annotations A
 
 Both read the same files from a warm page cache and write to the same disk; pack also hashes every
 image, writes `.cls/.labels/.json` members, DALI indexes and the manifest. Pack's CPU time is split
 into its serial part (parsing, locating the files and planning, in this process) and its workers'.
-With `--stages`, one process also times each step of a worker on every file, to say where the time
+With `--stages`, one process then times each step of a worker on every file, to say where the time
 goes. The load average is printed: on a busy machine the wall-clock figures say more about the load.
 """
 from __future__ import annotations
