@@ -1,7 +1,7 @@
 """GPU check of how DALI decodes a crop-sized window of a JPEG, the training presets' JPEG route.
 From the repository root, on a machine with one NVIDIA GPU, torch and DALI:
 
-    python tools/gpu_jpeg_crops.py --out gpu_jpeg_crops.json
+    PYTHONPATH=. python tools/gpu_jpeg_crops.py --out gpu_jpeg_crops.json
 
 decodes the same random `--crop` windows of synthetic textured JPEGs (4:2:0, the camera and
 generator norm) in five ways: the CPU ROI decode with fancy upsampling (libjpeg-turbo, what the CPU
@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from imaginet_shards.cli_common import EXIT_ERROR, EXIT_OK, run_tool, write_json
 
 WAYS: dict[str, tuple[str, bool, bool]] = {  # name -> (device, ROI decode, fancy upsampling)
     "cpu_roi_fancy": ("cpu", True, True),
@@ -108,23 +110,26 @@ def run_way(way: str, jpegs: list[np.ndarray], starts: list[np.ndarray], args: a
                    "cpu_ms_per_image": round(statistics.median(cpu_ms), 3)}
 
 
-def main() -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="gpu_jpeg_crops.json", help="JSON file for the figures.")
+    parser.add_argument("--out", default="gpu_jpeg_crops.json",
+                        help="JSON file for the figures ('-': stdout only).")
     parser.add_argument("--images", type=int, default=512, help="Sample JPEGs.")
     parser.add_argument("--side", type=int, default=1024, help="Side of the sample JPEGs.")
     parser.add_argument("--crop", type=int, default=96, help="Side of the decoded windows.")
     parser.add_argument("--batch", type=int, default=128, help="Batch size.")
     parser.add_argument("--threads", type=int, default=4, help="DALI CPU threads.")
     parser.add_argument("--repeats", type=int, default=3, help="Timed passes (medians).")
-    args = parser.parse_args()
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
     import torch
+
     if not torch.cuda.is_available():
         print("Error: no CUDA here; run gpu_jpeg_crops on a machine with an NVIDIA GPU.",
               file=sys.stderr)
-        return 2
-    import json
-
+        return EXIT_ERROR
     jpegs = sample_jpegs(args.images, args.side)
     rng = np.random.default_rng(1)
     starts = [rng.integers(0, args.side - args.crop + 1, 2).astype(np.int32) for _ in jpegs]
@@ -135,10 +140,9 @@ def main() -> int:
         reference = reference or crops
         result[way] = speed | differences(reference, crops)
         print(f"{way:28s} {result[way]}", flush=True)
-    with open(args.out, "w") as out:
-        json.dump(result, out, indent=1)
-    return 0
+    write_json(args.out, result)
+    return EXIT_OK
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_tool(parser(), main)
