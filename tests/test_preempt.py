@@ -38,7 +38,7 @@ TIMING_FIELDS = {"seconds", "images_per_s", "data_fraction"}
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     """82 tiny JPEG and WebP images in shards of 9 (the last one 1). No PNG: its window decoder
-    would load its numba kernel in each of the runs' nine rank processes (seconds each)."""
+    would load its numba kernel in each of the nine rank processes (most of a CPU-second each)."""
     return build_shards(tmp_path_factory.mktemp("preempt"), COUNT, max_count=9, sizes=(36, 48),
                         formats=("jpg", "webp"))
 
