@@ -5,6 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test`; whole test files go to one worker (--dist loadfile), so
+# module fixtures are built once. PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= 2
 
 .PHONY: install demo test lint bench clean
 
@@ -19,7 +22,7 @@ demo: $(STAMP)
 	$(PY) tools/demo.py --out runs/demo
 
 test: lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # ruff (lint and import order) and mypy over both packages; part of `make test`, so CI enforces them.
 lint: $(STAMP)

@@ -1,6 +1,8 @@
 """Preemption: a torchrun training run (gloo, CPU) is killed with SIGKILL at a random step after a
 mid-epoch checkpoint and resumed from that checkpoint on the same number of processes (2 -> 2) and on
 others (2 -> 1, killed again, -> 2). Every rank logs the sample keys of every step (`--key-log`).
+Runs that do not depend on each other run side by side (the uninterrupted one with the first killed
+one; the two resumptions of its checkpoint), which halves the wall time on two cores.
 
 Over the epoch, the steps before each checkpoint and those of the final run deliver exactly the
 epoch's samples minus the drop_last tail (total % global batch), none twice, every rank the same
@@ -19,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from helpers.shardsets import build_shards
-from helpers.torchrun import kill_tree, run_torchrun, start_torchrun
+from helpers.torchrun import finish_torchrun, kill_tree, run_torchrun, start_torchrun
 from imaginet_shards.io.shardset import load_index, open_shard_set
 from imaginet_shards.loaders import make_loader
 from imaginet_train.checkpoint import load_checkpoint
@@ -35,8 +37,10 @@ TIMING_FIELDS = {"seconds", "images_per_s", "data_fraction"}
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    """82 tiny images in shards of 9 (the last one 1)."""
-    return build_shards(tmp_path_factory.mktemp("preempt"), COUNT, max_count=9, sizes=(36, 48))
+    """82 tiny JPEG and WebP images in shards of 9 (the last one 1). No PNG: its window decoder
+    would load its numba kernel in each of the nine rank processes (most of a CPU-second each)."""
+    return build_shards(tmp_path_factory.mktemp("preempt"), COUNT, max_count=9, sizes=(36, 48),
+                        formats=("jpg", "webp"))
 
 
 def _args(shards: Path, out: Path, keys: Path) -> list[str]:
@@ -52,6 +56,16 @@ def _steps(keys: Path) -> list[dict]:
     """Every rank's key-log lines of one run."""
     return [json.loads(line) for path in sorted(keys.glob("rank*.jsonl"))
             for line in path.read_text().splitlines()]
+
+
+@pytest.fixture
+def background():
+    """Torchruns started to run alongside others; any still running when the test ends is killed."""
+    procs: list = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            kill_tree(proc)
 
 
 def _run_and_kill(args: list[str], nproc: int, keys: Path, lines: int, log: Path) -> None:
@@ -109,19 +123,17 @@ def _between(steps: list[dict], start: int, stop: int) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # five torchrun launches: about a minute on an idle machine
-def test_killed_runs_resume_mid_epoch_on_the_same_and_other_world_sizes(shards, tmp_path):
+@pytest.mark.timeout(900)  # five torchrun launches in three rounds: under a minute on an idle machine
+def test_killed_runs_resume_mid_epoch_on_the_same_and_other_world_sizes(shards, tmp_path, background):
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     note = f"kill points drawn with seed {seed}"
     expected = _expected_keys(shards)
 
-    # A: the uninterrupted run on 2 ranks.
-    run_torchrun(_args(shards, tmp_path / "a", tmp_path / "keys-a"), nproc=2, timeout=TIMEOUT_S)
-    straight = _steps(tmp_path / "keys-a")
-    _check_epoch([straight], expected, f"uninterrupted; {note}")
-
-    # B: 2 ranks, killed at a random step after its first checkpoint.
+    # A: the uninterrupted run on 2 ranks, while B runs: 2 ranks, killed at a random step after
+    # its first checkpoint.
+    run_a = start_torchrun(_args(shards, tmp_path / "a", tmp_path / "keys-a"), 2, tmp_path / "a.log")
+    background.append(run_a)
     _run_and_kill(_args(shards, tmp_path / "b", tmp_path / "keys-b"), 2, tmp_path / "keys-b",
                   rng.randint(EVERY + 1, 5), tmp_path / "b.log")
     saved_b = load_checkpoint(tmp_path / "b" / "checkpoint.pt")["step"]
@@ -129,8 +141,20 @@ def test_killed_runs_resume_mid_epoch_on_the_same_and_other_world_sizes(shards, 
     killed = _steps(tmp_path / "keys-b")
     shutil.copytree(tmp_path / "b", tmp_path / "d")
 
-    # C: B resumed on 2 ranks: the uninterrupted run's batches and losses, bit for bit.
-    run_torchrun(_args(shards, tmp_path / "b", tmp_path / "keys-c"), nproc=2, timeout=TIMEOUT_S)
+    # C: B resumed on 2 ranks, started now; D (below) runs meanwhile.
+    run_c = start_torchrun(_args(shards, tmp_path / "b", tmp_path / "keys-c"), 2, tmp_path / "c.log")
+    background.append(run_c)
+
+    # D: B resumed on 1 process, killed again after a checkpoint of its own.
+    _run_and_kill(_args(shards, tmp_path / "d", tmp_path / "keys-d"), 1,
+                  tmp_path / "keys-d", rng.randint(EVERY + 1, 5), tmp_path / "d.log")
+
+    finish_torchrun(run_a, TIMEOUT_S, tmp_path / "a.log")
+    straight = _steps(tmp_path / "keys-a")
+    _check_epoch([straight], expected, f"uninterrupted; {note}")
+
+    # C: the uninterrupted run's batches and losses, bit for bit.
+    finish_torchrun(run_c, TIMEOUT_S, tmp_path / "c.log")
     resumed = _steps(tmp_path / "keys-c")
     assert min(s["step"] for s in resumed) == saved_b, note
     _check_epoch([_before(killed, saved_b), resumed], expected, f"2 -> 2; {note}")
@@ -138,9 +162,7 @@ def test_killed_runs_resume_mid_epoch_on_the_same_and_other_world_sizes(shards, 
     assert all(by_step[s["step"], s["rank"]] == s["keys"] for s in resumed), f"2 -> 2 batches differ; {note}"
     assert _losses(tmp_path / "b") == _losses(tmp_path / "a"), note
 
-    # D: B resumed on 1 process, killed again after a checkpoint of its own; E: D resumed on 2 ranks.
-    _run_and_kill(_args(shards, tmp_path / "d", tmp_path / "keys-d"), 1,
-                  tmp_path / "keys-d", rng.randint(EVERY + 1, 5), tmp_path / "d.log")
+    # D's checkpoint; E: D resumed on 2 ranks.
     saved_d = load_checkpoint(tmp_path / "d" / "checkpoint.pt")["step"]
     assert saved_b < saved_d < STEPS, note
     one = _steps(tmp_path / "keys-d")

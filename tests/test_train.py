@@ -2,6 +2,7 @@
 objectives and the learning-rate schedule. Tiny images, the small arch, one thread per process."""
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -28,16 +29,26 @@ TIMING_FIELDS = {"seconds", "images_per_s", "data_fraction"}
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    """20 small images in shards of 7, 7 and 6: neither shards nor samples divide evenly over 2 ranks."""
-    return build_shards(tmp_path_factory.mktemp("train"), 20, max_count=7, sizes=(36, 48))
+    """20 small images in shards of 7, 7 and 6: neither shards nor samples divide evenly over 2 ranks.
+    JPEG and WebP: a PNG would make each torchrun rank load the PNG window decoder's numba kernel."""
+    return build_shards(tmp_path_factory.mktemp("train"), 20, max_count=7, sizes=(36, 48),
+                        formats=("jpg", "webp"))
+
+
+@contextlib.contextmanager
+def _threads(count: int):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with _threads(1):
+        yield
 
 
 def _config(shards: Path, out: Path, **overrides) -> TrainConfig:
@@ -45,6 +56,15 @@ def _config(shards: Path, out: Path, **overrides) -> TrainConfig:
                    crop=32, warmup_epochs=0.5, log_every=1,
                    runtime=RuntimeOptions(backend="cpu", workers=0, progress=False))
     return TrainConfig(**{**options, **overrides})
+
+
+@pytest.fixture(scope="module")
+def straight(shards, tmp_path_factory) -> TrainConfig:
+    """An uninterrupted two-epoch run (trained once, read by the resumption tests)."""
+    config = _config(shards, tmp_path_factory.mktemp("straight"))
+    with _threads(1):
+        train(config)
+    return config
 
 
 @pytest.mark.slow
@@ -83,11 +103,8 @@ def _crash_in_epoch_1(monkeypatch, config: TrainConfig) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("every_steps, saved_step", [(0, 5), (3, 6)])
-def test_interrupted_and_resumed_run_reproduces_the_uninterrupted_losses(shards, tmp_path, monkeypatch,
-                                                                         every_steps, saved_step):
-    straight = _config(shards, tmp_path / "straight")
-    train(straight)
-
+def test_interrupted_and_resumed_run_reproduces_the_uninterrupted_losses(shards, straight, tmp_path,
+                                                                         monkeypatch, every_steps, saved_step):
     # Crash in the middle of epoch 1, after the checkpoint of epoch 0's end (every_steps 0) or of
     # global step 6, the middle of epoch 1 (every 3 steps: 3, the end of epoch 0, 6).
     interrupted = _config(shards, tmp_path / "resumed", checkpoint_every_steps=every_steps)
@@ -131,9 +148,7 @@ def test_resume_refuses_another_shard_set(shards, tmp_path):
 
 
 @pytest.mark.slow
-def test_epoch_boundary_checkpoints_of_the_earlier_format_still_resume(shards, tmp_path, monkeypatch):
-    straight = _config(shards, tmp_path / "straight")
-    train(straight)
+def test_epoch_boundary_checkpoints_of_the_earlier_format_still_resume(shards, straight, tmp_path, monkeypatch):
     config = _config(shards, tmp_path / "old")
     _crash_in_epoch_1(monkeypatch, config)
     state = load_checkpoint(config.checkpoint_path)  # epoch 0's, rewritten as format 1 wrote it

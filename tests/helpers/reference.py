@@ -134,9 +134,11 @@ def recording() -> Iterator[list[Applied]]:
     and returns zeros of its output's shape instead of pixels (what any transform draws depends
     only on the shape). Noise fields are not generated: `GaussNoise` gets a `Normal` record.
     albumentations seeds a fresh numpy RandomState from python's generator for each numpy draw;
-    here one RandomState is re-seeded with the same seed instead (the same draws, 60x faster)."""
+    here one RandomState is re-seeded with the same seed instead (the same draws, 60x faster).
+    The zero images are shared by shape and read-only (allocating them took a fifth of the time)."""
     log: list[Applied] = []
     state = np.random.RandomState(0)
+    zeros: dict[tuple[int, int], np.ndarray] = {}
 
     def get_random_state() -> np.random.RandomState:
         state.seed(random.randint(0, (1 << 32) - 1))
@@ -149,7 +151,10 @@ def recording() -> Iterator[list[Applied]]:
         height, width = kwargs["image"].shape[:2]
         log.append(Applied(type(self).__name__, self, dict(params or {}), height, width))
         shape = _output_shape(self, params, height, width)
-        return {**kwargs, "image": np.zeros((*shape, 3), np.uint8)}
+        if shape not in zeros:
+            zeros[shape] = np.zeros((*shape, 3), np.uint8)
+            zeros[shape].flags.writeable = False
+        return {**kwargs, "image": zeros[shape]}
 
     patches = [(BasicTransform, "apply_with_params", apply),
                (random_utils, "get_random_state", get_random_state),

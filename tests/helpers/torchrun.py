@@ -46,15 +46,22 @@ def kill_tree(proc: subprocess.Popen) -> None:
     psutil.wait_procs(victims, timeout=10)
 
 
-def run_torchrun(args: list[str], nproc: int = 2, timeout: float = 150) -> str:
-    """torchrun ARGS (a script path or `-m module …`); returns the combined output, failing the test
-    with its tail on a timeout or a non-zero exit."""
-    proc = start_torchrun(args, nproc)
+def finish_torchrun(proc: subprocess.Popen, timeout: float = 150, log: Path | None = None) -> str:
+    """Wait for a torchrun from `start_torchrun` (its output in `log`, or a pipe); returns the combined
+    output, failing the test with its tail on a timeout or a non-zero exit."""
     try:
         output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         kill_tree(proc)
         output, _ = proc.communicate()
+        output = log.read_text() if log is not None else output
         pytest.fail(f"torchrun did not finish in {timeout} s (a rank hung?):\n{output[-4000:]}")
+    output = log.read_text() if log is not None else output
     assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{output[-4000:]}"
     return output
+
+
+def run_torchrun(args: list[str], nproc: int = 2, timeout: float = 150) -> str:
+    """torchrun ARGS (a script path or `-m module …`); returns the combined output, failing the test
+    with its tail on a timeout or a non-zero exit."""
+    return finish_torchrun(start_torchrun(args, nproc), timeout)
