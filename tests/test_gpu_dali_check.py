@@ -3,23 +3,18 @@
 mocked (`torch.cuda.is_available` and the checks that need a device)."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "gpu_dali_check.py"
+from helpers.tools import load_tool
 
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("gpu_dali_check", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("gpu_dali_check")
 
 
 def test_arguments(tool):

@@ -3,23 +3,18 @@ window) is PIL's decode of the whole image cropped, and its difference figures a
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "gpu_jpeg_crops.py"
+from helpers.tools import load_tool
 
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("gpu_jpeg_crops", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("gpu_jpeg_crops")
 
 
 def test_cpu_reference_equals_pil_crop(tool):

@@ -23,10 +23,17 @@ def _imported_by(*args: str) -> set[str]:
              "except SystemExit as exc:\n"
              "    assert exc.code == 0, exc.code\n"
              "print('MODULES', json.dumps(sorted(sys.modules)))\n")
+    output = _python(probe, timeout=120)
+    return {name.split(".")[0] for name in json.loads(output.split("MODULES", 1)[1])}
+
+
+def _python(probe: str, timeout: int) -> str:
+    """The standard output of `probe` run by a fresh interpreter in the repository (which must
+    succeed)."""
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=timeout)
     assert done.returncode == 0, done.stdout + done.stderr
-    return {name.split(".")[0] for name in json.loads(done.stdout.split("MODULES", 1)[1])}
+    return done.stdout
 
 
 def test_help_imports_no_heavy_library():
@@ -70,9 +77,7 @@ def test_png_kernel_loads_before_the_workers_fork_with_the_signature_decoding_us
         "assert (windows.decode_window(tiles.encode_tiles(pixels, 32), 5, 7, 40, 30)\n"
         "        == pixels[5:45, 7:37]).all()\n"
         "print('AFTER DECODING', len(unfilter_rows.signatures))\n")
-    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "IMPORTED False" in done.stdout
-    assert "PARENT 1 (4, 3, 96, 96)" in done.stdout
-    assert "AFTER DECODING 1" in done.stdout
+    output = _python(probe, timeout=300)
+    assert "IMPORTED False" in output
+    assert "PARENT 1 (4, 3, 96, 96)" in output
+    assert "AFTER DECODING 1" in output
