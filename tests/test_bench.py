@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 from click.testing import CliRunner
 
 from helpers.shardsets import build_shards
-from imaginet_shards.bench.resources import tree_memory
+from imaginet_shards.bench.resources import PeakMemory, tree_memory
 from imaginet_shards.bench.run import BenchOptions, run_bench
 from imaginet_shards.cli import main
 
@@ -52,6 +53,16 @@ def test_epochs_follow_each_other(dataset):
 def test_memory_includes_children():
     rss, pss = tree_memory(os.getpid())
     assert rss > 0 and 0 < pss <= rss
+
+
+def test_peak_memory_counts_its_own_cost():
+    """The sampler's CPU time is kept apart, so that benchmarks can leave it out of CPU ms/image."""
+    before = time.process_time()
+    with PeakMemory(interval=0.01) as memory:
+        time.sleep(0.3)
+    spent = time.process_time() - before
+    assert memory.rss >= memory.pss > 0
+    assert 0 < memory.cpu_seconds <= spent
 
 
 @pytest.mark.parametrize("options,message", [

@@ -6,7 +6,7 @@ Backends: `dali` and `cpu` read a shard set through `make_loader`; `files` is th
 the same preset with `threads` DALI threads or DataLoader workers. Epochs follow each other
 (`set_epoch`) until `warmup + batches` batches have been drawn, so per-epoch costs (worker or
 pipeline start) are part of the figure. Peak memory and CPU time sum this process and its children
-(workers); CPU ms per image is the cost on a machine shared with other work, where images/s is
+(workers), less what sampling the memory costs (`resources.PeakMemory`); CPU ms per image is the cost on a machine shared with other work, where images/s is
 noisy. `repeats` windows of `batches` batches each are timed: images/s and MB/s are medians over
 the windows (each should span several batches per worker: workers deliver in bursts), CPU time
 and memory cover them all. `bench_matrix` runs a grid of these next to the tar-read and
@@ -157,7 +157,8 @@ def run_bench(options: BenchOptions) -> BenchResult:
         startup = time.perf_counter() - start
         for _ in range(max(options.warmup - 1, 0)):
             next(stream)
-        rates, images, seconds, cpu = [], 0, 0.0, tree_cpu_seconds()
+        rates, images, seconds = [], 0, 0.0
+        cpu = tree_cpu_seconds() - memory.cpu_seconds
         for _ in range(options.repeats):
             count, begin = 0, time.perf_counter()
             for _ in range(options.batches):
@@ -165,7 +166,7 @@ def run_bench(options: BenchOptions) -> BenchResult:
             elapsed = time.perf_counter() - begin
             rates.append(count / elapsed)
             images, seconds = images + count, seconds + elapsed
-        cpu = tree_cpu_seconds() - cpu
+        cpu = tree_cpu_seconds() - memory.cpu_seconds - cpu
     rate = statistics.median(rates)
     return BenchResult(options.backend, options.preset, options.resolved_preset().size,
                        options.device, options.batch_size, options.threads, options.batches,
