@@ -37,6 +37,7 @@ from imaginet_shards.augment.decisions import (
 from imaginet_shards.augment.spec import Preset
 from imaginet_shards.codecs.windows import decode_window
 from imaginet_shards.format.images import check_image
+from imaginet_shards.format.tiles import TiledImage
 
 _PIL_FORMATS = {"jpeg": "JPEG", "webp": "WEBP", "png": "PNG"}
 _CV_FORMATS = {"jpeg": (".jpg", cv2.IMWRITE_JPEG_QUALITY), "webp": (".webp", cv2.IMWRITE_WEBP_QUALITY)}
@@ -52,7 +53,7 @@ def decode(data: bytes) -> torch.Tensor:
     return _decode_checked(data, CropOp(0, 0, info.height, info.width))[0]
 
 
-def _decode_checked(data: bytes, crop: CropOp) -> tuple[torch.Tensor, bool]:
+def _decode_checked(data: bytes | TiledImage, crop: CropOp) -> tuple[torch.Tensor, bool]:
     """(pixels, whether they are `crop`'s): the window through windows.py, else the whole image
     through OpenCV. windows.py also keeps corrupt PNGs away from full decoders' libpng bindings,
     some of which crash the process on them (a bad IDAT checksum) instead of raising."""
@@ -61,6 +62,7 @@ def _decode_checked(data: bytes, crop: CropOp) -> tuple[torch.Tensor, bool]:
     except ValueError as exc:
         raise ValueError(f"corrupt image: {exc}") from None
     if window is None:
+        assert not isinstance(data, TiledImage)  # windows.py decodes every window of those
         return _decode_whole(data), False
     return torch.from_numpy(window).permute(2, 0, 1), True
 
@@ -133,18 +135,18 @@ def apply_ops(image: torch.Tensor, ops: tuple[Op, ...]) -> torch.Tensor:
     return image.contiguous()
 
 
-def decode_for(data: bytes, preset: Preset, rng: np.random.Generator
+def decode_for(data: bytes | TiledImage, preset: Preset, rng: np.random.Generator
                ) -> tuple[torch.Tensor, tuple[Op, ...], tuple[Op, ...]]:
     """(image, the operations `preset` draws from `rng` for it, those still to apply): a leading
     crop is done by decoding only its window where the format allows. Errors as `decode`."""
-    info = check_image(data)
+    info = data.header if isinstance(data, TiledImage) else check_image(data)
     ops = draw_params(preset, rng, info.height, info.width)
     leading = ops[0] if ops and isinstance(ops[0], CropOp) else None
     image, cropped = _decode_checked(data, leading or CropOp(0, 0, info.height, info.width))
     return image, ops, ops[1:] if cropped and leading else ops
 
 
-def augment(data: bytes, preset: Preset, rng: np.random.Generator) -> torch.Tensor:
+def augment(data: bytes | TiledImage, preset: Preset, rng: np.random.Generator) -> torch.Tensor:
     """Decode one image and apply `preset` with decisions drawn from `rng`: uint8 [3, S, S]."""
     image, _, remaining = decode_for(data, preset, rng)
     return apply_ops(image, remaining)

@@ -1,5 +1,6 @@
-"""Encode an image as a `.tiles` member (`format.tiles`) and decode windows of one, inflating only
-the tiles that cover the window, and of each only the rows and columns it needs.
+"""Encode an image as a `.tiles` member (`format.tiles`) and decode windows of one, reading (for a
+`TiledImage` left in its shard) and inflating only the tiles that cover the window, and of each only
+the rows and columns it needs.
 
 Each tile is a bare zlib stream of PNG-filtered RGB rows (the "zlib-rows" codec, chosen by
 measurement: `tools/bench_tiles.py`, docs/benchmarks.md): the rows OpenCV's PNG encoder filters,
@@ -17,7 +18,14 @@ from zlib_ng import zlib_ng
 
 from imaginet_shards.codecs import png as png_window
 from imaginet_shards.format.images import MAX_PIXELS, check_window
-from imaginet_shards.format.tiles import TileHeader, TileHeaderError, pack_header, read_header, tile_grid
+from imaginet_shards.format.tiles import (
+    TiledImage,
+    TileHeader,
+    TileHeaderError,
+    pack_header,
+    read_header,
+    tile_grid,
+)
 
 ZLIB_LEVEL = 6
 
@@ -53,27 +61,44 @@ def tile_header(data) -> TileHeader:
     return read_header(data, MAX_PIXELS)
 
 
-def decode_window(data, top: int, left: int, height: int, width: int) -> np.ndarray:
-    """Pixels [top, top+height) x [left, left+width) of a `.tiles` member as RGB uint8 (height,
-    width, 3), decoding only the covering tiles; ValueError (an ImageError) for a bad header or
-    tile, or a window outside the image."""
-    header = tile_header(data)
+def decode_window(data: bytes | memoryview | TiledImage, top: int, left: int, height: int,
+                  width: int) -> np.ndarray:
+    """Pixels [top, top+height) x [left, left+width) of a `.tiles` member (its bytes, or a
+    `TiledImage` left in its shard, of which only the covering tiles are read: one read per row of
+    them) as RGB uint8 (height, width, 3), inflating only the covering tiles; ValueError (an
+    ImageError) for a bad header or tile, a shard that ends early, or a window outside the image."""
+    header = data.header if isinstance(data, TiledImage) else tile_header(data)
     check_window(top, left, height, width, header.height, header.width)
-    size = header.tile
+    size, cols = header.tile, header.grid[1]
     out = np.empty((height, width, 3), dtype=np.uint8)
+    first, last = left // size, (left + width - 1) // size
     for row in range(top // size, (top + height - 1) // size + 1):
         y0, y1 = max(top, row * size), min(top + height, (row + 1) * size)
-        for col in range(left // size, (left + width - 1) // size + 1):
+        run = _row_tiles(data, header, row, first, last)
+        base = int(header.offsets[row * cols + first])
+        for col in range(first, last + 1):
             x0, x1 = max(left, col * size), min(left + width, (col + 1) * size)
+            number = row * cols + col
+            encoded = run[int(header.offsets[number]) - base:int(header.offsets[number + 1]) - base]
             out[y0 - top:y1 - top, x0 - left:x1 - left] = _tile_window(
-                header, data, row, col, y0 - row * size, x0 - col * size, y1 - y0, x1 - x0)
+                header, encoded, row, col, y0 - row * size, x0 - col * size, y1 - y0, x1 - x0)
     return out
 
 
-def _tile_window(header: TileHeader, data, row: int, col: int, top: int, left: int, height: int,
-                 width: int) -> np.ndarray:
-    """Rows [top, top+height) x columns [left, left+width) of one tile."""
-    encoded = header.tile_bytes(data, row, col)
+def _row_tiles(data: bytes | memoryview | TiledImage, header: TileHeader, row: int, first: int,
+               last: int) -> memoryview:
+    """The encoded bytes of tiles (`row`, `first`) .. (`row`, `last`), adjacent in the member."""
+    if isinstance(data, TiledImage):
+        return memoryview(data.read_tiles(row, first, last))
+    cols = header.grid[1]
+    begin, end = header.offsets[row * cols + first], header.offsets[row * cols + last + 1]
+    return memoryview(data).cast("B")[int(begin):int(end)]
+
+
+def _tile_window(header: TileHeader, encoded: memoryview, row: int, col: int, top: int, left: int,
+                 height: int, width: int) -> np.ndarray:
+    """Rows [top, top+height) x columns [left, left+width) of tile (`row`, `col`), whose encoded
+    bytes are `encoded`."""
     tile_h, tile_w = header.tile_shape(row, col)
     stride = 1 + 3 * tile_w
     need = (top + height) * stride

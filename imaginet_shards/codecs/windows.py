@@ -19,6 +19,7 @@ from imaginet_shards.codecs import png as png_window
 from imaginet_shards.codecs import tiles as tiles_window
 from imaginet_shards.codecs import webp as webp_window
 from imaginet_shards.format.images import check_image, sniff_format
+from imaginet_shards.format.tiles import TiledImage
 
 _DECODERS = {"jpeg": jpeg_window.decode_window, "png": png_window.decode_window,
              "webp": webp_window.decode_window, "tiles": tiles_window.decode_window}
@@ -28,10 +29,10 @@ DALI_FORMATS = frozenset({"png", "webp", "tiles"})
 
 def decode_window(data, top: int, left: int, height: int, width: int,
                   formats: Collection[str] = frozenset(_DECODERS)) -> np.ndarray | None:
-    """RGB uint8 (height, width, 3) of the window, or None when the format is not in `formats` or
-    the image is outside its decoder's fast path; ValueError for corrupt data or a window outside
-    the image."""
-    fmt = sniff_format(bytes(memoryview(data)[:12]))
+    """RGB uint8 (height, width, 3) of the window of `data` (encoded bytes, or a `TiledImage` left
+    in its shard), or None when the format is not in `formats` or the image is outside its decoder's
+    fast path; ValueError for corrupt data or a window outside the image."""
+    fmt = "tiles" if isinstance(data, TiledImage) else sniff_format(bytes(memoryview(data)[:12]))
     decoder = _DECODERS.get(fmt or "") if fmt in formats else None
     return None if decoder is None else decoder(data, top, left, height, width)
 

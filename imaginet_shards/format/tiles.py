@@ -20,8 +20,10 @@ allocated or inflated (no decompression bombs).
 """
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 
@@ -55,11 +57,6 @@ class TileHeader:
         """Rows and columns of tiles."""
         return tile_grid(self.height, self.width, self.tile)
 
-    def tile_bytes(self, data, row: int, col: int) -> memoryview:
-        """The encoded bytes of tile (`row`, `col`)."""
-        number = row * self.grid[1] + col
-        return memoryview(data).cast("B")[int(self.offsets[number]):int(self.offsets[number + 1])]
-
     def tile_shape(self, row: int, col: int) -> tuple[int, int]:
         """(height, width) of tile (`row`, `col`): `tile`, less at the bottom and right edges."""
         return (min(self.tile, self.height - row * self.tile),
@@ -91,13 +88,34 @@ def pack_header(codec: str, height: int, width: int, tile: int, sizes: list[int]
             + offsets.astype("<u4").tobytes())
 
 
-def read_header(data, max_pixels: int) -> TileHeader:
-    """The checked header of a `.tiles` member (any bytes-like object); TileHeaderError saying
-    what is wrong: bad magic or version, unknown codec, sizes over `max_pixels`, offsets that are
-    not increasing or do not end at the member's end."""
+def header_size(data, length: int, max_pixels: int) -> int:
+    """The length of the header of a `.tiles` member of `length` bytes, from its first bytes
+    (`data`, at least the fixed part): TileHeaderError for a bad fixed part or a header longer than
+    the member, so a reader of a member's header alone never asks for more bytes than it holds."""
+    return _fixed_part(memoryview(data).cast("B"), length, max_pixels)[-1]
+
+
+def read_header(data, max_pixels: int, length: int | None = None) -> TileHeader:
+    """The checked header of a `.tiles` member (any bytes-like object: the member, or with its
+    `length` given, its first bytes, the header at least); TileHeaderError saying what is wrong: bad
+    magic or version, unknown codec, sizes over `max_pixels`, offsets that are not increasing or do
+    not end at the member's end."""
     view = memoryview(data).cast("B")
-    if len(view) < _FIXED.size:
-        raise TileHeaderError(f"tiled image of {len(view)} bytes: shorter than its header")
+    length = len(view) if length is None else length
+    codec, height, width, tile, end = _fixed_part(view, length, max_pixels)
+    if end > len(view):
+        raise TileHeaderError(f"a {end}-byte header, of which {len(view)} bytes are given")
+    offsets = np.frombuffer(view[_FIXED.size:end], dtype="<u4").astype(np.int64)
+    if offsets[0] != end or offsets[-1] != length or np.any(np.diff(offsets) <= 0):
+        raise TileHeaderError("tile offsets are not increasing from the header's end to the "
+                              "member's end")
+    return TileHeader(TILE_CODECS[codec], height, width, 3, tile, offsets)
+
+
+def _fixed_part(view: memoryview, length: int, max_pixels: int) -> tuple[int, int, int, int, int]:
+    """(codec, height, width, tile, header length) from the fixed part, checked."""
+    if min(len(view), length) < _FIXED.size:
+        raise TileHeaderError(f"tiled image of {min(len(view), length)} bytes: shorter than its header")
     magic, version, codec, channels, _, height, width, tile, _ = _FIXED.unpack_from(view)
     if magic != TILES_MAGIC:
         raise TileHeaderError("not a tiled image (bad magic)")
@@ -113,11 +131,37 @@ def read_header(data, max_pixels: int) -> TileHeader:
         raise TileHeaderError(f"tile size {tile} outside [{MIN_TILE}, {MAX_TILE}]")
     rows, cols = tile_grid(height, width, tile)
     end = _FIXED.size + 4 * (rows * cols + 1)
-    if end > len(view):
+    if end > length:
         raise TileHeaderError(f"{rows}x{cols} tiles need a {end}-byte header, the member has "
-                              f"{len(view)} bytes")
-    offsets = np.frombuffer(view[_FIXED.size:end], dtype="<u4").astype(np.int64)
-    if offsets[0] != end or offsets[-1] != len(view) or np.any(np.diff(offsets) <= 0):
-        raise TileHeaderError("tile offsets are not increasing from the header's end to the "
-                              "member's end")
-    return TileHeader(TILE_CODECS[codec], height, width, channels, tile, offsets)
+                              f"{length} bytes")
+    return codec, height, width, tile, end
+
+
+class TiledImage:
+    """A `.tiles` member left in its shard file: its checked header, and its tiles' bytes read on
+    demand (`read_tiles`, one `os.pread` each: no shared file position) from `file`, where the
+    member's data starts at byte `offset`. `file` stays open until the tiles are decoded (its owner
+    closes it; reading after that is a ValueError). `bytes_read` counts the tile bytes read."""
+
+    __slots__ = ("header", "_file", "_offset", "bytes_read")
+
+    def __init__(self, header: TileHeader, file: BinaryIO, offset: int):
+        self.header, self._file, self._offset = header, file, offset
+        self.bytes_read = 0
+
+    def read_tiles(self, row: int, first: int, last: int) -> bytes:
+        """The encoded bytes of tiles (`row`, `first`) .. (`row`, `last`), adjacent in the member;
+        TileHeaderError naming them when the shard ends early (truncated after its index was read)."""
+        cols = self.header.grid[1]
+        begin = int(self.header.offsets[row * cols + first])
+        size = int(self.header.offsets[row * cols + last + 1]) - begin
+        parts: list[bytes] = []
+        got = 0
+        while got < size and (part := os.pread(self._file.fileno(), size - got, self._offset + begin + got)):
+            parts.append(part)
+            got += len(part)
+        self.bytes_read += got
+        if got < size:
+            raise TileHeaderError(f"tiles ({row}, {first})..({row}, {last}): the shard ends "
+                                  f"{size - got} bytes early (truncated after its index was read?)")
+        return parts[0] if len(parts) == 1 else b"".join(parts)

@@ -6,19 +6,26 @@ reading each run of them in one read (a window of up to WINDOW_BYTES) through th
 offsets and checking every member's tar header against the index (no tar parser; nothing is
 unpickled or decoded here). Every failure is reported per sample, naming shard and key, so callers
 decide whether to raise or to skip without ever shifting labels.
+
+Given `ShardFiles` (the CPU backend's opt-in), `read_batch` leaves the tiles of `.tiles` members in
+shards that are local files (local sets, cached remote ones) unread: such a record's image is a
+`TiledImage` (`Record.tiled`), its tar and tile headers checked, from which a crop's decoder reads
+only the tiles it covers while the files stay open.
 """
 from __future__ import annotations
 
 import bisect
 import logging
+import os
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
 
 from imaginet_shards.errors import MissingShardSetError, ShardSetError
-from imaginet_shards.format.images import IMAGE_MEMBERS, MAX_FILE_BYTES
+from imaginet_shards.format.images import IMAGE_MEMBERS, MAX_FILE_BYTES, MAX_PIXELS
 from imaginet_shards.format.manifest import MANIFEST_NAME, Manifest, ShardEntry
 from imaginet_shards.format.members import MAX_META_BYTES, decode_labels
 from imaginet_shards.format.tar import (
@@ -28,11 +35,15 @@ from imaginet_shards.format.tar import (
     parse_index,
     split_member_name,
 )
+from imaginet_shards.format.tiles import TiledImage, header_size, read_header
 from imaginet_shards.io import storage
 from imaginet_shards.io.cache import DEFAULT_CACHE_BYTES, ShardCache
 
 log = logging.getLogger(__name__)
 WINDOW_BYTES = 32 << 20  # a run of samples is read in windows of about this many bytes
+# Bytes of a lazily read `.tiles` member read along with its tar header: its whole tile header up to
+# 249 tiles (a 2000 x 2000 image in 128-pixel tiles); a longer one takes a second read.
+TILES_PREFIX = 1024
 
 
 def load_manifest(dest: str) -> Manifest:
@@ -100,6 +111,41 @@ class ShardSet:
             return open(self.local_path(name), "rb")
         return storage.open_read(self.location(name))
 
+    def open_local(self, name: str) -> BinaryIO | None:
+        """The shard as an unbuffered local file (for `os.pread`), where it is one: the shard of a
+        local set, or a remote shard's cached copy; None for a streamed remote shard."""
+        if not self.cached and storage.is_remote(self.root):
+            return None
+        return open(self.local_path(name), "rb", buffering=0)
+
+
+class ShardFiles:
+    """The local shard files one batch's lazily read images come from (`read_batch`'s `files`):
+    each opened on first use, in the process that reads the batch (never inherited through a fork),
+    and all closed by `close()` or the end of a `with` block, once the batch is decoded."""
+
+    def __init__(self, shards: ShardSet):
+        self._shards = shards
+        self._files: dict[str, BinaryIO | None] = {}
+
+    def get(self, name: str) -> BinaryIO | None:
+        """Shard `name` opened locally, or None when it is streamed (then read eagerly)."""
+        if name not in self._files:
+            self._files[name] = self._shards.open_local(name)
+        return self._files[name]
+
+    def close(self) -> None:
+        for file in self._files.values():
+            if file is not None:
+                file.close()
+        self._files.clear()
+
+    def __enter__(self) -> ShardFiles:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def open_shard_set(source: str, cache_dir: str | None = None,
                    cache_bytes: int = DEFAULT_CACHE_BYTES) -> ShardSet:
@@ -116,7 +162,8 @@ def open_shard_set(source: str, cache_dir: str | None = None,
 
 @dataclass(frozen=True)
 class Record:
-    """One sample as read from a shard: its image bytes and labels, or why it is unusable."""
+    """One sample as read from a shard: its image bytes and labels, or why it is unusable. A
+    `.tiles` image read lazily (`read_batch` with `files`) is `tiled` instead, `image` empty."""
 
     shard: str
     key: str
@@ -125,6 +172,7 @@ class Record:
     labels: np.ndarray | None = None
     meta: bytes = b""
     error: str = ""
+    tiled: TiledImage | None = None
 
 
 class ShardIndex:
@@ -179,20 +227,22 @@ def read_samples(shards: ShardSet, index: ShardIndex, start: int, stop: int) -> 
 
 
 def read_batch(shards: ShardSet, indexes: dict[int, ShardIndex],
-               shard_ids: Sequence[int] | np.ndarray, samples: Sequence[int] | np.ndarray
-               ) -> list[Record]:
+               shard_ids: Sequence[int] | np.ndarray, samples: Sequence[int] | np.ndarray,
+               files: ShardFiles | None = None) -> list[Record]:
     """The Records of samples (`shard_ids[i]`, `samples[i]`) (shard numbers in manifest order), in
     that order: each shard is opened once and each run of consecutive samples read in one window
-    (up to WINDOW_BYTES). Indexes not yet in `indexes` are loaded into it."""
+    (up to WINDOW_BYTES). Indexes not yet in `indexes` are loaded into it. With `files`, `.tiles`
+    members of shards it opens locally are read lazily (`Record.tiled`, valid until it closes)."""
     shard_ids, samples = np.asarray(shard_ids, dtype=np.int64), np.asarray(samples, dtype=np.int64)
     found: dict[tuple[int, int], Record] = {}
     for shard in np.unique(shard_ids).tolist():
         if shard not in indexes:
             indexes[shard] = load_index(shards, shards.manifest.shards[shard])
         index = indexes[shard]
-        with shards.open(index.entry.name) as stream:
+        local = files.get(index.entry.name) if files is not None else None
+        with shards.open(index.entry.name) if local is None else nullcontext(local) as stream:
             for start, stop in _runs(np.unique(samples[shard_ids == shard]).tolist()):
-                for number, record in enumerate(_read_run(stream, index, start, stop), start):
+                for number, record in enumerate(_read_run(stream, index, start, stop, local), start):
                     found[shard, number] = record
     return [found[s, n] for s, n in zip(shard_ids.tolist(), samples.tolist())]
 
@@ -208,14 +258,16 @@ def _runs(numbers: list[int]) -> Iterator[tuple[int, int]]:
     yield start, prev + 1
 
 
-def _read_run(stream: BinaryIO, index: ShardIndex, start: int, stop: int) -> Iterator[Record]:
+def _read_run(stream: BinaryIO, index: ShardIndex, start: int, stop: int,
+              lazy: BinaryIO | None = None) -> Iterator[Record]:
     """Records of samples [start, stop), read window by window: each window's members in one read
-    per span (`_spans`), then each sample cut out of them and checked on its own."""
+    per span (`_spans`), then each sample cut out of them and checked on its own. `lazy`: the local
+    file `stream` is, whose `.tiles` members are left unread but for their headers."""
     while start < stop:
         end = _window_stop(index, start, stop)
-        chunks = _Chunks(stream, _spans(index, start, end))
+        chunks = _Chunks(stream, _spans(index, start, end, lazy is not None))
         for i in range(start, end):
-            yield _record(index.entry.name, index, i, chunks)
+            yield _record(index.entry.name, index, i, chunks, lazy)
         start = end
 
 
@@ -229,16 +281,17 @@ def _window_stop(index: ShardIndex, start: int, stop: int) -> int:
     return end
 
 
-def _spans(index: ShardIndex, start: int, stop: int) -> list[tuple[int, int]]:
+def _spans(index: ShardIndex, start: int, stop: int, lazy: bool = False) -> list[tuple[int, int]]:
     """[begin, end) byte spans holding the headers and data of samples [start, stop)'s members:
-    one span for the run, split only around oversized members (never read). Tar padding between
+    one span for the run, split only around oversized members (never read) and, when `lazy`, the
+    tiles of `.tiles` members (of which only TILES_PREFIX bytes are read). Tar padding between
     members (under a block) is read along rather than splitting a span."""
     spans: list[list[int]] = []
     for sample in index.samples[start:stop]:
         for entry in sample:
             if entry.name in index.oversized:
                 continue
-            begin, end = entry.offset - BLOCK, entry.offset + entry.size
+            begin, end = entry.offset - BLOCK, entry.offset + _read_size(entry, lazy)
             if spans and begin - spans[-1][1] < BLOCK:
                 spans[-1][1] = max(spans[-1][1], end)
             else:
@@ -276,21 +329,32 @@ def _read_up_to(stream: BinaryIO, size: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _record(shard: str, index: ShardIndex, i: int, chunks: _Chunks) -> Record:
+def _read_size(entry: IndexEntry, lazy: bool) -> int:
+    """How many of `entry`'s bytes are read with its tar header."""
+    return min(entry.size, TILES_PREFIX) if lazy and entry.ext == "tiles" else entry.size
+
+
+def _record(shard: str, index: ShardIndex, i: int, chunks: _Chunks,
+            lazy: BinaryIO | None = None) -> Record:
     """Sample i's members (as the index lists them; oversized ones are never read), each checked
-    against its tar header, then the sample against the layout: one image, a well-formed .labels."""
+    against its tar header, then the sample against the layout: one image, a well-formed .labels.
+    With `lazy` (the local shard file), a `.tiles` member becomes a TiledImage once its header is
+    checked."""
     key, expected = index.key(i), index.samples[i]
     too_big = [f"{e.name} ({e.size} bytes)" for e in expected if e.name in index.oversized]
     if too_big:
         return Record(shard, key, error=f"member above the size limit: {', '.join(too_big)}")
     found: dict[str, memoryview] = {}
+    tiled = None
     for entry in expected:
-        member = chunks.get(entry.offset - BLOCK, entry.offset + entry.size)
+        member = chunks.get(entry.offset - BLOCK, entry.offset + _read_size(entry, lazy is not None))
         if member is None:
             return Record(shard, key, error=f"shard ends before the end of member {entry.name} "
                                             "(truncated?)")
         try:
             check_member_header(member[:BLOCK], entry.name, entry.size)
+            if lazy is not None and entry.ext == "tiles":
+                tiled = _tiled_image(lazy, entry, member[BLOCK:])
         except ValueError as exc:
             return Record(shard, key, error=f"member {entry.name}: {exc}")
         found[entry.ext] = member[BLOCK:]
@@ -303,5 +367,14 @@ def _record(shard: str, index: ShardIndex, i: int, chunks: _Chunks) -> Record:
         labels = decode_labels(bytes(found["labels"]))
     except ValueError as exc:
         return Record(shard, key, error=str(exc))
-    return Record(shard, key, bytes(found[images[0]]), images[0], labels,
-                  bytes(found.get("json", b"")))
+    return Record(shard, key, bytes(found[images[0]]) if tiled is None else b"", images[0], labels,
+                  bytes(found.get("json", b"")), tiled=tiled)
+
+
+def _tiled_image(file: BinaryIO, entry: IndexEntry, prefix: memoryview) -> TiledImage:
+    """The `.tiles` member `entry` of the local shard `file` as a TiledImage, from its first bytes
+    (`prefix`), read further (one pread) where its header is longer; ValueError when bad."""
+    size = header_size(prefix, entry.size, MAX_PIXELS)
+    if size > len(prefix):
+        prefix = memoryview(os.pread(file.fileno(), size, entry.offset))
+    return TiledImage(read_header(prefix, MAX_PIXELS, entry.size), file, entry.offset)

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from imaginet_shards.augment.cpu import augment, normalize
 from imaginet_shards.codecs.png import load_kernel
 from imaginet_shards.errors import SampleError
-from imaginet_shards.io.shardset import Record, ShardIndex, ShardSet, read_batch
+from imaginet_shards.io.shardset import Record, ShardFiles, ShardIndex, ShardSet, read_batch
 from imaginet_shards.loaders.base import EpochLoader, LoaderConfig, SkippedSample
 from imaginet_shards.loaders.world import Leg, RankOrder, rank_order, sample_rng
 from imaginet_shards.procs import WorkerGuard
@@ -54,8 +54,8 @@ def _prepare(record: Record, config: LoaderConfig, epoch: int) -> _Item:
         return _Item(record.key, None, None, record.shard, record.error)
     rng = sample_rng(config.seed, record.key, None if config.preset.per_sample_seed else epoch)
     try:
-        return _Item(record.key, augment(record.image, config.preset, rng), record.labels,
-                     record.shard, "")
+        image = record.image if record.tiled is None else record.tiled
+        return _Item(record.key, augment(image, config.preset, rng), record.labels, record.shard, "")
     except ValueError as exc:
         return _Item(record.key, None, None, record.shard, str(exc))
 
@@ -80,8 +80,9 @@ def worker_batches(shards: ShardSet, config: LoaderConfig, order: RankOrder, epo
     indexes: dict[int, ShardIndex] = {}
     normalise_here = torch.device(config.device).type == "cpu"  # on this worker's one thread
     for number in range(worker, len(order), workers):
-        records = read_batch(shards, indexes, *order.batch(number))
-        items = [_prepare(record, config, epoch) for record in records]
+        with ShardFiles(shards) as files:  # per batch: tiled images read lazily until decoded
+            items = [_prepare(record, config, epoch)
+                     for record in read_batch(shards, indexes, *order.batch(number), files)]
         bad = [item for item in items if item.image is None]
         if bad and config.on_error == "raise":
             yield _collate([min(bad, key=lambda item: (item.shard, item.key))], config.preset.size, epoch)

@@ -1,0 +1,203 @@
+"""The CPU backend's lazy read of `.tiles` members: `read_batch` with `ShardFiles` reads only the
+tar and tile headers, a crop reads only the tiles it covers, the pixels are those of the eager
+read, and a shard cut after its index was read is an error naming the tile (then the sample)."""
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers.shardsets import pack_arrays
+from imaginet_shards.augment.cpu import augment
+from imaginet_shards.augment.spec import get_preset
+from imaginet_shards.codecs.tiles import decode_tiles, decode_window, encode_tiles
+from imaginet_shards.errors import SampleError
+from imaginet_shards.format.tiles import TileHeaderError, header_size, read_header
+from imaginet_shards.io import shardset
+from imaginet_shards.io.shardset import ShardFiles, ShardSet, load_index, open_shard_set, read_batch
+from imaginet_shards.loaders import cpu as cpu_loader
+from imaginet_shards.loaders.factory import make_loader
+from imaginet_shards.loaders.world import sample_rng
+from imaginet_shards.ops.retile import RetileOptions, retile
+from test_tiles import textured
+
+SAMPLES = 12
+
+
+@pytest.fixture(scope="module")
+def tiled(tmp_path_factory) -> Path:
+    """A tiled set of 12 images (PNG and JPEG sources: tiles, and JPEGs kept) in 2 shards,
+    in 64-pixel tiles: a 96-pixel crop covers 4 to 9 of their 20 to 30 tiles."""
+    tmp = tmp_path_factory.mktemp("lazy")
+    rng = np.random.default_rng(7)
+    sizes = [(300, 260), (260, 330), (320, 300)]
+    arrays = [(textured(rng, *sizes[i % 3]), ("png", "png", "jpg")[i % 3]) for i in range(SAMPLES)]
+    source = pack_arrays(tmp / "src", arrays, max_count=6)
+    retile(RetileOptions(source=str(source), out=tmp / "tiled", tile=64, workers=1, progress=False))
+    return tmp / "tiled"
+
+
+def read_all(shards: ShardSet, files: ShardFiles | None = None) -> list[shardset.Record]:
+    return read_batch(shards, {}, [0] * 6 + [1] * 6, [5, 0, 1, 2, 4, 3] * 2, files)
+
+
+class _CountingFile(io.FileIO):
+    """A shard file that counts the bytes read through it (the tiles' preads count on their
+    TiledImage)."""
+
+    counted = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = super().read(size)
+        self.counted += len(data)
+        return data
+
+
+@dataclass(frozen=True)
+class CountingShardSet(ShardSet):
+    opened: list = field(default_factory=list)
+
+    def open_local(self, name):
+        self.opened.append(_CountingFile(self.local_path(name)))
+        return self.opened[-1]
+
+
+@pytest.mark.parametrize("prefix", [shardset.TILES_PREFIX, 40], ids=["one read", "header read again"])
+def test_lazy_records_give_the_eager_pixels(tiled, monkeypatch, prefix) -> None:
+    monkeypatch.setattr(shardset, "TILES_PREFIX", prefix)
+    shards = open_shard_set(str(tiled))
+    preset = get_preset("train")
+    eager = read_all(shards)
+    with ShardFiles(shards) as files:
+        lazy = read_all(shards, files)
+        assert sum(r.tiled is not None for r in lazy) == 8  # the PNGs; JPEGs stay bytes
+        for a, b in zip(eager, lazy):
+            assert (a.key, a.image_ext, a.meta, a.labels.tolist()) == (b.key, b.image_ext, b.meta,
+                                                                       b.labels.tolist())
+            assert not a.error and not b.error and a.tiled is None
+            assert b.image == (a.image if b.tiled is None else b"")
+            image = b.image if b.tiled is None else b.tiled
+            for epoch in range(3):
+                assert np.array_equal(augment(a.image, preset, sample_rng(5, a.key, epoch)),
+                                      augment(image, preset, sample_rng(5, a.key, epoch)))
+            if b.tiled is not None:
+                assert np.array_equal(decode_tiles(a.image), decode_window(
+                    b.tiled, 0, 0, b.tiled.header.height, b.tiled.header.width))
+
+
+def test_a_crop_reads_only_the_tiles_it_covers(tiled) -> None:
+    counting = CountingShardSet(**vars(open_shard_set(str(tiled))))
+    eager = {r.key: r for r in read_all(counting)}
+    with ShardFiles(counting) as files:
+        lazy = [r for r in read_all(counting, files) if r.tiled is not None]
+        members = sum(len(eager[r.key].image) for r in lazy)
+        jpegs = sum(len(r.image) for r in eager.values() if r.image_ext == "jpg")
+        # whole JPEGs; of each sample, 4 tar headers, 3 small members and TILES_PREFIX bytes
+        assert sum(f.counted for f in counting.opened) <= jpegs + SAMPLES * (7 * 512 + shardset.TILES_PREFIX)
+        for record in lazy:
+            header = record.tiled.header
+            window = decode_window(record.tiled, 100, 70, 96, 96)  # rows 1..3, columns 1..2
+            assert np.array_equal(window, decode_tiles(eager[record.key].image)[100:196, 70:166])
+            cols = header.grid[1]
+            covering = sum(int(header.offsets[r * cols + 3] - header.offsets[r * cols + 1])
+                           for r in (1, 2, 3))
+            assert record.tiled.bytes_read == covering
+        tiles = sum(r.tiled.bytes_read for r in lazy)
+    assert tiles < members / 2
+
+
+def cut(shard: Path, index: shardset.ShardIndex, sample: int, keep: int) -> None:
+    """Truncate `shard` after the first `keep` bytes of `sample`'s image."""
+    with open(shard, "r+b") as stream:
+        stream.truncate(index.samples[sample][0].offset + keep)
+
+
+def test_a_shard_cut_after_its_index_was_read_is_an_error_naming_the_tile(tiled, tmp_path) -> None:
+    dest = tmp_path / "tiled"
+    dest.mkdir()
+    for path in tiled.iterdir():
+        dest.joinpath(path.name).write_bytes(path.read_bytes())
+    shards = open_shard_set(str(dest))
+    indexes = {0: load_index(shards, shards.manifest.shards[0])}
+    with ShardFiles(shards) as files:
+        record = read_batch(shards, indexes, [0], [1], files)[0]
+        assert record.tiled is not None
+        header = record.tiled.header
+        cut(dest / record.shard, indexes[0], 1, int(header.offsets[-1]) // 2)  # in its tiles
+        decode_window(record.tiled, 0, 0, 64, 64)  # the first tiles are still there
+        with pytest.raises(TileHeaderError, match=r"tiles \(\d+, 0\)..\(\d+, \d+\): the shard ends \d+ "
+                                                  r"bytes early \(truncated"):
+            decode_window(record.tiled, 0, 0, header.height, header.width)
+    with pytest.raises(ValueError, match="closed file"):  # never a recycled descriptor
+        record.tiled.read_tiles(0, 0, 0)
+
+
+def open_files() -> list[str]:
+    """What this process's file descriptors point to."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except FileNotFoundError:  # the listing's own descriptor
+            pass
+    return sorted(found)
+
+
+def _cutting_read_batch(dest: Path, victims: list):
+    """`read_batch` that, once it has read the first batch, cuts its first shard with tiled images
+    before the tiles of the first, recording the (shard, key) of those missing their tiles."""
+    real = read_batch
+
+    def read(shards, indexes, shard_ids, samples, files=None):
+        records = real(shards, indexes, shard_ids, samples, files)
+        if not victims:
+            shard = min(r.shard for r in records if r.tiled is not None)
+            index = next(i for i in indexes.values() if i.entry.name == shard)
+            first = next(i for i, members in enumerate(index.samples) if members[0].ext == "tiles")
+            header_end = int(next(r for r in records if r.key == index.key(first)).tiled.header.offsets[0])
+            cut(dest / shard, index, first, header_end)
+            victims.extend((shard, r.key) for r in records if r.tiled is not None and r.shard == shard)
+        return records
+    return read
+
+
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_the_cpu_loader_names_shard_and_key_of_a_cut_tiled_image(tiled, tmp_path, monkeypatch,
+                                                                 on_error) -> None:
+    dest = tmp_path / "tiled"
+    dest.mkdir()
+    for path in tiled.iterdir():
+        dest.joinpath(path.name).write_bytes(path.read_bytes())
+    victims: list[tuple[str, str]] = []
+    monkeypatch.setattr(cpu_loader, "read_batch", _cutting_read_batch(dest, victims))
+    loader = make_loader(dest, backend="cpu", preset="train", batch_size=SAMPLES, rank=0,
+                         world_size=1, seed=3, workers=0, device="cpu", on_error=on_error)
+    if on_error == "raise":
+        with pytest.raises(SampleError, match="the shard ends") as info:
+            next(iter(loader))
+        assert (info.value.shard, info.value.key) in victims
+    else:
+        images, _ = next(iter(loader))
+        assert victims and {(s.shard, s.key) for s in loader.skipped} == set(victims)
+        assert all("the shard ends" in s.reason for s in loader.skipped)
+        assert len(images) == SAMPLES - len(loader.skipped)
+    loader.close()
+    assert not [f for f in open_files() if f.startswith(str(dest))]  # every shard file closed
+
+
+def test_a_header_read_from_a_prefix_equals_the_whole_members() -> None:
+    data = encode_tiles(textured(np.random.default_rng(4), 90, 150), 16)  # 6 x 10 tiles
+    whole = read_header(data, 1 << 20)
+    size = header_size(data[:24], len(data), 1 << 20)
+    assert size == int(whole.offsets[0]) == 24 + 4 * 61
+    part = read_header(data[:size], 1 << 20, len(data))
+    assert np.array_equal(part.offsets, whole.offsets)
+    assert (part.height, part.width, part.tile) == (whole.height, whole.width, whole.tile)
+    with pytest.raises(TileHeaderError, match="of which 100 bytes are given"):
+        read_header(data[:100], 1 << 20, len(data))
+    with pytest.raises(TileHeaderError, match="need a 268-byte header, the member has 200"):
+        header_size(data[:24], 200, 1 << 20)
