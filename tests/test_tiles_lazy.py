@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers.servers import http_server
 from helpers.shardsets import pack_arrays
 from imaginet_shards.augment.cpu import augment
 from imaginet_shards.augment.spec import get_preset
@@ -187,6 +188,17 @@ def test_the_cpu_loader_names_shard_and_key_of_a_cut_tiled_image(tiled, tmp_path
         assert len(images) == SAMPLES - len(loader.skipped)
     loader.close()
     assert not [f for f in open_files() if f.startswith(str(dest))]  # every shard file closed
+
+
+def test_remote_shards_are_read_lazily_from_the_cache_only(tiled, tmp_path) -> None:
+    with http_server(tiled.parent) as (base, _):
+        for cache_dir, lazy in ((None, False), (str(tmp_path / "cache"), True)):
+            shards = open_shard_set(f"{base}/{tiled.name}", cache_dir)
+            with ShardFiles(shards) as files:
+                records = read_all(shards, files)
+                assert any(r.tiled is not None for r in records) == lazy
+                assert not any(r.error for r in records)
+            shards.close()
 
 
 def test_a_header_read_from_a_prefix_equals_the_whole_members() -> None:
