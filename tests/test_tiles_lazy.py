@@ -111,6 +111,15 @@ def test_a_crop_reads_only_the_tiles_it_covers(tiled) -> None:
     assert tiles < members / 2
 
 
+def copy_of(tiled: Path, tmp_path: Path) -> Path:
+    """A copy of the tiled set to damage."""
+    dest = tmp_path / "tiled"
+    dest.mkdir()
+    for path in tiled.iterdir():
+        dest.joinpath(path.name).write_bytes(path.read_bytes())
+    return dest
+
+
 def cut(shard: Path, index: shardset.ShardIndex, sample: int, keep: int) -> None:
     """Truncate `shard` after the first `keep` bytes of `sample`'s image."""
     with open(shard, "r+b") as stream:
@@ -118,10 +127,7 @@ def cut(shard: Path, index: shardset.ShardIndex, sample: int, keep: int) -> None
 
 
 def test_a_shard_cut_after_its_index_was_read_is_an_error_naming_the_tile(tiled, tmp_path) -> None:
-    dest = tmp_path / "tiled"
-    dest.mkdir()
-    for path in tiled.iterdir():
-        dest.joinpath(path.name).write_bytes(path.read_bytes())
+    dest = copy_of(tiled, tmp_path)
     shards = open_shard_set(str(dest))
     indexes = {0: load_index(shards, shards.manifest.shards[0])}
     with ShardFiles(shards) as files:
@@ -148,6 +154,23 @@ def open_files() -> list[str]:
     return sorted(found)
 
 
+def test_corrupt_tile_data_is_an_error_naming_the_tile(tiled, tmp_path) -> None:
+    dest = copy_of(tiled, tmp_path)
+    shards = open_shard_set(str(dest))
+    with ShardFiles(shards) as files:
+        record = read_batch(shards, {}, [0], [0], files)[0]
+        header, entry = record.tiled.header, load_index(shards, shards.manifest.shards[0]).samples[0][0]
+        at = entry.offset + int(header.offsets[header.grid[1] + 2]) - 1  # tile (1, 1)'s last byte
+        with open(dest / record.shard, "r+b") as stream:
+            stream.seek(at)
+            flipped = bytes([stream.read(1)[0] ^ 0xFF])
+            stream.seek(at)
+            stream.write(flipped)
+        decode_window(record.tiled, 0, 0, 64, 64)
+        with pytest.raises(TileHeaderError, match=r"tile \(1, 1\): corrupt data"):
+            decode_window(record.tiled, 64, 64, 64, 64)
+
+
 def _cutting_read_batch(dest: Path, victims: list):
     """`read_batch` that, once it has read the first batch, cuts its first shard with tiled images
     before the tiles of the first, recording the (shard, key) of those missing their tiles."""
@@ -169,10 +192,7 @@ def _cutting_read_batch(dest: Path, victims: list):
 @pytest.mark.parametrize("on_error", ["raise", "skip"])
 def test_the_cpu_loader_names_shard_and_key_of_a_cut_tiled_image(tiled, tmp_path, monkeypatch,
                                                                  on_error) -> None:
-    dest = tmp_path / "tiled"
-    dest.mkdir()
-    for path in tiled.iterdir():
-        dest.joinpath(path.name).write_bytes(path.read_bytes())
+    dest = copy_of(tiled, tmp_path)
     victims: list[tuple[str, str]] = []
     monkeypatch.setattr(cpu_loader, "read_batch", _cutting_read_batch(dest, victims))
     loader = make_loader(dest, backend="cpu", preset="train", batch_size=SAMPLES, rank=0,
