@@ -12,6 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from helpers.shardsets import pack_arrays, rewrite_shard
+from helpers.trees import textured
 from imaginet_shards.augment.cpu import decode
 from imaginet_shards.cli import main
 from imaginet_shards.codecs.tiles import decode_tiles, decode_window, encode_tiles, pixels_sha256
@@ -24,14 +25,6 @@ from imaginet_shards.ops.pack import PackError, PackOptions, pack
 from imaginet_shards.ops.retile import RetileOptions, retile
 from imaginet_shards.ops.stats import format_report, inspect
 from imaginet_shards.ops.verify import verify
-
-
-def textured(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """Smooth gradients plus noise: every pixel differs, and PNG filters have work to do."""
-    y, x = np.mgrid[:height, :width]
-    base = np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1),
-                     (x + y) % 256], axis=2)
-    return (base + rng.integers(0, 40, (height, width, 3))).clip(0, 255).astype(np.uint8)
 
 
 def test_tile_windows_equal_the_image_crop() -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from helpers.servers import http_server
 from helpers.shardsets import pack_arrays
+from helpers.trees import textured
 from imaginet_shards.augment.cpu import augment
 from imaginet_shards.augment.spec import get_preset
 from imaginet_shards.codecs.tiles import decode_tiles, decode_window, encode_tiles
@@ -24,7 +25,6 @@ from imaginet_shards.loaders import cpu as cpu_loader
 from imaginet_shards.loaders.factory import make_loader
 from imaginet_shards.loaders.world import sample_rng
 from imaginet_shards.ops.retile import RetileOptions, retile
-from test_tiles import textured
 
 SAMPLES = 12
 

@@ -18,6 +18,14 @@ SOURCES = [
 ]
 
 
+def textured(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Smooth gradients plus noise: every pixel differs, and PNG filters have work to do."""
+    y, x = np.mgrid[:height, :width]
+    base = np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1),
+                     (x + y) % 256], axis=2)
+    return (base + rng.integers(0, 40, (height, width, 3))).clip(0, 255).astype(np.uint8)
+
+
 def encode(array: np.ndarray, fmt: str) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, fmt, **({"quality": 90} if fmt in ("JPEG", "WEBP") else {}))
