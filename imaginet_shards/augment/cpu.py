@@ -88,18 +88,31 @@ def encode(image: torch.Tensor, fmt: str, quality: int | None = None) -> bytes:
 
 def apply_op(image: torch.Tensor, op: Op) -> torch.Tensor:
     """Execute one operation on a uint8 [3, H, W] image."""
+    return apply_ops(image, (op,))
+
+
+def _apply_array(image: np.ndarray, op: Op) -> np.ndarray:
+    """Execute one operation on a uint8 HWC array: crops, rotations and flips are views."""
     if isinstance(op, CropOp):
-        return image[:, op.top:op.top + op.height, op.left:op.left + op.width]
+        return image[op.top:op.top + op.height, op.left:op.left + op.width]
     if isinstance(op, RotOp):
-        return torch.rot90(image, op.quarters, dims=(1, 2))
+        return np.rot90(image, op.quarters)
     if isinstance(op, FlipOp):
-        dims = [d for d, on in ((2, op.horizontal), (1, op.vertical)) if on]
-        return torch.flip(image, dims)
+        return image[::-1 if op.vertical else 1, ::-1 if op.horizontal else 1]
     if isinstance(op, NoiseOp):
-        generator = torch.Generator().manual_seed(op.seed)
-        noise = torch.randn(image.shape, generator=generator) * math.sqrt(op.variance)
-        return (image.float() + noise).clamp_(0, 255).to(torch.uint8)  # truncates, as numpy's cast
-    return torch.from_numpy(apply_cv(image.permute(1, 2, 0).numpy(), op)).permute(2, 0, 1)
+        return _add_noise(image, op)
+    return apply_cv(image, op)
+
+
+def _add_noise(image: np.ndarray, op: NoiseOp) -> np.ndarray:
+    """`op`'s noise field (torch's normal generator seeded with `op.seed`, drawn in [3, H, W] order)
+    added in float32, clipped to [0, 255] and truncated, as numpy's cast does."""
+    generator = torch.Generator().manual_seed(op.seed)
+    height, width = image.shape[:2]
+    noise = torch.randn((3, height, width), generator=generator).numpy().transpose(1, 2, 0)
+    noise *= np.float32(math.sqrt(op.variance))
+    noise += image
+    return np.clip(noise, 0, 255, out=noise).astype(np.uint8)
 
 
 def apply_cv(image: np.ndarray, op: Op) -> np.ndarray:
@@ -127,10 +140,12 @@ def apply_cv(image: np.ndarray, op: Op) -> np.ndarray:
 
 
 def apply_ops(image: torch.Tensor, ops: tuple[Op, ...]) -> torch.Tensor:
-    """Execute `ops` in order; the result is contiguous."""
+    """Execute `ops` in order on a uint8 [3, H, W] image; the result is contiguous. The chain runs
+    on the HWC array the decoders give (the tensor's view of it), copied into [3, H, W] once."""
+    pixels = image.permute(1, 2, 0).numpy()
     for op in ops:
-        image = apply_op(image, op)
-    return image.contiguous()
+        pixels = _apply_array(pixels, op)
+    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
 
 
 def decode_for(data: bytes, preset: Preset, rng: np.random.Generator
