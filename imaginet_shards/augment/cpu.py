@@ -1,7 +1,9 @@
 """The CPU implementation of the perturbation spec: decode, execute `decisions.Op`s, normalise.
 
 Images are uint8 tensors [3, H, W] until `normalize`, which runs on whole batches (on the training
-device), so workers ship 4x fewer bytes than float32 would take. Images go through windows.py,
+device), so workers ship 4x fewer bytes than float32 would take. The operations themselves run on
+the HWC arrays the decoders give (the tensors are views of them): crops, turns and flips move no
+pixel, and the result is copied into [3, H, W] once. Images go through windows.py,
 which decodes only what a leading crop needs (as in `train`; libjpeg-turbo's partial decompression
 for JPEG); the rare images outside its fast paths decode whole through OpenCV, then get cropped:
 nothing else runs on the full image.
