@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import io
+import math
 from collections import Counter
 from collections.abc import Callable
 
@@ -320,6 +321,15 @@ def test_noise_is_per_channel_added_then_truncated():
         assert ks_2samp(a.ravel(), b.ravel()).pvalue > ALPHA
     assert abs((ours[64:].astype(float) - 100).mean() + 0.5) < 0.05  # truncation: mean -0.5
     assert not np.array_equal(ours[..., 0], ours[..., 1])  # per channel
+
+
+def test_noise_field_is_fixed_by_torchs_generator():
+    """The seed fixes the noise field: torch's normal generator drawn in [3, H, W] order, scaled,
+    added in float32 (perturbed sets and parity runs stay as they were made)."""
+    image = np.random.default_rng(4).integers(0, 256, (37, 29, 3), dtype=np.uint8)
+    field = torch.randn((3, 37, 29), generator=torch.Generator().manual_seed(123)) * math.sqrt(7.5)
+    expected = (torch.from_numpy(image).permute(2, 0, 1).float() + field).clamp(0, 255).to(torch.uint8)
+    assert np.array_equal(_apply(image, NoiseOp(7.5, seed=123)), expected.permute(1, 2, 0).numpy())
 
 
 def _encoded(image: np.ndarray, fmt: str) -> bytes:

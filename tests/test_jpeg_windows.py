@@ -4,6 +4,8 @@ backend's full decoder); bad data gets a clear error, unusual JPEGs a fallback."
 from __future__ import annotations
 
 import io
+import struct
+import warnings
 
 import cv2
 import numpy as np
@@ -17,6 +19,8 @@ from imaginet_shards.augment.decisions import CropOp
 from imaginet_shards.augment.spec import get_preset
 from imaginet_shards.codecs import jpeg as jpeg_window
 from imaginet_shards.codecs.windows import DALI_FORMATS, decode_window
+from imaginet_shards.format import images
+from imaginet_shards.format.images import ImageCheckError, check_image
 
 SIZES = [(517, 389), (333, 1001), (64, 64), (9, 17)]
 
@@ -101,3 +105,49 @@ def test_jpeg_errors_and_fallbacks():
     Image.new("CMYK", (16, 16), (10, 20, 30, 40)).save(cmyk, "JPEG")
     assert decode_window(cmyk.getvalue(), 0, 0, 4, 4) is None  # left to full decoders
     assert decode_window(data, 0, 0, 4, 4, DALI_FORMATS) is None  # DALI crops JPEGs itself
+
+
+def _pillow_size(data: bytes) -> tuple[int, int] | None:
+    """The size Pillow reads from the header, None when it refuses the header."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's notes on damaged EXIF
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data)).size
+    except (OSError, SyntaxError, ValueError, struct.error, Image.DecompressionBombError,
+            Image.DecompressionBombWarning):
+        return None
+
+
+def test_jpeg_sizes_come_from_a_marker_walk_that_agrees_with_pillow():
+    """check_image reads JPEG sizes by walking the header's segments, without Pillow: the same
+    size as Pillow for every layout (EXIF, ICC, CMYK too), and on headers with random damage it
+    never accepts one Pillow refuses nor reads another size (it leaves what it is unsure of to
+    Pillow, whose messages for truncated and undecodable images stay as they were)."""
+    rng = np.random.default_rng(11)
+    pixels = _texture(rng, 61, 45)
+    cmyk = io.BytesIO()
+    Image.new("CMYK", (23, 19), (10, 20, 30, 40)).save(cmyk, "JPEG")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    blobs = [make(pixels) for make in LAYOUTS.values()] + [
+        cmyk.getvalue(), _pil(pixels, exif=exif.tobytes(), icc_profile=b"\0" * 70000)]
+    for blob in blobs:
+        assert images._jpeg_size(blob) == _pillow_size(blob) is not None
+        assert (check_image(blob).width, check_image(blob).height) == _pillow_size(blob)
+    accepted = 0
+    for _ in range(3000):
+        blob = bytearray(blobs[int(rng.integers(len(blobs)))])
+        for at in rng.integers(2, min(700, len(blob)), int(rng.integers(1, 4))):
+            blob[at] = int(rng.integers(256)) if rng.random() < 0.7 else 0xFF
+        size = images._jpeg_size(bytes(blob))
+        if size is not None:
+            accepted += 1
+            assert size == _pillow_size(bytes(blob))
+    assert accepted > 1000  # most damage lands in entropy-coded data or skipped segments
+    with pytest.raises(ImageCheckError, match="truncated JPEG image"):
+        check_image(blobs[0][:len(blobs[0]) // 2])
+    twelve_bit = blobs[0][:2] + bytes.fromhex("ffc0000b0c000800080101 1100") + blobs[0][2:]
+    assert images._jpeg_size(twelve_bit) is None
+    with pytest.raises(ImageCheckError, match="undecodable JPEG image: cannot identify"):
+        check_image(twelve_bit)

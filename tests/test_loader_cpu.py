@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 
 from helpers.shardsets import build_shards
 from helpers.torchrun import run_torchrun
-from imaginet_shards.augment.cpu import augment, encode
+from imaginet_shards.augment.cpu import augment, encode, normalize
 from imaginet_shards.augment.spec import PRESETS, get_preset
 from imaginet_shards.loaders import make_loader
 from imaginet_shards.loaders.world import batches_per_rank, dropped_samples
@@ -78,6 +79,23 @@ def test_output_contract(shards):
     assert labels.shape == (5, 4) and labels.dtype == torch.int64
     assert -2.2 < float(images.min()) and float(images.max()) < 2.7  # ImageNet-normalised
     assert loader.skipped == ()
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("standardise", [True, False])
+def test_cpu_normalize_rounds_as_torch_does(name, standardise):
+    """The CPU path (numpy) gives torch's float32 values bit for bit, for every uint8 value in
+    every channel (at positions that reach vectorised loops and their tails)."""
+    preset = replace(get_preset(name), normalize=standardise)
+    images = torch.arange(256, dtype=torch.uint8).repeat(2 * 3 * 37 * 41 // 256 + 1)
+    images = images[:2 * 3 * 37 * 41].view(2, 3, 37, 41).flip(3)
+    expected = images.float().div_(255)
+    if standardise:
+        expected = expected.sub_(torch.tensor(preset.mean).view(1, 3, 1, 1))
+        expected = expected.div_(torch.tensor(preset.std).view(1, 3, 1, 1))
+    out = normalize(images, preset)
+    assert out.dtype == torch.float32 and out.shape == images.shape
+    assert torch.equal(out, expected)
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

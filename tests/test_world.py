@@ -1,8 +1,10 @@
 """Partitioning (world.py): equal batch counts, disjoint samples, full coverage, over many worlds."""
 from __future__ import annotations
 
+import hashlib
 import itertools
 
+import numpy as np
 import pytest
 
 from imaginet_shards.loaders.world import (
@@ -90,4 +92,15 @@ def test_sample_rng_is_pure():
     assert sample_rng(1, "000000007", 2).random() == sample_rng(1, "000000007", 2).random()
     assert sample_rng(1, "000000007", 2).random() != sample_rng(1, "000000007", 3).random()
     assert sample_rng(1, "000000007", None).random() != sample_rng(1, "000000008", None).random()
-    assert derive_seed("a", 1).entropy == derive_seed("a", 1).entropy
+    assert np.array_equal(derive_seed("a", 1).generate_state(4), derive_seed("a", 1).generate_state(4))
+
+
+@pytest.mark.parametrize("parts", [(3, 0, 0, "000000001"), (0,), (2**32, 1), (2**64 + 5, 0, 2**31),
+                                   (1, "", "é", 0), (3, 7, "000123456")])
+def test_derive_seed_mixes_what_numpy_makes_of_the_integers(parts):
+    """Seeds stay as they were: the same state as numpy's SeedSequence of the list of integers
+    (strings as the first 16 bytes of their SHA-256, little-endian)."""
+    integers = [int.from_bytes(hashlib.sha256(p.encode()).digest()[:16], "little") if isinstance(p, str)
+                else p for p in parts]
+    expected = np.random.SeedSequence(integers)
+    assert np.array_equal(derive_seed(*parts).generate_state(8), expected.generate_state(8))

@@ -1,7 +1,9 @@
 """The CPU implementation of the perturbation spec: decode, execute `decisions.Op`s, normalise.
 
 Images are uint8 tensors [3, H, W] until `normalize`, which runs on whole batches (on the training
-device), so workers ship 4x fewer bytes than float32 would take. Images go through windows.py,
+device), so workers ship 4x fewer bytes than float32 would take. The operations themselves run on
+the HWC arrays the decoders give (the tensors are views of them): crops, turns and flips move no
+pixel, and the result is copied into [3, H, W] once. Images go through windows.py,
 which decodes only what a leading crop needs (as in `train`; libjpeg-turbo's partial decompression
 for JPEG); the rare images outside its fast paths decode whole through OpenCV, then get cropped:
 nothing else runs on the full image.
@@ -90,18 +92,31 @@ def encode(image: torch.Tensor, fmt: str, quality: int | None = None) -> bytes:
 
 def apply_op(image: torch.Tensor, op: Op) -> torch.Tensor:
     """Execute one operation on a uint8 [3, H, W] image."""
+    return apply_ops(image, (op,))
+
+
+def _apply_array(image: np.ndarray, op: Op) -> np.ndarray:
+    """Execute one operation on a uint8 HWC array: crops, rotations and flips are views."""
     if isinstance(op, CropOp):
-        return image[:, op.top:op.top + op.height, op.left:op.left + op.width]
+        return image[op.top:op.top + op.height, op.left:op.left + op.width]
     if isinstance(op, RotOp):
-        return torch.rot90(image, op.quarters, dims=(1, 2))
+        return np.rot90(image, op.quarters)
     if isinstance(op, FlipOp):
-        dims = [d for d, on in ((2, op.horizontal), (1, op.vertical)) if on]
-        return torch.flip(image, dims)
+        return image[::-1 if op.vertical else 1, ::-1 if op.horizontal else 1]
     if isinstance(op, NoiseOp):
-        generator = torch.Generator().manual_seed(op.seed)
-        noise = torch.randn(image.shape, generator=generator) * math.sqrt(op.variance)
-        return (image.float() + noise).clamp_(0, 255).to(torch.uint8)  # truncates, as numpy's cast
-    return torch.from_numpy(apply_cv(image.permute(1, 2, 0).numpy(), op)).permute(2, 0, 1)
+        return _add_noise(image, op)
+    return apply_cv(image, op)
+
+
+def _add_noise(image: np.ndarray, op: NoiseOp) -> np.ndarray:
+    """`op`'s noise field (torch's normal generator seeded with `op.seed`, drawn in [3, H, W] order)
+    added in float32, clipped to [0, 255] and truncated, as numpy's cast does."""
+    generator = torch.Generator().manual_seed(op.seed)
+    height, width = image.shape[:2]
+    noise = torch.randn((3, height, width), generator=generator).numpy().transpose(1, 2, 0)
+    noise *= np.float32(math.sqrt(op.variance))
+    noise += image
+    return np.clip(noise, 0, 255, out=noise).astype(np.uint8)
 
 
 def apply_cv(image: np.ndarray, op: Op) -> np.ndarray:
@@ -129,10 +144,12 @@ def apply_cv(image: np.ndarray, op: Op) -> np.ndarray:
 
 
 def apply_ops(image: torch.Tensor, ops: tuple[Op, ...]) -> torch.Tensor:
-    """Execute `ops` in order; the result is contiguous."""
+    """Execute `ops` in order on a uint8 [3, H, W] image; the result is contiguous. The chain runs
+    on the HWC array the decoders give (the tensor's view of it), copied into [3, H, W] once."""
+    pixels = image.permute(1, 2, 0).numpy()
     for op in ops:
-        image = apply_op(image, op)
-    return image.contiguous()
+        pixels = _apply_array(pixels, op)
+    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
 
 
 def decode_for(data: bytes | TiledImage, preset: Preset, rng: np.random.Generator
@@ -154,10 +171,24 @@ def augment(data: bytes | TiledImage, preset: Preset, rng: np.random.Generator) 
 
 def normalize(images: torch.Tensor, preset: Preset) -> torch.Tensor:
     """uint8 [N, 3, H, W] -> float32, scaled to [0, 1] then standardised with the preset's mean/std
-    (on the tensor's device)."""
+    (on the tensor's device). On the CPU through numpy, on the calling thread: torch's thread pool
+    would spin on cores the loader's workers need, and numpy's float32 operations round exactly as
+    torch's do (the same values, tests compare every uint8 value in every channel)."""
+    if images.device.type == "cpu":
+        return torch.from_numpy(_normalize_array(images.numpy(), preset))
     images = images.float().div_(255)
     if not preset.normalize:
         return images
     mean = torch.tensor(preset.mean, device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(preset.std, device=images.device).view(1, 3, 1, 1)
     return images.sub_(mean).div_(std)
+
+
+def _normalize_array(images: np.ndarray, preset: Preset) -> np.ndarray:
+    """`normalize` of a uint8 [N, 3, H, W] array, in place on one float32 copy."""
+    out = images.astype(np.float32)
+    out /= np.float32(255)
+    if preset.normalize:
+        out -= np.asarray(preset.mean, np.float32).reshape(1, 3, 1, 1)
+        out /= np.asarray(preset.std, np.float32).reshape(1, 3, 1, 1)
+    return out

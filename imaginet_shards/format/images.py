@@ -93,6 +93,55 @@ def _webp_size(data: bytes) -> tuple[int, int] | None:
     return features.width, features.height
 
 
+# JPEG markers with a length and a segment, up to the first scan's (SOS, 0xDA): frame headers
+# (SOFn) among them; any other marker there (restart, SOI, EOI, fill bytes) is left to Pillow.
+_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+_JPEG_SEGMENTS = frozenset(range(0xC0, 0xD0)) | frozenset(range(0xDA, 0xFF))
+_JPEG_MAX_SEGMENTS = 512  # real headers hold a few dozen; more goes to Pillow
+# APP payload prefixes whose fields Pillow reads, with the bytes it needs
+_JPEG_APP_MINIMUM = ((b"JFIF", 7), (b"Adobe", 7), (b"ICC_PROFILE\0", 14))
+
+
+def _jpeg_tables_whole(segment: bytes) -> bool:
+    """Whether a DQT segment holds whole quantization tables (64 entries of 1 or 2 bytes each)."""
+    offset = 0
+    while offset < len(segment):
+        offset += 1 + 64 * (1 if segment[offset] < 16 else 2)
+    return offset == len(segment)
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a JPEG from the last frame header before its first scan, as Pillow reads
+    it, by a bounded walk over the marker segments (Pillow also builds its tables on the way);
+    None wherever the walk meets something Pillow would refuse or read otherwise (fill bytes, a
+    segment past the end, a frame other than 8-bit with 1, 3 or 4 components, partial tables):
+    Pillow then decides, and says why."""
+    size, pos = None, 2
+    for _ in range(_JPEG_MAX_SEGMENTS):
+        if pos + 4 > len(data) or data[pos] != 0xFF:
+            return None
+        marker, end = data[pos + 1], pos + 2 + (data[pos + 2] << 8 | data[pos + 3])
+        if marker not in _JPEG_SEGMENTS or end < pos + 4 or end > len(data):
+            return None
+        if marker == 0xDA:  # Pillow skips the scan header too
+            return size
+        segment = data[pos + 4:end]
+        if marker in _JPEG_SOF:
+            if len(segment) < 6 or segment[0] != 8 or segment[5] not in (1, 3, 4) \
+                    or len(segment) != 6 + 3 * segment[5]:
+                return None
+            size = (segment[3] << 8 | segment[4], segment[1] << 8 | segment[2])
+            if 0 in size:
+                return None
+        elif marker == 0xDB and not _jpeg_tables_whole(segment):
+            return None
+        elif any(segment.startswith(prefix) and len(segment) < minimum
+                 for prefix, minimum in _JPEG_APP_MINIMUM):
+            return None
+        pos = end
+    return None
+
+
 def check_image(data: bytes, decode: bool = False) -> ImageInfo:
     """Format and size of encoded image bytes, refusing non-images, truncated files and images
     above MAX_PIXELS. With `decode`, always decode fully (what `verify --decode` does). A tiled
@@ -108,8 +157,8 @@ def check_image(data: bytes, decode: bool = False) -> ImageInfo:
         except TileHeaderError as exc:
             raise ImageCheckError(f"bad tiled image: {exc}") from None
         return ImageInfo(fmt, header.width, header.height)
-    if fmt == "webp" and not decode and _structurally_complete(fmt, data):
-        size = _webp_size(data)
+    if fmt in ("jpeg", "webp") and not decode and _structurally_complete(fmt, data):
+        size = _jpeg_size(data) if fmt == "jpeg" else _webp_size(data)
         # Pillow's own limit (a warning, an error here) may be below ours: Pillow then says why.
         if size is not None and size[0] * size[1] <= min(MAX_PIXELS, Image.MAX_IMAGE_PIXELS or MAX_PIXELS):
             return ImageInfo(fmt, *size)

@@ -133,8 +133,7 @@ class CpuLoader(EpochLoader):
     """Iterates (images float32 [N,3,S,S] normalised, labels int64 [N,4]) on `config.device`.
 
     Batches bound for a GPU travel as uint8 and are normalised there; for the CPU each worker
-    normalises its own: a DataLoader worker runs one torch thread, while in the main process torch's
-    thread pool would fight the workers for the cores.
+    normalises its own (numpy, on its one thread), leaving the main process only the hand-over.
 
     `len()` is the batch count of every rank; `set_epoch` reshuffles; `skipped` lists the samples
     dropped so far with `on_error="skip"`; `batches()` also yields each batch's sample keys.
