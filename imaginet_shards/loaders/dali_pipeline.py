@@ -84,7 +84,10 @@ def build_pipeline(graph: Graph, device: str, batch_size: int, threads: int, see
 
     @pipeline_def(enable_conditionals=True)
     def pipeline():
-        encoded = fn.external_source(name=ENCODED, dtype=types.UINT8, ndim=1)
+        # On the CPU device DALI reads the fed bytes in place (`Runner` keeps them alive); a GPU
+        # pipeline copies them, as it always has (reading them in place is not checked there).
+        encoded = fn.external_source(name=ENCODED, dtype=types.UINT8, ndim=1,
+                                     no_copy=device_id is None)
         labels = fn.external_source(name=LABELS, dtype=types.INT32, ndim=1)
         fed = fn.external_source(name=SHAPES, dtype=types.INT32, ndim=1) if shapes else None
         images, decisions = graph(encoded, fed, decode_device)
@@ -141,10 +144,15 @@ class Runner:
     DALI's first `schedule_run` starts `depth` runs at once (each consuming one fed batch), later
     calls one each; `run` keeps that count. Runs left in flight by an abandoned epoch are drained
     (their outputs dropped) when the next one starts.
+
+    A CPU pipeline reads the fed bytes in place, so a feed stays referenced here until its run's
+    outputs are taken; the runner is the pipeline's only owner and releases it first (`pipe` is
+    its first attribute; a cyclic collection finalises the pipeline before clearing anything),
+    so DALI shuts down before the feeds of runs still in flight are freed.
     """
 
     def __init__(self, pipe: Pipeline, depth: int = PREFETCH):
-        self.pipe, self.depth = pipe, depth
+        self.pipe, self.depth = pipe, depth  # `pipe` first: see above
         self._primed = False
         self._in_flight: deque[Feed] = deque()
         self._generation = 0
