@@ -143,6 +143,32 @@ def test_gpu_graph_is_defined_without_a_gpu(name, windows):
     assert any("device: gpu" in spec for spec in specs)  # the rest follows the decoder
 
 
+def test_a_tiled_graph_takes_its_image_shapes_from_the_feed(tmp_path):
+    """DALI cannot read a `.tiles` header: the loader feeds the shapes it read while checking the
+    headers, so the graph calls Python once per batch (the window route), not once per image;
+    without fed shapes such a graph is refused."""
+    tiled = WindowDecoder(1, tiled=True)
+
+    def pipe(fed: bool):
+        @pipeline_def(batch_size=2, num_threads=1, device_id=None, enable_conditionals=True)
+        def pipeline():
+            shapes = fn.external_source(name="shapes", ndim=1) if fed else None
+            images, _ = build_graph(fn.external_source(name="encoded"), get_preset("train"),
+                                    "cpu", tiled, shapes=shapes)
+            return images
+
+        built = pipeline()
+        built.build()
+        return built
+
+    try:
+        assert_one_decoder(pipe(True), tmp_path, windows=True)
+        with pytest.raises(ValueError, match="shapes must be given"):
+            pipe(False)
+    finally:
+        tiled.close()
+
+
 def test_decoder_arguments_on_a_gpu():
     """A stable decode for deterministic presets: no hardware decoder share on a GPU."""
     assert decoder_arguments(get_preset("eval"), "mixed") == {"jpeg_fancy_upsampling": True,

@@ -295,12 +295,14 @@ class _Builder:
 
 def build_graph(encoded: DataNode, preset: Preset, decode_device: str = "cpu",
                 windows: WindowDecoder | None = None,
-                decoder_args: Mapping[str, Any] | None = None
+                decoder_args: Mapping[str, Any] | None = None, shapes: DataNode | None = None
                 ) -> tuple[DataNode, dict[str, DataNode]]:
     """(images float32 CHW normalised, per-sample decisions of the top-level steps) for `preset`.
     `windows` (owned by the caller, which closes it) decodes PNG and WebP crops on CPU threads
     (on both devices); `decoder_args` (default `decoder_arguments(preset, decode_device)`) go to
-    the pipeline's one DALI decoder.
+    the pipeline's one DALI decoder. `shapes` gives the images' int32 (height, width, channels),
+    read by the caller from the headers; without it DALI peeks at the encoded bytes, which it
+    cannot do for a tiled set's `.tiles` members (`windows.tiled`: `shapes` is then required).
 
     With "mixed" the pipeline must run DALI's default (dynamic) executor: GPU images' shapes
     feed CPU arithmetic, which the legacy executors (`exec_dynamic=False`, `exec_async=False` or
@@ -319,7 +321,8 @@ def build_graph(encoded: DataNode, preset: Preset, decode_device: str = "cpu",
         decoder_args = decoder_arguments(preset, decode_device)
     decoder = Decoder(decode_device, windows, decoder_args)
     builder = _Builder(decoder)
-    image = decoder.pixels(builder.run(preset.steps, decoder.encoded_view(encoded), record=True))
+    image = decoder.pixels(builder.run(preset.steps, decoder.encoded_view(encoded, shapes),
+                                       record=True))
     mean = [255.0 * m for m in preset.mean] if preset.normalize else [0.0, 0.0, 0.0]
     std = [255.0 * s for s in preset.std] if preset.normalize else [255.0, 255.0, 255.0]
     out = fn.crop_mirror_normalize(image, dtype=types.FLOAT, output_layout="CHW", mean=mean, std=std)

@@ -61,12 +61,14 @@ class Decoder:
         self.decoder = {"device": decode_device, "adjust_orientation": False,
                         "output_type": types.RGB, **decoder_args}
 
-    def encoded_view(self, encoded: DataNode) -> View:
-        if self.tiled:
-            shape = fn.python_function(encoded, function=self.windows.shape)  # type: ignore[union-attr]
-        else:
-            shape = fn.peek_image_shape(encoded, adjust_orientation=False, dtype=types.INT32)
-        return View.whole(encoded, True, shape)
+    def encoded_view(self, encoded: DataNode, shapes: DataNode | None = None) -> View:
+        """The whole of the encoded images, of the given `shapes` or the ones DALI peeks at."""
+        if shapes is None:
+            if self.tiled:
+                raise ValueError("a tiled set's image shapes must be given: DALI cannot read "
+                                 "the headers of .tiles members")
+            shapes = fn.peek_image_shape(encoded, adjust_orientation=False, dtype=types.INT32)
+        return View.whole(encoded, True, shapes)
 
     def pixels(self, view: View) -> DataNode:
         """Materialise a view: decode (or slice) the part of the source the window needs, then

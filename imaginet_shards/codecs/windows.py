@@ -18,7 +18,7 @@ from imaginet_shards.codecs import jpeg as jpeg_window
 from imaginet_shards.codecs import png as png_window
 from imaginet_shards.codecs import tiles as tiles_window
 from imaginet_shards.codecs import webp as webp_window
-from imaginet_shards.format.images import check_image, sniff_format
+from imaginet_shards.format.images import sniff_format
 from imaginet_shards.format.tiles import TiledImage
 
 _DECODERS = {"jpeg": jpeg_window.decode_window, "png": png_window.decode_window,
@@ -44,8 +44,9 @@ class WindowDecoder:
     own decoder, which then reports corrupt data as it always does.
 
     `tiled`: the shard set holds `.tiles` members (the tiled layout), which only this decoder
-    reads: DALI's graph then takes every image's shape from `shape` and decodes every window,
-    whole images included, through this decoder first."""
+    reads: DALI's graph then takes every image's shape from the feed (the loader reads it from the
+    header it checks) and decodes every window, whole images included, through this decoder
+    first."""
 
     def __init__(self, threads: int, tiled: bool = False):
         self.threads = max(int(threads), 1)
@@ -65,13 +66,6 @@ class WindowDecoder:
         if self._pool is not None and self._pid == os.getpid():
             self._pool.shutdown(wait=True)
         self._pool = None
-
-    @staticmethod
-    def shape(encoded: np.ndarray) -> np.ndarray:
-        """int32 (height, width, 3) of one encoded image, read from its header (what DALI's
-        `peek_image_shape` gives, for `.tiles` members too)."""
-        info = check_image(encoded.tobytes())
-        return np.array([info.height, info.width, 3], dtype=np.int32)
 
     @staticmethod
     def _one(data: np.ndarray, start: np.ndarray, shape: np.ndarray) -> np.ndarray | None:

@@ -9,7 +9,8 @@ CUDA, nvJPEG, memory, a bad device) raises a `DaliSetupError` at once, before an
 with `shardset.read_batch`, in the rank's delivery order (`EpochLoader.order()`: the same batches
 as the CPU backend, whatever the thread count), their headers checked on the host (format,
 128-Mpixel and byte limits, as on the CPU backend), and their encoded bytes and labels fed to
-`fn.external_source` (a short batch is padded by repeating its last sample; the repeats are dropped
+`fn.external_source`, for a tiled set with the image shapes those headers give (DALI cannot read a
+`.tiles` header; a short batch is padded by repeating its last sample; the repeats are dropped
 after the run). Up to `dali_pipeline.PREFETCH` runs are in flight. Keys come from what was fed, so
 an error while running is blamed on the failed run's own samples. Batches are handed out through
 `EpochLoader._delivering`, so `state_dict` / `load_state_dict` resume mid-epoch exactly as on the
@@ -153,7 +154,8 @@ class DaliLoader(EpochLoader):
     def _start(self) -> Runner:
         c = self.config
         pipe, self._names = build_pipeline(preset_graph(c.preset, self._windows), c.device,
-                                           c.batch_size, max(c.workers, 1), _pipeline_seed(c))
+                                           c.batch_size, max(c.workers, 1), _pipeline_seed(c),
+                                           shapes=self._windows.tiled)
         self._runner = Runner(pipe)
         return self._runner
 
@@ -169,8 +171,9 @@ class DaliLoader(EpochLoader):
             if len(samples) == 0:
                 continue
             records = read_batch(self.shards, self._indexes, shard_ids, samples)
-            yield padded([r.image for r in records], check_batch(records),
-                         self.config.batch_size, (number, records))
+            labels, shapes = check_batch(records)
+            yield padded([r.image for r in records], labels, self.config.batch_size,
+                         (number, records), shapes if self._windows.tiled else None)
 
     def batches(self) -> Iterator[DaliBatch]:
         """The rest of the epoch's batches (all of them unless a state was loaded) with their keys

@@ -19,24 +19,27 @@ from imaginet_shards.io.shardset import Record
 HINT = "DALI backend; to skip unusable samples use backend='cpu' with on_error='skip'"
 
 
-def check_batch(records: Sequence[Record]) -> list[np.ndarray]:
-    """The labels of a batch's records; a SampleError unless every record read cleanly and its
-    image header is sound (format, pixel and byte limits; nothing is decoded unless the file looks
-    truncated). It names the bad sample that comes first in its shard (for a truncated shard:
-    where the cut is), as the CPU backend does."""
-    bad = []
+def check_batch(records: Sequence[Record]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(labels, int32 image shapes (height, width, 3)) of a batch's records; a SampleError unless
+    every record read cleanly and its image header is sound (format, pixel and byte limits;
+    nothing is decoded unless the file looks truncated). It names the bad sample that comes first
+    in its shard (for a truncated shard: where the cut is), as the CPU backend does."""
+    bad, labels, shapes = [], [], []
     for record in records:
         reason = record.error
         if not reason:
             try:
-                check_image(record.image)
+                info = check_image(record.image)
+                shapes.append(np.array([info.height, info.width, 3], dtype=np.int32))
             except ImageCheckError as exc:
                 reason = str(exc)
         if reason or record.labels is None:
             bad.append((record.shard, record.key, reason or "no labels"))
+        else:
+            labels.append(record.labels)
     if bad:
         raise SampleError(*min(bad), HINT)
-    return [record.labels for record in records if record.labels is not None]
+    return labels, shapes
 
 
 def first_unusable(records: Iterable[Record]) -> tuple[str, str, str] | None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,7 @@ from imaginet_shards.errors import DaliSetupError
 
 # The default executor, named so that nobody turns it off by passing another flag: see above.
 EXECUTOR: dict[str, Any] = {"exec_async": True, "exec_pipelined": True, "exec_dynamic": True}
-ENCODED, LABELS = "encoded", "labels"  # the external sources' names
+ENCODED, LABELS, SHAPES = "encoded", "labels", "shapes"  # the external sources' names
 PREFETCH = 2  # runs DALI works on ahead of the one handed out
 
 
@@ -53,36 +53,44 @@ def device_ids(device: str) -> tuple[int | None, str]:
     raise ValueError(f"the DALI backend runs on 'cpu' or 'cuda[:n]', not {device!r}")
 
 
-Graph = Callable[[Any, str], tuple[Any, dict[str, Any]]]
+Graph = Callable[[Any, Any, str], tuple[Any, dict[str, Any]]]  # (encoded, shapes, decode device)
 
 
 def preset_graph(preset: Preset, windows: WindowDecoder | None) -> Graph:
     """The graph of the loader: `preset` on the encoded images (see `augment.dali.build_graph`)."""
-    return lambda encoded, decode_device: build_graph(encoded, preset, decode_device, windows)
+    return lambda encoded, shapes, decode_device: build_graph(encoded, preset, decode_device,
+                                                              windows, shapes=shapes)
 
 
 def decode_graph(preset: Preset) -> Graph:
     """Whole images through the decoder that `preset`'s loader uses (the graph's own `Decoder`,
     arguments and all), nothing after it: what the decode-only benchmark times."""
-    def graph(encoded: Any, decode_device: str) -> tuple[Any, dict[str, Any]]:
+    def graph(encoded: Any, shapes: Any, decode_device: str) -> tuple[Any, dict[str, Any]]:
         decoder = Decoder(decode_device, None, decoder_arguments(preset, decode_device))
         return decoder.pixels(decoder.encoded_view(encoded)), {}
     return graph
 
 
 def build_pipeline(graph: Graph, device: str, batch_size: int, threads: int, seed: int,
-                   depth: int = PREFETCH) -> tuple[Pipeline, tuple[str, ...]]:
+                   depth: int = PREFETCH, shapes: bool = False
+                   ) -> tuple[Pipeline, tuple[str, ...]]:
     """A built pipeline running `graph` on fed batches (outputs: the graph's images, the fed labels,
-    the graph's decisions in order) and the decision names. Raises DaliSetupError (naming the
-    device and DALI's message) when DALI cannot build it here."""
+    the graph's decisions in order) and the decision names. With `shapes`, every feed also gives
+    the images' shapes (`Feed.shapes`), which the graph then takes instead of reading them from
+    the encoded bytes. Raises DaliSetupError (naming the device and DALI's message) when DALI
+    cannot build it here."""
     device_id, decode_device = device_ids(device)
     names: list[str] = []
 
     @pipeline_def(enable_conditionals=True)
     def pipeline():
-        encoded = fn.external_source(name=ENCODED, dtype=types.UINT8, ndim=1)
+        # On the CPU device DALI reads the fed bytes in place (`Runner` keeps them alive); a GPU
+        # pipeline copies them, as it always has (reading them in place is not checked there).
+        encoded = fn.external_source(name=ENCODED, dtype=types.UINT8, ndim=1,
+                                     no_copy=device_id is None)
         labels = fn.external_source(name=LABELS, dtype=types.INT32, ndim=1)
-        images, decisions = graph(encoded, decode_device)
+        fed = fn.external_source(name=SHAPES, dtype=types.INT32, ndim=1) if shapes else None
+        images, decisions = graph(encoded, fed, decode_device)
         names.extend(decisions)
         return (images, labels, *decisions.values())
 
@@ -101,26 +109,33 @@ class SupersededError(RuntimeError):
 
 @dataclass(frozen=True)
 class Feed:
-    """One run's input: encoded images and labels (padded to the pipeline's batch size), how many
-    of them are real, and what the caller wants back with the outputs (`tag`)."""
+    """One run's input: encoded images, labels and, for a pipeline built with `shapes`, the
+    images' int32 (height, width, 3) shapes (padded to the pipeline's batch size), how many of
+    them are real, and what the caller wants back with the outputs (`tag`)."""
 
     encoded: list[np.ndarray]
     labels: list[np.ndarray]
     real: int
     tag: Any = None
+    shapes: list[np.ndarray] | None = None
 
 
 def padded(encoded: Sequence[bytes], labels: Sequence[np.ndarray], batch_size: int,
-           tag: Any = None) -> Feed:
+           tag: Any = None, shapes: Sequence[np.ndarray] | None = None) -> Feed:
     """A Feed of 1..batch_size samples, the last repeated up to `batch_size` (a run's outputs for
     the repeats are dropped)."""
-    if not 0 < len(encoded) <= batch_size or len(labels) != len(encoded):
-        raise ValueError(f"a run takes 1..{batch_size} samples with labels, got {len(encoded)}")
-    arrays = [np.frombuffer(data, dtype=np.uint8) for data in encoded]
-    label_arrays = [np.asarray(label, dtype=np.int32) for label in labels]
-    extra = batch_size - len(arrays)
-    return Feed(arrays + arrays[-1:] * extra, label_arrays + label_arrays[-1:] * extra,
-                len(arrays), tag)
+    if (not 0 < len(encoded) <= batch_size or len(labels) != len(encoded)
+            or (shapes is not None and len(shapes) != len(encoded))):
+        raise ValueError(f"a run takes 1..{batch_size} samples with labels (and shapes, if any), "
+                         f"got {len(encoded)}")
+    extra = batch_size - len(encoded)
+
+    def filled(items: list[np.ndarray]) -> list[np.ndarray]:
+        return items + items[-1:] * extra
+
+    return Feed(filled([np.frombuffer(data, dtype=np.uint8) for data in encoded]),
+                filled([np.asarray(label, dtype=np.int32) for label in labels]), len(encoded), tag,
+                None if shapes is None else filled([np.asarray(s, dtype=np.int32) for s in shapes]))
 
 
 class Runner:
@@ -129,10 +144,15 @@ class Runner:
     DALI's first `schedule_run` starts `depth` runs at once (each consuming one fed batch), later
     calls one each; `run` keeps that count. Runs left in flight by an abandoned epoch are drained
     (their outputs dropped) when the next one starts.
+
+    A CPU pipeline reads the fed bytes in place, so a feed stays referenced here until its run's
+    outputs are taken; the runner is the pipeline's only owner and releases it first (`pipe` is
+    its first attribute; a cyclic collection finalises the pipeline before clearing anything),
+    so DALI shuts down before the feeds of runs still in flight are freed.
     """
 
     def __init__(self, pipe: Pipeline, depth: int = PREFETCH):
-        self.pipe, self.depth = pipe, depth
+        self.pipe, self.depth = pipe, depth  # `pipe` first: see above
         self._primed = False
         self._in_flight: deque[Feed] = deque()
         self._generation = 0
@@ -140,6 +160,8 @@ class Runner:
     def _feed(self, feed: Feed) -> None:
         self.pipe.feed_input(ENCODED, feed.encoded)
         self.pipe.feed_input(LABELS, feed.labels)
+        if feed.shapes is not None:
+            self.pipe.feed_input(SHAPES, feed.shapes)
         self._in_flight.append(feed)
 
     def _schedule(self, feeds: Iterator[Feed]) -> None:
@@ -149,7 +171,7 @@ class Runner:
             if not first:
                 return
             while len(first) < self.depth:  # DALI's first call starts `depth` runs: pad with
-                first.append(Feed(first[-1].encoded, first[-1].labels, 0))  # runs of no samples
+                first.append(replace(first[-1], real=0, tag=None))  # runs of no samples
             for feed in first:
                 self._feed(feed)
             self.pipe.schedule_run()
