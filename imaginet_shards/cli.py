@@ -281,11 +281,15 @@ def perturb(src: str, dest: Path, layout: str, annotation_files: tuple[Path, ...
 @click.argument("src")
 @click.argument("dest", type=click.Path(path_type=Path))
 @click.option("--tile", default=128, show_default=True, help="Tile side in pixels.")
+@click.option("--codec", default="zstd-rows", show_default=True,
+              help="How each tile's filtered rows are compressed: zstd-rows (fastest to decode) or "
+                   "zlib-rows (the earlier layout's codec).")
 @click.option("--webp", is_flag=True, help="Tile WebP images too (lossy ones decoded once); "
                                            "without it they keep their bytes, as JPEGs do.")
 @click.option("--workers", default=2, show_default=True, help="Processes writing shards.")
 @click.option("--overwrite", is_flag=True, help="Replace a shard set already at DEST.")
-def retile(src: str, dest: Path, tile: int, webp: bool, workers: int, overwrite: bool) -> None:
+def retile(src: str, dest: Path, tile: int, codec: str, webp: bool, workers: int, overwrite: bool
+           ) -> None:
     """Write the tiled training layout of the shard set SRC at DEST: PNG images (and WebP with
     --webp) as tiles that a crop decodes only where it needs them; same shards, keys and labels."""
     import time
@@ -293,10 +297,10 @@ def retile(src: str, dest: Path, tile: int, webp: bool, workers: int, overwrite:
     from imaginet_shards.ops.retile import RetileOptions
     from imaginet_shards.ops.retile import retile as run_retile
     started = time.monotonic()
-    manifest = run_retile(RetileOptions(source=src, out=dest, tile=tile, webp=webp,
+    manifest = run_retile(RetileOptions(source=src, out=dest, tile=tile, codec=codec, webp=webp,
                                         workers=workers, overwrite=overwrite))
     tiled = len(manifest.options["retile"]["pixels_sha256"])
-    click.echo(f"{dest}: {manifest.samples} samples ({tiled} tiled, {tile}-px tiles) in "
+    click.echo(f"{dest}: {manifest.samples} samples ({tiled} tiled, {tile}-px {codec} tiles) in "
                f"{len(manifest.shards)} shards, {manifest.totals['bytes'] / 1e6:.1f} MB in "
                f"{time.monotonic() - started:.1f} s")
 

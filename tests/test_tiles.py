@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import zstandard
 from click.testing import CliRunner
 
 from helpers.shardsets import pack_arrays, rewrite_shard
@@ -18,7 +19,7 @@ from imaginet_shards.cli import main
 from imaginet_shards.codecs.tiles import decode_tiles, decode_window, encode_tiles, pixels_sha256
 from imaginet_shards.codecs.windows import decode_window as dispatch_window
 from imaginet_shards.format.images import ImageCheckError, check_image
-from imaginet_shards.format.tiles import TileHeaderError, read_header
+from imaginet_shards.format.tiles import TILE_CODECS, TileHeaderError, read_header
 from imaginet_shards.io.shardset import load_index, open_shard_set, read_samples
 from imaginet_shards.loaders.factory import make_loader
 from imaginet_shards.ops.pack import PackError, PackOptions, pack
@@ -26,11 +27,15 @@ from imaginet_shards.ops.retile import RetileOptions, retile
 from imaginet_shards.ops.stats import format_report, inspect
 from imaginet_shards.ops.verify import verify
 
+CODECS = sorted(TILE_CODECS.values())
 
-def test_tile_windows_equal_the_image_crop() -> None:
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_tile_windows_equal_the_image_crop(codec) -> None:
     rng = np.random.default_rng(0)
     image = textured(rng, 203, 331)  # partial tiles at the bottom and right
-    data = encode_tiles(image, 64)
+    data = encode_tiles(image, 64, codec)
+    assert read_header(data, 1 << 20).codec == codec
     assert np.array_equal(decode_tiles(data), image)
     for top, left, height, width in [(0, 0, 1, 1), (60, 60, 10, 10), (63, 127, 2, 2), (150, 300, 53, 31),
                                      *((int(rng.integers(0, 108)), int(rng.integers(0, 236)), 96, 96)
@@ -69,12 +74,48 @@ def test_bad_headers_are_refused_before_decoding(edit, message) -> None:
         check_image(bad)
 
 
-def test_a_corrupt_tile_is_an_error() -> None:
-    data = bytearray(encode_tiles(textured(np.random.default_rng(2), 64, 64), 32))
+@pytest.mark.parametrize("codec", CODECS)
+def test_a_corrupt_tile_is_an_error(codec) -> None:
+    data = bytearray(encode_tiles(textured(np.random.default_rng(2), 64, 64), 32, codec))
     data[-30] ^= 0xFF  # inside the last tile's data
     decode_window(bytes(data), 0, 0, 32, 32)  # the other tiles still decode
-    with pytest.raises(ValueError, match="CRC|corrupt"):
+    with pytest.raises(ValueError, match=r"tile \(1, 1\): corrupt"):
         decode_window(bytes(data), 32, 32, 32, 32)
+
+
+def _with_last_tile(data: bytes, tile: bytes) -> bytes:
+    """`data` (a `.tiles` member) with its last tile replaced by `tile`, offsets adjusted."""
+    header = read_header(data, 1 << 20)
+    out = bytearray(data[:int(header.offsets[-2])] + tile)
+    struct.pack_into("<I", out, int(header.offsets[0]) - 4, len(out))
+    return bytes(out)
+
+
+@pytest.mark.parametrize(("rows", "message"), [
+    (bytes(32 * 97 * 4), "records 12416 bytes of rows, expected 3104"),  # a decompression bomb
+    (bytes(32 * 97 - 1), "records 3103 bytes"),
+])
+def test_a_zstd_tile_recording_another_size_is_refused_before_decompressing(rows, message) -> None:
+    data = encode_tiles(textured(np.random.default_rng(2), 64, 64), 32, "zstd-rows")
+    bad = _with_last_tile(data, zstandard.ZstdCompressor(write_checksum=True).compress(rows))
+    decode_window(bad, 0, 0, 32, 32)
+    with pytest.raises(TileHeaderError, match=rf"tile \(1, 1\) {message}"):
+        decode_window(bad, 32, 32, 32, 32)
+
+
+def test_a_zstd_tile_with_bytes_after_its_frame_is_corrupt() -> None:
+    data = encode_tiles(textured(np.random.default_rng(2), 64, 64), 32, "zstd-rows")
+    header = read_header(data, 1 << 20)
+    bad = _with_last_tile(data, data[int(header.offsets[-2]):] + b"\0")
+    with pytest.raises(TileHeaderError, match=r"tile \(1, 1\): corrupt data: .*unused data"):
+        decode_window(bad, 32, 32, 32, 32)
+
+
+def test_an_unknown_codec_is_refused_when_writing() -> None:
+    with pytest.raises(ValueError, match="unknown tile codec 'lz4'"):
+        encode_tiles(textured(np.random.default_rng(2), 64, 64), 32, "lz4")
+    with pytest.raises(ValueError, match="unknown tile codec 'lz4'"):
+        RetileOptions(source="x", out=Path("y"), codec="lz4")
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +137,7 @@ def test_retile_keeps_shards_keys_labels_and_jpegs(layouts) -> None:
     original, copy = open_shard_set(str(source)), open_shard_set(str(tiled))
     assert [s.name for s in copy.manifest.shards] == [s.name for s in original.manifest.shards]
     recipe = copy.manifest.options["retile"]
+    assert recipe["codec"] == "zstd-rows"  # the default
     assert recipe["tile"] == 64 and len(recipe["pixels_sha256"]) == 16  # 8 PNG + 8 WebP
     for a, b in zip(original.manifest.shards, copy.manifest.shards):
         pairs = zip(read_samples(original, load_index(original, a), 0, a.samples),
@@ -117,9 +159,12 @@ def test_verify_checks_tiles_and_the_source(layouts, tmp_path) -> None:
     assert verify(str(tiled), workers=1, progress=False, source=str(source)).ok
     report = verify(str(source), workers=1, progress=False, source=str(tiled))
     assert [p.message for p in report.problems] == ["not a tiled shard set: nothing to compare with a source"]
-    # a tile whose pixels changed while the tar, index, .json and manifest stay consistent
+    # the other codec; then a tile whose pixels changed while the tar, index, .json and manifest
+    # stay consistent
     broken = tmp_path / "broken"
-    retile(RetileOptions(source=str(source), out=broken, tile=64, progress=False))
+    retile(RetileOptions(source=str(source), out=broken, tile=64, codec="zlib-rows", progress=False))
+    assert open_shard_set(str(broken)).manifest.options["retile"]["codec"] == "zlib-rows"
+    assert verify(str(broken), workers=1, progress=False, source=str(source)).ok
     shard = sorted(broken.glob("*.tar"))[0]
     victim = {}
 
@@ -128,7 +173,7 @@ def test_verify_checks_tiles_and_the_source(layouts, tmp_path) -> None:
             victim["key"] = key
             image = decode_tiles(members[0][1]).copy()
             image[0, 0] ^= 1
-            return [("tiles", encode_tiles(image, 64)), *members[1:]]
+            return [("tiles", encode_tiles(image, 64, "zlib-rows")), *members[1:]]
         return members
 
     rewrite_shard(shard, edit)
@@ -162,7 +207,7 @@ def test_loaders_give_the_same_batches_from_both_layouts(layouts, backend, prese
 def test_inspect_shows_the_layout_and_source_formats(layouts) -> None:
     source, tiled = layouts
     report = inspect(str(tiled))
-    assert "layout: tiled, 16 images (png/webp) as 64-px zlib-rows tiles" in format_report(report)
+    assert "layout: tiled, 16 images (png/webp) as 64-px zstd-rows tiles" in format_report(report)
     assert report.formats == inspect(str(source)).formats  # tiles count as their source's format
 
 
@@ -170,9 +215,9 @@ def test_retile_and_verify_commands(layouts, tmp_path) -> None:
     source, _ = layouts
     runner = CliRunner()
     result = runner.invoke(main, ["retile", str(source), str(tmp_path / "t"), "--tile", "96",
-                                  "--workers", "1"])
+                                  "--codec", "zlib-rows", "--workers", "1"])
     assert result.exit_code == 0, result.output
-    assert "24 samples (8 tiled, 96-px tiles)" in result.output
+    assert "24 samples (8 tiled, 96-px zlib-rows tiles)" in result.output
     result = runner.invoke(main, ["verify", str(tmp_path / "t"), "--source", str(source)])
     assert result.exit_code == 0 and "OK" in result.output, result.output
     result = runner.invoke(main, ["retile", str(source), str(tmp_path / "t")])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,9 +17,9 @@ from helpers.shardsets import pack_arrays
 from helpers.trees import textured
 from imaginet_shards.augment.cpu import augment
 from imaginet_shards.augment.spec import get_preset
-from imaginet_shards.codecs.tiles import decode_tiles, decode_window, encode_tiles
+from imaginet_shards.codecs.tiles import DEFAULT_CODEC, decode_tiles, decode_window, encode_tiles
 from imaginet_shards.errors import SampleError
-from imaginet_shards.format.tiles import TileHeaderError, header_size, read_header
+from imaginet_shards.format.tiles import TILE_CODECS, TileHeaderError, header_size, read_header
 from imaginet_shards.io import shardset
 from imaginet_shards.io.shardset import ShardFiles, ShardSet, load_index, open_shard_set, read_batch
 from imaginet_shards.loaders import cpu as cpu_loader
@@ -30,16 +31,35 @@ SAMPLES = 12
 
 
 @pytest.fixture(scope="module")
-def tiled(tmp_path_factory) -> Path:
-    """A tiled set of 12 images (PNG and JPEG sources: tiles, and JPEGs kept) in 2 shards,
-    in 64-pixel tiles: a 96-pixel crop covers 4 to 9 of their 20 to 30 tiles."""
+def tiled_sets(tmp_path_factory) -> Callable[[str], Path]:
+    """Codec -> a tiled set of 12 images (PNG and JPEG sources: tiles, and JPEGs kept) in 2
+    shards, in 64-pixel tiles of that codec: a 96-pixel crop covers 4 to 9 of their 20 to 30 tiles
+    (each set made once)."""
     tmp = tmp_path_factory.mktemp("lazy")
     rng = np.random.default_rng(7)
     sizes = [(300, 260), (260, 330), (320, 300)]
     arrays = [(textured(rng, *sizes[i % 3]), ("png", "png", "jpg")[i % 3]) for i in range(SAMPLES)]
     source = pack_arrays(tmp / "src", arrays, max_count=6)
-    retile(RetileOptions(source=str(source), out=tmp / "tiled", tile=64, workers=1, progress=False))
-    return tmp / "tiled"
+
+    def tiled_set(codec: str) -> Path:
+        out = tmp / codec
+        if not out.exists():
+            retile(RetileOptions(source=str(source), out=out, tile=64, codec=codec, workers=1,
+                                 progress=False))
+        return out
+    return tiled_set
+
+
+@pytest.fixture(scope="module")
+def tiled(tiled_sets) -> Path:
+    """The tiled set in the default codec."""
+    return tiled_sets(DEFAULT_CODEC)
+
+
+@pytest.fixture(params=sorted(TILE_CODECS.values()))
+def any_tiled(tiled_sets, request) -> Path:
+    """The tiled set in each codec."""
+    return tiled_sets(request.param)
 
 
 def read_all(shards: ShardSet, files: ShardFiles | None = None) -> list[shardset.Record]:
@@ -68,9 +88,9 @@ class CountingShardSet(ShardSet):
 
 
 @pytest.mark.parametrize("prefix", [shardset.TILES_PREFIX, 40], ids=["one read", "header read again"])
-def test_lazy_records_give_the_eager_pixels(tiled, monkeypatch, prefix) -> None:
+def test_lazy_records_give_the_eager_pixels(any_tiled, monkeypatch, prefix) -> None:
     monkeypatch.setattr(shardset, "TILES_PREFIX", prefix)
-    shards = open_shard_set(str(tiled))
+    shards = open_shard_set(str(any_tiled))
     preset = get_preset("train")
     eager = read_all(shards)
     with ShardFiles(shards) as files:
@@ -90,8 +110,8 @@ def test_lazy_records_give_the_eager_pixels(tiled, monkeypatch, prefix) -> None:
                     b.tiled, 0, 0, b.tiled.header.height, b.tiled.header.width))
 
 
-def test_a_crop_reads_only_the_tiles_it_covers(tiled) -> None:
-    counting = CountingShardSet(**vars(open_shard_set(str(tiled))))
+def test_a_crop_reads_only_the_tiles_it_covers(any_tiled) -> None:
+    counting = CountingShardSet(**vars(open_shard_set(str(any_tiled))))
     eager = {r.key: r for r in read_all(counting)}
     with ShardFiles(counting) as files:
         lazy = [r for r in read_all(counting, files) if r.tiled is not None]
@@ -154,8 +174,8 @@ def open_files() -> list[str]:
     return sorted(found)
 
 
-def test_corrupt_tile_data_is_an_error_naming_the_tile(tiled, tmp_path) -> None:
-    dest = copy_of(tiled, tmp_path)
+def test_corrupt_tile_data_is_an_error_naming_the_tile(any_tiled, tmp_path) -> None:
+    dest = copy_of(any_tiled, tmp_path)
     shards = open_shard_set(str(dest))
     with ShardFiles(shards) as files:
         record = read_batch(shards, {}, [0], [0], files)[0]

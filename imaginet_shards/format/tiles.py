@@ -32,8 +32,9 @@ from imaginet_shards.errors import ImageError
 RETILE_KEY = "retile"  # the manifest option that marks a tiled shard set and holds its recipe
 TILES_MAGIC = b"IMTILES\x00"
 TILES_VERSION = 1
-# codec id -> name; "zlib-rows": each tile is one zlib stream of PNG-filtered RGB rows
-TILE_CODECS = {1: "zlib-rows"}
+# codec id -> name: each tile is PNG-filtered RGB rows as one zlib stream ("zlib-rows") or one zstd
+# frame with its content size and checksum ("zstd-rows")
+TILE_CODECS = {1: "zlib-rows", 2: "zstd-rows"}
 CODEC_IDS = {name: number for number, name in TILE_CODECS.items()}
 MIN_TILE, MAX_TILE = 16, 4096
 _FIXED = struct.Struct("<8sBBBBIIHH")

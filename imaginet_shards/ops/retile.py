@@ -1,7 +1,7 @@
 """`retile`: the tiled training layout, a shard set derived from another in which each PNG image
 (and, with `webp`, each WebP image, decoded once) is stored as independently decodable tiles in one
-`{key}.tiles` member (`format.tiles`, `codecs.tiles`), so that a random crop inflates only the tiles
-that cover it. JPEG images (and WebP without `webp`) keep their bytes and their `.json` unchanged.
+`{key}.tiles` member (`format.tiles`, `codecs.tiles`; "zstd-rows" tiles unless asked for another
+codec), so that a random crop inflates only the tiles that cover it. JPEG images (and WebP without `webp`) keep their bytes and their `.json` unchanged.
 
 Same shards, keys, order and labels as the source; each output shard is made from one source shard
 alone (temporary name, then renamed), so the result does not depend on the number of workers. The
@@ -22,7 +22,7 @@ from typing import Any
 from tqdm import tqdm
 
 from imaginet_shards.augment.cpu import decode
-from imaginet_shards.codecs.tiles import encode_tiles, pixels_sha256
+from imaginet_shards.codecs.tiles import DEFAULT_CODEC, encode_tiles, pixels_sha256
 from imaginet_shards.format.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -30,7 +30,7 @@ from imaginet_shards.format.manifest import (
     build_manifest,
 )
 from imaginet_shards.format.members import encode_members, label_members
-from imaginet_shards.format.tiles import RETILE_KEY, check_tile_size
+from imaginet_shards.format.tiles import CODEC_IDS, RETILE_KEY, check_tile_size
 from imaginet_shards.io import storage
 from imaginet_shards.io.shardset import Record, ShardSet, open_shard_set
 from imaginet_shards.ops.perturb import Labels, Members, prepare_destination, rewrite_shard, worker_map
@@ -39,12 +39,14 @@ from imaginet_shards.ops.perturb import Labels, Members, prepare_destination, re
 @dataclass(frozen=True)
 class RetileOptions:
     """What `retile` does: `source` (a shard set directory, manifest path or URL) to the local
-    directory `out`, with `tile`-pixel tiles, WebP images tiled too when `webp`, in `workers`
-    processes (1: in this process)."""
+    directory `out`, with `tile`-pixel tiles stored with `codec` (a name in
+    `format.tiles.TILE_CODECS`), WebP images tiled too when `webp`, in `workers` processes (1: in
+    this process)."""
 
     source: str
     out: Path
     tile: int = 128
+    codec: str = DEFAULT_CODEC
     webp: bool = False
     workers: int = 1
     overwrite: bool = False
@@ -52,6 +54,8 @@ class RetileOptions:
 
     def __post_init__(self) -> None:
         check_tile_size(self.tile)
+        if self.codec not in CODEC_IDS:
+            raise ValueError(f"unknown tile codec {self.codec!r}, expected one of {sorted(CODEC_IDS)}")
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
 
@@ -61,14 +65,14 @@ def tiled_formats(webp: bool) -> tuple[str, ...]:
     return ("png", "webp") if webp else ("png",)
 
 
-def tile_image(data: bytes, tile: int) -> tuple[bytes, str, int, int]:
+def tile_image(data: bytes, tile: int, codec: str = DEFAULT_CODEC) -> tuple[bytes, str, int, int]:
     """(`.tiles` member, sha256 of the decoded pixels, height, width) of one source image."""
     pixels = decode(data).permute(1, 2, 0).numpy()
-    return encode_tiles(pixels, tile), pixels_sha256(pixels), pixels.shape[0], pixels.shape[1]
+    return encode_tiles(pixels, tile, codec), pixels_sha256(pixels), pixels.shape[0], pixels.shape[1]
 
 
-def retile_shard(shards: ShardSet, number: int, out: str, tile: int, webp: bool
-                 ) -> tuple[dict, dict[str, str]]:
+def retile_shard(shards: ShardSet, number: int, out: str, tile: int, webp: bool,
+                 codec: str = DEFAULT_CODEC) -> tuple[dict, dict[str, str]]:
     """Write the tiled copy of shard `number` (see `perturb.rewrite_shard`); return its manifest
     entry as a dict and {key: pixels sha256} of the images it tiled. Runs in a worker."""
     formats, pixels = tiled_formats(webp), {}
@@ -76,7 +80,7 @@ def retile_shard(shards: ShardSet, number: int, out: str, tile: int, webp: bool
     def tiled(record: Record, labels: Labels) -> Members:
         if record.image_ext not in formats:
             return [(record.image_ext, record.image), *label_members(labels), ("json", record.meta)]
-        data, digest, height, width = tile_image(record.image, tile)
+        data, digest, height, width = tile_image(record.image, tile, codec)
         meta = json.loads(record.meta)
         meta["source"] = {"format": meta.get("format"), "bytes": len(record.image),
                           "sha256": hashlib.sha256(record.image).hexdigest()}
@@ -93,7 +97,8 @@ def retile(options: RetileOptions) -> Manifest:
     out = prepare_destination(options.out, shards, options.overwrite)
     count = len(shards.manifest.shards)
     columns: list[list[Any]] = [[shards] * count, list(range(count)), [str(out)] * count,
-                                [options.tile] * count, [options.webp] * count]
+                                [options.tile] * count, [options.webp] * count,
+                                [options.codec] * count]
     entries, pixels = [], {}
     with ExitStack() as stack:
         results = worker_map(retile_shard, columns, options.workers, stack)
@@ -102,7 +107,7 @@ def retile(options: RetileOptions) -> Manifest:
             entries.append(ShardEntry(**entry))
             pixels.update(shard_pixels)
     source = shards.manifest
-    recipe = {"tile": options.tile, "codec": "zlib-rows", "formats": list(tiled_formats(options.webp)),
+    recipe = {"tile": options.tile, "codec": options.codec, "formats": list(tiled_formats(options.webp)),
               "source_manifest_sha256": shards.manifest.sha256,
               "source_plan_sha256": source.plan_sha256}
     manifest = build_manifest(
