@@ -10,9 +10,9 @@ Candidates, each image cut into --tile pixel tiles (RGB):
              the crop's last row, unfilters only up to its right edge
   zlib-rows  the same filtered rows as a bare zlib stream (no PNG chunks, no CRC), inflated and
              unfiltered the same way (what codecs.tiles uses)
-  zstd-rows  the same filtered rows as one zstd frame (at each of --zstd-levels), decoded whole
-             (a tile's rows fit one zstd block, which decodes whole anyway), unfiltered the same way
-             (what codecs.tiles uses by default)
+  zstd-rows  the same filtered rows as one zstd frame (at each of --zstd-levels), decompressed
+             whole (a 128-pixel tile's rows are one zstd block, which decodes whole anyway) and
+             unfiltered the same way (what codecs.tiles writes by default, at level 1)
   webp-ll    every tile a lossless WebP (libwebp, method 4), decoded by codecs.webp
 and, for reference, the original file decoded through the window decoders (codecs.windows).
 Time is process CPU time per crop (one thread), the median of --repeats passes over the same crops;

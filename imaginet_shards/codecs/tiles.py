@@ -7,9 +7,9 @@ Each tile holds the rows OpenCV's PNG encoder filters, without PNG's chunks and 
 (`format.tiles.TILE_CODECS`; chosen by measurement: `tools/bench_tiles.py`, docs/benchmarks.md):
 
 - "zstd-rows" (written by default): one zstd frame recording its content size and checksum,
-  decompressed whole into exactly the tile's size (a tile's rows are one or two zstd blocks, which
-  decode whole: stopping early saves nothing measurable) and checked against its checksum; about
-  twice as fast as "zlib-rows" for the same size.
+  decompressed whole into exactly the tile's size and checked against its checksum; about twice as
+  fast as "zlib-rows" for the same size. zstd decodes a block (up to 128 KiB of rows) whole, and a
+  128-pixel tile's 49 KB are one block: stopping early saves nothing (measured: slower).
 - "zlib-rows": one zlib stream, inflated by zlib-ng only down to the window's last row. A tile
   inflated to its end is checked against its zlib checksum; a partial one only for well-formed
   deflate data (as any ROI decoder: `verify` decodes every tile whole).
@@ -37,7 +37,7 @@ from imaginet_shards.format.tiles import (
 )
 
 ZLIB_LEVEL = 6
-ZSTD_LEVEL = 3
+ZSTD_LEVEL = 1  # decodes 5-20 % faster than level 3 for 1 % more bytes (docs/benchmarks.md)
 DEFAULT_CODEC = "zstd-rows"
 
 
@@ -161,7 +161,7 @@ def _zlib_rows(encoded: memoryview, need: int, size: int, row: int, col: int) ->
 def _zstd_rows(decompressor: zstandard.ZstdDecompressor, encoded: memoryview, need: int, size: int,
                row: int, col: int) -> bytes:
     """The `size` bytes of rows of a "zstd-rows" tile (`row`, `col`), all decompressed (`need` is
-    not used: a zstd block decodes whole): its frame must record exactly `size` (nothing larger is
+    not used: see the module's docstring): its frame must record exactly `size` (nothing larger is
     ever allocated) and match its checksum."""
     try:
         recorded = zstandard.get_frame_parameters(encoded).content_size
