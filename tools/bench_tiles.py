@@ -4,6 +4,12 @@ second, for PNG and WebP images:
 
     python tools/bench_tiles.py                 # embedded sample at realistic sizes (max side 1024)
     python tools/bench_tiles.py --root DIR      # the PNG and WebP files under DIR
+    python tools/bench_tiles.py --sets A B ...  # tiled shard sets (`retile`): tile size, codec
+
+With --sets, for each tiled shard set (interleaved, --rounds rounds, best and median): CPU ms per
+--crop pixel crop of its tiled images (4 random crops each, read lazily as the CPU backend reads
+them), and the whole CPU loader's CPU ms per image (`train` preset, batch 32, `workers=0`, the 8
+batches after the first, a different epoch each round), with the set's bytes.
 
 Candidates, each image cut into --tile pixel tiles (RGB):
   png        every tile a PNG (OpenCV, zlib level 6), decoded by codecs.png: inflates only down to
@@ -25,6 +31,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 
@@ -36,9 +43,13 @@ from zlib_ng import zlib_ng
 from imaginet_shards.augment.cpu import decode
 from imaginet_shards.cli_common import run_tool, write_json
 from imaginet_shards.codecs import png as png_window
+from imaginet_shards.codecs import tiles
 from imaginet_shards.codecs import webp as webp_window
 from imaginet_shards.codecs.tiles import filtered_rows
 from imaginet_shards.codecs.windows import decode_window
+from imaginet_shards.format.tiles import TiledImage
+from imaginet_shards.io.shardset import ShardFiles, open_shard_set, read_batch
+from imaginet_shards.loaders.factory import make_loader
 
 Tile = bytes
 Decoder = Callable[[bytes, int, int, int, int, int, int], np.ndarray]  # tile, th, tw, top, left, h, w
@@ -125,11 +136,78 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--zstd-levels", type=lambda text: [int(v) for v in text.split(",")],
                         default=[1, 3, 9, 19], help="zstd levels to try, comma-separated.")
     parser.add_argument("--repeats", type=int, default=3, help="Timed passes (the median is kept).")
+    parser.add_argument("--sets", nargs="+", help="Tiled shard set directories to compare instead.")
+    parser.add_argument("--rounds", type=int, default=9, help="With --sets: interleaved rounds.")
     parser.add_argument("--json", help="Also write the figures as JSON ('-': stdout).")
     return parser
 
 
+def _set_crops(path: str, stack: ExitStack, crop: int) -> list[tuple[TiledImage, int, int]]:
+    """Four random `crop`-pixel crops of each tiled image of the shard set at `path` (one shard's
+    worth at least: every shard's samples, read lazily)."""
+    shards = open_shard_set(path)
+    files = stack.enter_context(ShardFiles(shards))
+    rng, crops = np.random.default_rng(0), []
+    for number, entry in enumerate(shards.manifest.shards):
+        records = read_batch(shards, {}, [number] * entry.samples, list(range(entry.samples)), files)
+        crops += [(r.tiled, int(rng.integers(r.tiled.header.height - crop + 1)),
+                   int(rng.integers(r.tiled.header.width - crop + 1)))
+                  for r in records if r.tiled is not None for _ in range(4)
+                  if min(r.tiled.header.height, r.tiled.header.width) >= crop]
+    return crops
+
+
+def _loader_ms(path: str, epoch: int) -> float:
+    """CPU ms per image of the CPU loader on `path` (see the module's docstring)."""
+    loader = make_loader(path, backend="cpu", preset="train", batch_size=32, workers=0,
+                         device="cpu", seed=0)
+    loader.set_epoch(epoch)
+    batches = iter(loader)
+    next(batches)
+    started, count = time.process_time(), 0
+    for _ in range(8):
+        count += len(next(batches)[0])
+    spent = time.process_time() - started
+    loader.close()
+    return 1e3 * spent / count
+
+
+def compare_sets(args: argparse.Namespace) -> list[dict]:
+    """The figures of --sets, one row per set."""
+    with ExitStack() as stack:
+        crops = {path: _set_crops(path, stack, args.crop) for path in args.sets}
+        crop_ms: dict[str, list[float]] = {path: [] for path in args.sets}
+        loader_ms: dict[str, list[float]] = {path: [] for path in args.sets}
+        for epoch in range(args.rounds):
+            for path, todo in crops.items():
+                started = time.process_time()
+                for tiled, top, left in todo:
+                    tiles.decode_window(tiled, top, left, args.crop, args.crop)
+                crop_ms[path].append(1e3 * (time.process_time() - started) / len(todo))
+                loader_ms[path].append(_loader_ms(path, epoch))
+    rows = []
+    for path in args.sets:
+        manifest = open_shard_set(path).manifest
+        recipe = manifest.options["retile"]
+        rows.append({"set": path, "tile": recipe["tile"], "codec": recipe["codec"],
+                     "megabytes": manifest.totals["bytes"] / 1e6, "crops": len(crops[path]),
+                     "crop_ms": crop_ms[path], "loader_ms": loader_ms[path]})
+    print(f"{'set':<28} {'tile':>4} {'codec':<10} {'MB':>7} {'ms/crop best, median':>21} "
+          f"{'loader ms/image best, median':>29}")
+    for row in rows:
+        print(f"{row['set']:<28} {row['tile']:>4} {row['codec']:<10} {row['megabytes']:>7.1f} "
+              f"{min(row['crop_ms']):>10.3f} {statistics.median(row['crop_ms']):>10.3f} "
+              f"{min(row['loader_ms']):>14.2f} {statistics.median(row['loader_ms']):>14.2f}")
+    print(f"({args.crop}-px crops, {args.rounds} rounds, CPU time)")
+    return rows
+
+
 def main(args: argparse.Namespace) -> None:
+    if args.sets:
+        rows = compare_sets(args)
+        if args.json:
+            write_json(args.json, {"crop": args.crop, "rows": rows})
+        return
     if args.root is None:
         from imaginet_shards.sample import SampleOptions, write_sample
 
