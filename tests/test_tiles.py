@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -91,23 +92,32 @@ def _with_last_tile(data: bytes, tile: bytes) -> bytes:
     return bytes(out)
 
 
-@pytest.mark.parametrize(("rows", "message"), [
-    (bytes(32 * 97 * 4), "records 12416 bytes of rows, expected 3104"),  # a decompression bomb
-    (bytes(32 * 97 - 1), "records 3103 bytes"),
+COMPRESS = {"zstd-rows": zstandard.ZstdCompressor(write_checksum=True).compress,
+            "zlib-rows": zlib.compress}
+
+
+@pytest.mark.parametrize(("codec", "rows", "message"), [  # the last 32 x 32 tile holds 3104 bytes
+    ("zstd-rows", 3104 * 4, "records 12416 bytes of rows, expected 3104"),  # refused before
+    ("zstd-rows", 3103, "records 3103 bytes"),                              # decompressing
+    ("zlib-rows", 3104 * 4, "holds more than the 3104 bytes"),  # inflation stops one byte after
+    ("zlib-rows", 3103, "holds 3103 bytes of rows, expected 3104"),
 ])
-def test_a_zstd_tile_recording_another_size_is_refused_before_decompressing(rows, message) -> None:
-    data = encode_tiles(textured(np.random.default_rng(2), 64, 64), 32, "zstd-rows")
-    bad = _with_last_tile(data, zstandard.ZstdCompressor(write_checksum=True).compress(rows))
+def test_a_tile_of_another_size_is_an_error_and_no_bomb(codec, rows, message) -> None:
+    data = encode_tiles(textured(np.random.default_rng(2), 64, 64), 32, codec)
+    bad = _with_last_tile(data, COMPRESS[codec](bytes(rows)))
     decode_window(bad, 0, 0, 32, 32)
     with pytest.raises(TileHeaderError, match=rf"tile \(1, 1\) {message}"):
         decode_window(bad, 32, 32, 32, 32)
 
 
-def test_a_zstd_tile_with_bytes_after_its_frame_is_corrupt() -> None:
-    data = encode_tiles(textured(np.random.default_rng(2), 64, 64), 32, "zstd-rows")
+@pytest.mark.parametrize(("codec", "message"), [("zstd-rows", "unused data"),
+                                                ("zlib-rows", "bytes after its zlib stream")])
+def test_a_tile_with_bytes_after_its_stream_is_corrupt(codec, message) -> None:
+    data = encode_tiles(textured(np.random.default_rng(2), 64, 64), 32, codec)
     header = read_header(data, 1 << 20)
     bad = _with_last_tile(data, data[int(header.offsets[-2]):] + b"\0")
-    with pytest.raises(TileHeaderError, match=r"tile \(1, 1\): corrupt data: .*unused data"):
+    decode_window(bad, 0, 0, 32, 32)
+    with pytest.raises(TileHeaderError, match=rf"tile \(1, 1\): corrupt data: .*{message}"):
         decode_window(bad, 32, 32, 32, 32)
 
 

@@ -11,8 +11,8 @@ Each tile holds the rows OpenCV's PNG encoder filters, without PNG's chunks and 
   fast as "zlib-rows" for the same size. zstd decodes a block (up to 128 KiB of rows) whole, and a
   128-pixel tile's 49 KB are one block: stopping early saves nothing (measured: slower).
 - "zlib-rows": one zlib stream, inflated by zlib-ng only down to the window's last row. A tile
-  inflated to its end is checked against its zlib checksum; a partial one only for well-formed
-  deflate data (as any ROI decoder: `verify` decodes every tile whole).
+  inflated to its end is checked against its zlib checksum and must end there; a partial one only
+  for well-formed deflate data (as any ROI decoder: `verify` decodes every tile whole).
 """
 from __future__ import annotations
 
@@ -145,16 +145,20 @@ def _tile_window(header: TileHeader, rows_of: RowsDecoder, encoded: memoryview, 
 
 
 def _zlib_rows(encoded: memoryview, need: int, size: int, row: int, col: int) -> bytes:
-    """The first `need` of the `size` bytes of rows of a "zlib-rows" tile (`row`, `col`)."""
+    """The first `need` of the `size` bytes of rows of a "zlib-rows" tile (`row`, `col`), never
+    inflating more than `size` + 1 bytes. To its end, the stream must end there, checksum checked,
+    with nothing after it."""
+    inflater = zlib_ng.decompressobj()
     try:
-        if need == size:  # to the end: zlib checks the stream's checksum
-            rows = zlib_ng.decompress(encoded, bufsize=need)
-        else:
-            rows = zlib_ng.decompressobj().decompress(encoded, need)
+        rows = inflater.decompress(encoded, need + (need == size))
     except zlib_ng.error as error:  # type: ignore[misc]  # its stub types `error` as an instance
         raise TileHeaderError(f"tile ({row}, {col}): corrupt data: {error}") from None
-    if len(rows) != need:
+    if len(rows) > size:
+        raise TileHeaderError(f"tile ({row}, {col}) holds more than the {size} bytes of rows expected")
+    if len(rows) != need or (need == size and not inflater.eof):
         raise TileHeaderError(f"tile ({row}, {col}) holds {len(rows)} bytes of rows, expected {size}")
+    if need == size and inflater.unused_data:
+        raise TileHeaderError(f"tile ({row}, {col}): corrupt data: bytes after its zlib stream")
     return rows
 
 
