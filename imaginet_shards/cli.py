@@ -282,18 +282,23 @@ def perturb(src: str, dest: Path, layout: str, annotation_files: tuple[Path, ...
 @click.argument("dest", type=click.Path(path_type=Path))
 @click.option("--tile", default=128, show_default=True, help="Tile side in pixels.")
 @click.option("--webp", is_flag=True, help="Tile WebP images too (lossy ones decoded once); "
-                                           "without it they keep their bytes, as JPEGs do.")
+                                           "without it they keep their bytes.")
+@click.option("--jpeg", is_flag=True, help="Tile JPEG images too (decoded once, as the loaders "
+                                           "decode them): more bytes, less CPU per crop; without "
+                                           "it they keep their bytes.")
 @click.option("--workers", default=2, show_default=True, help="Processes writing shards.")
 @click.option("--overwrite", is_flag=True, help="Replace a shard set already at DEST.")
-def retile(src: str, dest: Path, tile: int, webp: bool, workers: int, overwrite: bool) -> None:
+def retile(src: str, dest: Path, tile: int, webp: bool, jpeg: bool, workers: int,
+           overwrite: bool) -> None:
     """Write the tiled training layout of the shard set SRC at DEST: PNG images (and WebP with
-    --webp) as tiles that a crop decodes only where it needs them; same shards, keys and labels."""
+    --webp, JPEG with --jpeg) as tiles that a crop decodes only where it needs them; same shards,
+    keys and labels."""
     import time
 
     from imaginet_shards.ops.retile import RetileOptions
     from imaginet_shards.ops.retile import retile as run_retile
     started = time.monotonic()
-    manifest = run_retile(RetileOptions(source=src, out=dest, tile=tile, webp=webp,
+    manifest = run_retile(RetileOptions(source=src, out=dest, tile=tile, webp=webp, jpeg=jpeg,
                                         workers=workers, overwrite=overwrite))
     tiled = len(manifest.options["retile"]["pixels_sha256"])
     click.echo(f"{dest}: {manifest.samples} samples ({tiled} tiled, {tile}-px tiles) in "
