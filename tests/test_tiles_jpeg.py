@@ -170,5 +170,8 @@ def test_a_jpeg_no_loader_decodes_stops_retile_jpeg_with_its_key(layouts, tmp_pa
         retile(RetileOptions(source=str(damaged), out=tmp_path / "out", jpeg=True, workers=1,
                              progress=False))
     assert not list((tmp_path / "out").glob("*.tar"))
-    result = CliRunner().invoke(main, ["retile", str(damaged), str(tmp_path / "kept"), "--workers", "1"])
+    runner = CliRunner()
+    result = runner.invoke(main, ["retile", str(damaged), str(tmp_path / "cli"), "--jpeg", "--workers", "1"])
+    assert result.exit_code == 2 and victim["key"] in result.output, result.output
+    result = runner.invoke(main, ["retile", str(damaged), str(tmp_path / "kept"), "--workers", "1"])
     assert result.exit_code == 0, result.output
