@@ -24,6 +24,7 @@ from imaginet_shards.errors import SampleError
 from imaginet_shards.io.shardset import load_index, open_shard_set, read_samples
 from imaginet_shards.loaders.factory import make_loader
 from imaginet_shards.ops.retile import RetileOptions, retile
+from imaginet_shards.ops.stats import format_report, inspect
 from imaginet_shards.ops.verify import verify
 
 SIZES = [(150, 210), (80, 120), (300, 130), (97, 97), (200, 260), (64, 300)]
@@ -71,9 +72,11 @@ def test_retile_jpeg_tiles_every_jpeg_as_decode_gives_it(layouts) -> None:
         meta, source_meta = json.loads(y.meta), json.loads(x.meta)
         assert meta["source"]["format"] == source_meta["format"] == x.image_ext.replace("jpg", "jpeg")
         assert meta["source"]["bytes"] == len(x.image)
+        assert meta["source"]["sha256"] == source_meta["sha256"] == hashlib.sha256(x.image).hexdigest()
         if x.image_ext == "jpg":
             modes.add(Image.open(io.BytesIO(x.image)).mode)
     assert modes == {"RGB", "L", "CMYK"}
+    assert "layout: tiled, 24 images (png/jpg) as 64-px" in format_report(inspect(str(tiled)))
 
 
 def test_verify_passes_and_catches_a_damaged_jpeg_tile(layouts, tmp_path) -> None:
