@@ -59,7 +59,7 @@ class RetileOptions:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
 
 
-def tiled_formats(webp: bool, jpeg: bool = False) -> tuple[str, ...]:
+def tiled_formats(webp: bool, jpeg: bool) -> tuple[str, ...]:
     """The image members (extensions) `retile` tiles."""
     return ("png", *(("webp",) if webp else ()), *(("jpg",) if jpeg else ()))
 
