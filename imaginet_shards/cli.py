@@ -285,19 +285,24 @@ def perturb(src: str, dest: Path, layout: str, annotation_files: tuple[Path, ...
               help="How each tile's filtered rows are compressed: zstd-rows (fastest to decode) or "
                    "zlib-rows (the earlier layout's codec).")
 @click.option("--webp", is_flag=True, help="Tile WebP images too (lossy ones decoded once); "
-                                           "without it they keep their bytes, as JPEGs do.")
+                                           "without it they keep their bytes.")
+@click.option("--jpeg", is_flag=True, help="Tile JPEG images too (decoded once, as the loaders "
+                                           "decode them): more bytes, less CPU per crop; without "
+                                           "it they keep their bytes.")
 @click.option("--workers", default=2, show_default=True, help="Processes writing shards.")
 @click.option("--overwrite", is_flag=True, help="Replace a shard set already at DEST.")
-def retile(src: str, dest: Path, tile: int, codec: str, webp: bool, workers: int, overwrite: bool
-           ) -> None:
+def retile(src: str, dest: Path, tile: int, codec: str, webp: bool, jpeg: bool, workers: int,
+           overwrite: bool) -> None:
     """Write the tiled training layout of the shard set SRC at DEST: PNG images (and WebP with
-    --webp) as tiles that a crop decodes only where it needs them; same shards, keys and labels."""
+    --webp, JPEG with --jpeg) as tiles that a crop decodes only where it needs them; same shards,
+    keys and labels."""
     import time
 
     from imaginet_shards.ops.retile import RetileOptions
     from imaginet_shards.ops.retile import retile as run_retile
     started = time.monotonic()
     manifest = run_retile(RetileOptions(source=src, out=dest, tile=tile, codec=codec, webp=webp,
+                                        jpeg=jpeg,
                                         workers=workers, overwrite=overwrite))
     tiled = len(manifest.options["retile"]["pixels_sha256"])
     click.echo(f"{dest}: {manifest.samples} samples ({tiled} tiled, {tile}-px {codec} tiles) in "

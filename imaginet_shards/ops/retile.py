@@ -1,7 +1,10 @@
 """`retile`: the tiled training layout, a shard set derived from another in which each PNG image
-(and, with `webp`, each WebP image, decoded once) is stored as independently decodable tiles in one
-`{key}.tiles` member (`format.tiles`, `codecs.tiles`; "zstd-rows" tiles unless asked for another
-codec), so that a random crop inflates only the tiles that cover it. JPEG images (and WebP without `webp`) keep their bytes and their `.json` unchanged.
+(and, with `webp`/`jpeg`, each WebP/JPEG image, decoded once) is stored as independently decodable
+tiles in one `{key}.tiles` member (`format.tiles`, `codecs.tiles`; "zstd-rows" tiles unless asked
+for another codec), so that a random crop inflates only the tiles that cover it. The formats not
+tiled keep their bytes and their `.json` unchanged.
+Tiling a lossy image trades bytes (lossless pixels) for the CPU its window decoder spends on every
+crop (libjpeg-turbo entropy-decodes every row above a JPEG crop).
 
 Same shards, keys, order and labels as the source; each output shard is made from one source shard
 alone (temporary name, then renamed), so the result does not depend on the number of workers. The
@@ -40,14 +43,15 @@ from imaginet_shards.ops.perturb import Labels, Members, prepare_destination, re
 class RetileOptions:
     """What `retile` does: `source` (a shard set directory, manifest path or URL) to the local
     directory `out`, with `tile`-pixel tiles stored with `codec` (a name in
-    `format.tiles.TILE_CODECS`), WebP images tiled too when `webp`, in `workers` processes (1: in
-    this process)."""
+    `format.tiles.TILE_CODECS`), WebP images tiled too when `webp`, JPEG images when `jpeg`, in
+    `workers` processes (1: in this process)."""
 
     source: str
     out: Path
     tile: int = 128
     codec: str = DEFAULT_CODEC
     webp: bool = False
+    jpeg: bool = False
     workers: int = 1
     overwrite: bool = False
     progress: bool = True
@@ -60,9 +64,9 @@ class RetileOptions:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
 
 
-def tiled_formats(webp: bool) -> tuple[str, ...]:
-    """The image members `retile` tiles."""
-    return ("png", "webp") if webp else ("png",)
+def tiled_formats(webp: bool, jpeg: bool) -> tuple[str, ...]:
+    """The image members (extensions) `retile` tiles."""
+    return ("png", *(("webp",) if webp else ()), *(("jpg",) if jpeg else ()))
 
 
 def tile_image(data: bytes, tile: int, codec: str = DEFAULT_CODEC) -> tuple[bytes, str, int, int]:
@@ -71,11 +75,12 @@ def tile_image(data: bytes, tile: int, codec: str = DEFAULT_CODEC) -> tuple[byte
     return encode_tiles(pixels, tile, codec), pixels_sha256(pixels), pixels.shape[0], pixels.shape[1]
 
 
-def retile_shard(shards: ShardSet, number: int, out: str, tile: int, webp: bool,
+def retile_shard(shards: ShardSet, number: int, out: str, tile: int, formats: tuple[str, ...],
                  codec: str = DEFAULT_CODEC) -> tuple[dict, dict[str, str]]:
     """Write the tiled copy of shard `number` (see `perturb.rewrite_shard`); return its manifest
-    entry as a dict and {key: pixels sha256} of the images it tiled. Runs in a worker."""
-    formats, pixels = tiled_formats(webp), {}
+    entry as a dict and {key: pixels sha256} of the images it tiled (those whose member extension
+    is in `formats`). Runs in a worker."""
+    pixels: dict[str, str] = {}
 
     def tiled(record: Record, labels: Labels) -> Members:
         if record.image_ext not in formats:
@@ -96,9 +101,9 @@ def retile(options: RetileOptions) -> Manifest:
     shards = open_shard_set(options.source)
     out = prepare_destination(options.out, shards, options.overwrite)
     count = len(shards.manifest.shards)
+    formats = tiled_formats(options.webp, options.jpeg)
     columns: list[list[Any]] = [[shards] * count, list(range(count)), [str(out)] * count,
-                                [options.tile] * count, [options.webp] * count,
-                                [options.codec] * count]
+                                [options.tile] * count, [formats] * count, [options.codec] * count]
     entries, pixels = [], {}
     with ExitStack() as stack:
         results = worker_map(retile_shard, columns, options.workers, stack)
@@ -107,7 +112,7 @@ def retile(options: RetileOptions) -> Manifest:
             entries.append(ShardEntry(**entry))
             pixels.update(shard_pixels)
     source = shards.manifest
-    recipe = {"tile": options.tile, "codec": options.codec, "formats": list(tiled_formats(options.webp)),
+    recipe = {"tile": options.tile, "codec": options.codec, "formats": list(formats),
               "source_manifest_sha256": shards.manifest.sha256,
               "source_plan_sha256": source.plan_sha256}
     manifest = build_manifest(

@@ -104,16 +104,18 @@ def rewrite_shard(tar_path: Path, edit: Callable[[str, Members], Members]) -> No
     tar_path.with_suffix(".idx").write_text(index)
 
 
-def pack_arrays(dest: Path, arrays: Sequence[tuple[np.ndarray, str]], *, max_count: int = 7) -> Path:
-    """Save HWC uint8 `arrays`, each in its format ("jpg", "png" or "webp"; lossy ones at quality
-    90) with cycling labels, and pack them into dest/shards (returned)."""
+def pack_arrays(dest: Path, arrays: Sequence[tuple[np.ndarray | Image.Image, str]], *,
+                max_count: int = 7) -> Path:
+    """Save HWC uint8 `arrays` (or Pillow images: grey, CMYK), each in its format ("jpg", "png" or
+    "webp"; lossy ones at quality 90) with cycling labels, and pack them into dest/shards (returned)."""
     root = dest / "src"
     (root / "img").mkdir(parents=True, exist_ok=True)
     lines = []
     for i, (array, fmt) in enumerate(arrays):
         relative = f"img/{i:05d}.{fmt}"
         options = {"quality": 90} if fmt in ("jpg", "webp") else {}
-        Image.fromarray(array).save(root / relative, PIL_FORMATS[fmt], **options)
+        image = array if isinstance(array, Image.Image) else Image.fromarray(array)
+        image.save(root / relative, PIL_FORMATS[fmt], **options)
         lines.append(format_line(relative, labels_for(i % 4, i % 9)))
     annotations = root / "annotations.txt"
     annotations.write_text("\n".join(lines) + "\n")
