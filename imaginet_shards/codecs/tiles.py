@@ -8,8 +8,8 @@ Each tile holds the rows OpenCV's PNG encoder filters, without PNG's chunks and 
 
 - "zstd-rows" (written by default): one zstd frame recording its content size and checksum,
   decompressed whole into exactly the tile's size and checked against its checksum; about twice as
-  fast as "zlib-rows" for the same size. zstd decodes a block (up to 128 KiB of rows) whole, and a
-  128-pixel tile's 49 KB are one block: stopping early saves nothing (measured: slower).
+  fast as "zlib-rows" for 1-2 % more bytes. zstd decodes a block (up to 128 KiB of rows) whole, and a
+  128-pixel tile's 49 KB are one block: stopping early saves nothing (measured: no faster).
 - "zlib-rows": one zlib stream, inflated by zlib-ng only down to the window's last row. A tile
   inflated to its end is checked against its zlib checksum and must end there; a partial one only
   for well-formed deflate data (as any ROI decoder: `verify` decodes every tile whole).
