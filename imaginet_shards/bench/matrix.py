@@ -23,7 +23,7 @@ from imaginet_shards.bench.stages import decode_only, format_counts, read_images
 
 STAGES = ("tar", "decode", "full")
 PACKAGES = ("torch", "torchvision", "nvidia-dali-cuda120", "nvidia-dali-cuda110", "webdataset",
-            "numpy", "pillow", "numba", "zlib-ng", "webp", "nvidia-nvimgcodec-cu12")
+            "numpy", "pillow", "numba", "zlib-ng", "zstandard", "webp", "nvidia-nvimgcodec-cu12")
 
 
 @dataclass(frozen=True)
