@@ -13,7 +13,7 @@ import torch
 import zstandard
 from click.testing import CliRunner
 
-from helpers.shardsets import pack_arrays, rewrite_shard
+from helpers.shardsets import epoch_batches, pack_arrays, rewrite_shard
 from helpers.trees import textured
 from imaginet_shards.augment.cpu import decode
 from imaginet_shards.cli import main
@@ -197,17 +197,8 @@ def test_loaders_give_the_same_batches_from_both_layouts(layouts, backend, prese
     if backend == "dali":
         pytest.importorskip("nvidia.dali")
 
-    def batches(path: Path) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        loader = make_loader(path, backend=backend, preset=preset, batch_size=6, rank=0,
-                             world_size=1, seed=5, workers=1, device="cpu")
-        loader.set_epoch(1)
-        try:
-            return [(images.clone(), labels.clone()) for images, labels in loader]
-        finally:
-            loader.close()
-
     source, tiled = layouts
-    original, copy = batches(source), batches(tiled)
+    original, copy = epoch_batches(source, backend, preset), epoch_batches(tiled, backend, preset)
     assert len(original) == len(copy) == 4
     for (images_a, labels_a), (images_b, labels_b) in zip(original, copy):
         assert torch.equal(labels_a, labels_b)

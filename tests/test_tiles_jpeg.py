@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from helpers.shardsets import pack_arrays, rewrite_shard
+from helpers.shardsets import epoch_batches, pack_arrays, rewrite_shard
 from helpers.trees import textured
 from imaginet_shards.augment.cpu import decode
 from imaginet_shards.augment.spec import get_preset
@@ -22,7 +22,6 @@ from imaginet_shards.cli import main
 from imaginet_shards.codecs.tiles import decode_tiles, encode_tiles, pixels_sha256
 from imaginet_shards.errors import SampleError
 from imaginet_shards.io.shardset import load_index, open_shard_set, read_samples
-from imaginet_shards.loaders.factory import make_loader
 from imaginet_shards.ops.retile import RetileOptions, retile
 from imaginet_shards.ops.stats import format_report, inspect
 from imaginet_shards.ops.verify import verify
@@ -106,20 +105,10 @@ def test_verify_passes_and_catches_a_damaged_jpeg_tile(layouts, tmp_path) -> Non
         ("", "sha256 differs from the manifest")}
 
 
-def _batches(path: Path, backend: str, preset: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    loader = make_loader(path, backend=backend, preset=preset, batch_size=6, rank=0,
-                         world_size=1, seed=5, workers=1, device="cpu")
-    loader.set_epoch(1)
-    try:
-        return [(images.clone(), labels.clone()) for images, labels in loader]
-    finally:
-        loader.close()
-
-
 @pytest.mark.parametrize("preset", ["train", "eval", "calibration"])
 def test_cpu_loader_gives_the_same_batches_from_both_layouts(layouts, preset) -> None:
     source, tiled = layouts
-    original, copy = _batches(source, "cpu", preset), _batches(tiled, "cpu", preset)
+    original, copy = epoch_batches(source, "cpu", preset), epoch_batches(tiled, "cpu", preset)
     assert len(original) == len(copy) == 4
     for (images_a, labels_a), (images_b, labels_b) in zip(original, copy):
         assert torch.equal(labels_a, labels_b)
@@ -135,7 +124,7 @@ def test_dali_cpu_gives_the_same_batches_from_both_layouts(layouts, preset) -> N
     (train) carry such differences further, so CMYK is compared under eval only."""
     pytest.importorskip("nvidia.dali")
     source, tiled = layouts
-    original, copy = _batches(source, "dali", preset), _batches(tiled, "dali", preset)
+    original, copy = epoch_batches(source, "dali", preset), epoch_batches(tiled, "dali", preset)
     assert len(original) == len(copy) == 4
     spec = get_preset(preset)
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (spec.mean, spec.std))

@@ -22,6 +22,7 @@ from PIL import Image
 
 from imaginet_shards.format.annotations import GENERATOR_FAMILY, REAL_FAMILY, REAL_GENERATOR, format_line
 from imaginet_shards.format.tar import ShardWriter, split_member_name
+from imaginet_shards.loaders.factory import make_loader
 from imaginet_shards.ops.pack import PackOptions, pack
 
 # Labels are fixed by (content, generator): origin and family follow from the generator.
@@ -122,3 +123,16 @@ def pack_arrays(dest: Path, arrays: Sequence[tuple[np.ndarray | Image.Image, str
     pack(PackOptions(root=root, annotations=annotations, out=dest / "shards", max_count=max_count,
                      workers=1, progress=False))
     return dest / "shards"
+
+
+def epoch_batches(path: Path, backend: str, preset: str, seed: int = 5, epoch: int = 1
+                  ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every (images, labels) batch of one epoch of the shard set at `path` (batch 6, one worker,
+    on the CPU): what tests compare across layouts and backends."""
+    loader = make_loader(path, backend=backend, preset=preset, batch_size=6, rank=0,
+                         world_size=1, seed=seed, workers=1, device="cpu")
+    loader.set_epoch(epoch)
+    try:
+        return [(images.clone(), labels.clone()) for images, labels in loader]
+    finally:
+        loader.close()
