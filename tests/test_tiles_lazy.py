@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,6 +162,19 @@ def test_a_shard_cut_after_its_index_was_read_is_an_error_naming_the_tile(tiled,
             decode_window(record.tiled, 0, 0, header.height, header.width)
     with pytest.raises(ValueError, match="closed file"):  # never a recycled descriptor
         record.tiled.read_tiles(0, 0, 0)
+
+
+def test_a_shard_cut_inside_a_long_tile_header_says_so(tiled, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(shardset, "TILES_PREFIX", 40)  # the rest of the header: a second read
+    dest = copy_of(tiled, tmp_path)
+    shards = open_shard_set(str(dest))
+    indexes = {0: load_index(shards, shards.manifest.shards[0])}
+    cut(dest / shards.manifest.shards[0].name, indexes[0], 1, 60)  # inside its 128-byte header
+    with ShardFiles(shards) as files:
+        record = read_batch(shards, indexes, [0], [1], files)[0]
+    assert record.tiled is None
+    assert re.search(r"member \S+\.tiles: the shard ends \d+ bytes before the end of the tile "
+                     r"header \(truncated", record.error), record.error
 
 
 def open_files() -> list[str]:

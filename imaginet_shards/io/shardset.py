@@ -35,7 +35,7 @@ from imaginet_shards.format.tar import (
     parse_index,
     split_member_name,
 )
-from imaginet_shards.format.tiles import TiledImage, header_size, read_header
+from imaginet_shards.format.tiles import TiledImage, TileHeaderError, header_size, read_header
 from imaginet_shards.io import storage
 from imaginet_shards.io.cache import DEFAULT_CACHE_BYTES, ShardCache
 
@@ -377,4 +377,7 @@ def _tiled_image(file: BinaryIO, entry: IndexEntry, prefix: memoryview) -> Tiled
     size = header_size(prefix, entry.size, MAX_PIXELS)
     if size > len(prefix):
         prefix = memoryview(os.pread(file.fileno(), size, entry.offset))
+        if len(prefix) < size:
+            raise TileHeaderError(f"the shard ends {size - len(prefix)} bytes before the end of the "
+                                  "tile header (truncated after its index was read?)")
     return TiledImage(read_header(prefix, MAX_PIXELS, entry.size), file, entry.offset)
