@@ -21,7 +21,7 @@ from PIL import Image
 from scipy.stats import chi2_contingency, ks_2samp
 
 from helpers import reference as ref
-from imaginet_shards.augment.cpu import apply_op, apply_ops, augment
+from imaginet_shards.augment.cpu import apply_ops, augment
 from imaginet_shards.augment.decisions import (
     BlurOp,
     CompressOp,
@@ -249,7 +249,7 @@ def _image(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 def _apply(image: np.ndarray, op: Op) -> np.ndarray:
     """Our CPU operation on an HWC array."""
-    return apply_op(torch.from_numpy(image).permute(2, 0, 1), op).permute(1, 2, 0).numpy()
+    return apply_ops(torch.from_numpy(image).permute(2, 0, 1), (op,)).permute(1, 2, 0).numpy()
 
 
 def _levels(a: np.ndarray, b: np.ndarray) -> int:

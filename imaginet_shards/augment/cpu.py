@@ -90,11 +90,6 @@ def encode(image: torch.Tensor, fmt: str, quality: int | None = None) -> bytes:
     return out.getvalue()
 
 
-def apply_op(image: torch.Tensor, op: Op) -> torch.Tensor:
-    """Execute one operation on a uint8 [3, H, W] image."""
-    return apply_ops(image, (op,))
-
-
 def _apply_array(image: np.ndarray, op: Op) -> np.ndarray:
     """Execute one operation on a uint8 HWC array: crops, rotations and flips are views."""
     if isinstance(op, CropOp):
