@@ -71,10 +71,12 @@ def test_perturbations_do_not_depend_on_worker_count(shards):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_output_contract(shards):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_output_contract(shards, workers):
     loader = make_loader(shards, backend="cpu", preset="train", batch_size=5, rank=0, world_size=1,
-                         workers=0)
-    images, labels = next(iter(loader))
+                         workers=workers)
+    with loader:
+        images, labels = next(iter(loader))
     assert images.shape == (5, 3, 96, 96) and images.dtype == torch.float32
     assert labels.shape == (5, 4) and labels.dtype == torch.int64
     assert -2.2 < float(images.min()) and float(images.max()) < 2.7  # ImageNet-normalised

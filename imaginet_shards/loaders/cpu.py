@@ -4,8 +4,8 @@ The rank delivers `world.rank_order` (the same samples and batches as the DALI b
 worker w makes batches w, w + workers, ... (the DataLoader hands them over in order), reading each
 batch's samples through the index offsets (`io.shardset.read_batch`), decoding and perturbing them
 (decisions keyed by (seed, epoch, key): independent of worker count) and shipping whole batches
-with labels and keys (normalised by the worker for the CPU; uint8, normalised on the device, for a
-GPU). Any batch can be made without reading the ones before it, which is what makes resuming
+with labels and keys (uint8 images, normalised by the main process on the training device). Any
+batch can be made without reading the ones before it, which is what makes resuming
 (`load_state_dict`) cost nothing but the index. Unusable samples travel as tombstones through the
 buffer, so batch counts never change: with `on_error="skip"` a batch is just smaller, and the
 skipped samples are listed in `loader.skipped`; with "raise" the main process raises a SampleError
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import multiprocessing
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -61,13 +61,12 @@ def _prepare(record: Record, config: LoaderConfig, epoch: int) -> _Item:
 
 
 def _collate(items: list[_Item], size: int, epoch: int):
-    """(uint8 images [n,3,S,S], int64 labels [n,4], keys, skipped records) of one batch."""
+    """(uint8 images [n,3,S,S] tensor, int64 labels [n,4] array, keys, skipped records) of a batch."""
     kept = [(item.key, item.image, item.labels) for item in items
             if item.image is not None and item.labels is not None]
     images = (torch.stack([image for _, image, _ in kept]) if kept
               else torch.empty((0, 3, size, size), dtype=torch.uint8))
-    labels = torch.from_numpy(np.stack([label for _, _, label in kept]) if kept
-                              else np.empty((0, 4), dtype=np.int64))
+    labels = np.stack([label for _, _, label in kept]) if kept else np.empty((0, 4), dtype=np.int64)
     skipped = [SkippedSample(i.shard, i.key, i.error, epoch) for i in items if i.image is None]
     return images, labels, [key for key, _, _ in kept], skipped
 
@@ -78,7 +77,6 @@ def worker_batches(shards: ShardSet, config: LoaderConfig, order: RankOrder, epo
     on_error="raise" a batch's unusable sample that comes first in its shard (for a truncated shard:
     where the cut is) ends the worker's stream as a batch of its tombstone."""
     indexes: dict[int, ShardIndex] = {}
-    normalise_here = torch.device(config.device).type == "cpu"  # on this worker's one thread
     for number in range(worker, len(order), workers):
         with ShardFiles(shards) as files:  # per batch: tiled images read lazily until decoded
             items = [_prepare(record, config, epoch)
@@ -87,10 +85,13 @@ def worker_batches(shards: ShardSet, config: LoaderConfig, order: RankOrder, epo
         if bad and config.on_error == "raise":
             yield _collate([min(bad, key=lambda item: (item.shard, item.key))], config.preset.size, epoch)
             return
-        images, labels, keys, skipped = _collate(items, config.preset.size, epoch)
-        if normalise_here:
-            images = normalize(images, config.preset)
-        yield images, labels, keys, skipped
+        yield _collate(items, config.preset.size, epoch)
+
+
+def _as_shipped(batch: Any) -> Any:
+    """The DataLoader's conversion step, left out: labels stay a numpy array, pickled with the
+    batch instead of costing a shared-memory segment of their own."""
+    return batch
 
 
 class _Position:
@@ -132,8 +133,9 @@ class _EpochStream(IterableDataset):
 class CpuLoader(EpochLoader):
     """Iterates (images float32 [N,3,S,S] normalised, labels int64 [N,4]) on `config.device`.
 
-    Batches bound for a GPU travel as uint8 and are normalised there; for the CPU each worker
-    normalises its own (numpy, on its one thread), leaving the main process only the hand-over.
+    Workers ship uint8 images (one shared-memory segment a batch) and numpy labels (pickled with
+    the batch); the main process normalises on the device. A float32 batch would cost workers and
+    main process about four times the shared memory, more than the normalisation it saves them.
 
     `len()` is the batch count of every rank; `set_epoch` reshuffles; `skipped` lists the samples
     dropped so far with `on_error="skip"`; `batches()` also yields each batch's sample keys.
@@ -144,7 +146,7 @@ class CpuLoader(EpochLoader):
         self._position = _Position(config.epoch)
         self._loader = DataLoader(
             _EpochStream(shards, config, self._position), batch_size=None,
-            num_workers=config.workers, worker_init_fn=WorkerGuard(),
+            collate_fn=_as_shipped, num_workers=config.workers, worker_init_fn=WorkerGuard(),
             persistent_workers=config.workers > 0, pin_memory=config.device.startswith("cuda"))
 
     def batches(self) -> Iterator[Batch]:
@@ -162,9 +164,8 @@ class CpuLoader(EpochLoader):
                 raise SampleError(bad.shard, bad.key, bad.reason,
                                   hint="pass on_error='skip' to drop such samples")
             self._skipped.extend(skipped)
-            if images.dtype == torch.uint8:
-                images = normalize(images.to(device, non_blocking=True), self.config.preset)
-            yield Batch(images, labels.to(device, non_blocking=True), list(keys))
+            images = normalize(images.to(device, non_blocking=True), self.config.preset)
+            yield Batch(images, torch.from_numpy(labels).to(device, non_blocking=True), list(keys))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for batch in self.batches():
