@@ -12,16 +12,21 @@ operator (each has its own thread pool, codec state and buffers).
 
 The same graph runs on the CPU (`decode_device="cpu"`) and on a GPU (`decode_device="mixed"`):
 every operator after the decoder follows its input's device, so nothing else changes.
+
+With conditionals enabled, DALI's AutoGraph rewrites every function the pipeline calls (about
+0.1 s each; building a pipeline took about 5 s). Only the functions on a path to a per-sample `if`
+need it; the others are marked `do_not_convert`, and such a function must never call one that
+holds a per-sample `if` (it would run unrewritten and fail on the `if`).
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any
 
 import nvidia.dali.math as dmath
 from nvidia.dali import fn, types
+from nvidia.dali.pipeline import do_not_convert
 
 from imaginet_shards.augment.dali_decode import Decoder, decoder_arguments, pixel_view
 from imaginet_shards.augment.dali_nodes import (
@@ -95,6 +100,7 @@ class _Builder:
             return self.branch(view, step, name)
         raise ValueError(f"unknown preset step {step!r}")
 
+    @do_not_convert
     def _record(self, name: str | None, value: DataNode, dtype: Any = types.INT32) -> None:
         if name is not None:
             self.decisions[name] = fn.cast(value, dtype=dtype)
@@ -104,19 +110,20 @@ class _Builder:
         if view.cropped:  # mirror at this view's borders, not the source's
             view = pixel_view(self.decoder.pixels(view))
         height, width = dmath.max(view.height, size), dmath.max(view.width, size)
-        return replace(view, top=view.top - (height - view.height) // 2,
-                       left=view.left - (width - view.width) // 2, height=height, width=width,
-                       padded=True, cropped=True)
+        return view.moved(top=view.top - (height - view.height) // 2,
+                          left=view.left - (width - view.width) // 2, height=height, width=width,
+                          padded=True, cropped=True)
 
     @staticmethod
+    @do_not_convert
     def crop(view: View, step: Crop) -> View:
         size = step.size
         if step.random:
             top, left = randint(view.height - size + 1), randint(view.width - size + 1)
         else:
             top, left = (view.height - size) // 2, (view.width - size) // 2
-        return replace(view, top=view.top + top, left=view.left + left, height=size, width=size,
-                       cropped=True)
+        return view.moved(top=view.top + top, left=view.left + left, height=size, width=size,
+                          cropped=True)
 
     def square_resize(self, view: View, step: SquareResize, name: str | None) -> View:
         """The resized window for samples whose coin came up, the view itself for the others:
@@ -129,9 +136,9 @@ class _Builder:
         side = step.min_side + randint(dmath.max(short, step.min_side) - step.min_side + 1)
         self._record(name and f"{name}.side", side)
         padded = self.pad(view, side)
-        window = replace(padded, top=padded.top + randint(padded.height - side + 1),
-                         left=padded.left + randint(padded.width - side + 1), height=side,
-                         width=side)
+        window = padded.moved(top=padded.top + randint(padded.height - side + 1),
+                              left=padded.left + randint(padded.width - side + 1), height=side,
+                              width=side)
         interpolation = {"linear": types.INTERP_LINEAR, "cubic": types.INTERP_CUBIC,
                          "lanczos4": types.INTERP_LANCZOS3}.get(step.interpolation)
         if interpolation is None:  # "auto": Lanczos when shrinking, cubic otherwise
@@ -147,6 +154,7 @@ class _Builder:
         return pixel_view(image)
 
     @staticmethod
+    @do_not_convert
     def resize(image: DataNode, size: int, interpolation: Any) -> DataNode:
         """OpenCV-style resizing: sample at pixel centres, no antialiasing."""
         return fn.resize(image, size=[size, size], interp_type=interpolation, antialias=False)
@@ -155,6 +163,7 @@ class _Builder:
         window = self.resized_crop_window(view, step, name)
         return pixel_view(self.resize(self.decoder.pixels(window), step.size, types.INTERP_LINEAR))
 
+    @do_not_convert
     def resized_crop_window(self, view: View, step: ResizedCrop, name: str | None) -> View:
         """albumentations' RandomResizedCrop's window: the first of 10 (area, aspect) tries that
         fits, else a centred crop of the whole view clamped to the aspect range."""
@@ -175,8 +184,8 @@ class _Builder:
         left = where(found, randint(width - crop_w + 1), (width - crop_w) // 2)
         self._record(name and f"{name}.height", crop_h)
         self._record(name and f"{name}.width", crop_w)
-        return replace(view, top=view.top + top, left=view.left + left, height=crop_h,
-                       width=crop_w, cropped=True)
+        return view.moved(top=view.top + top, left=view.left + left, height=crop_h,
+                          width=crop_w, cropped=True)
 
     def one_of(self, view: View, step: OneOf, name: str | None) -> View:
         image = self.decoder.pixels(view)
@@ -191,6 +200,7 @@ class _Builder:
                 image = self.degrade(image, option, drawn[index])
         return pixel_view(image)
 
+    @do_not_convert
     def draw(self, option: Degradation, name: str | None) -> dict[str, DataNode]:
         """The per-sample parameters of one degradation (recorded as `name`.parameter)."""
         if isinstance(option, Compress):
@@ -211,6 +221,7 @@ class _Builder:
         return params
 
     @staticmethod
+    @do_not_convert
     def degrade(image: DataNode, option: Degradation, params: dict[str, DataNode]) -> DataNode:
         if isinstance(option, Compress):  # JPEG for WebP too; red and blue swapped as OpenCV's
             swapped = fn.color_space_conversion(image, image_type=types.RGB, output_type=types.BGR)

@@ -15,23 +15,27 @@ from collections.abc import Mapping
 from typing import Any
 
 from nvidia.dali import fn, types
+from nvidia.dali.pipeline import do_not_convert
 
 from imaginet_shards.augment.dali_nodes import DataNode, View, extent, outputs, pair, reflect
 from imaginet_shards.augment.spec import Crop, PadTo, Preset
 from imaginet_shards.codecs.windows import WindowDecoder
 
 
+@do_not_convert
 def pixel_view(image: DataNode) -> View:
     """The whole of decoded HWC pixels."""
     return View.whole(image, False, image.shape(dtype=types.INT32))
 
 
+@do_not_convert
 def deterministic(preset: Preset) -> bool:
     """Whether `preset` draws nothing (only padding and centred crops, e.g. `eval`)."""
     return all(isinstance(step, PadTo) or (isinstance(step, Crop) and not step.random)
                for step in preset.steps)
 
 
+@do_not_convert
 def decoder_arguments(preset: Preset, decode_device: str) -> dict[str, Any]:
     """The decoder's extra arguments for `preset` on `decode_device`. With "mixed": nvJPEG with
     libjpeg-turbo's chroma upsampling; for deterministic presets no hardware JPEG decoder
@@ -61,6 +65,7 @@ class Decoder:
         self.decoder = {"device": decode_device, "adjust_orientation": False,
                         "output_type": types.RGB, **decoder_args}
 
+    @do_not_convert
     def encoded_view(self, encoded: DataNode, shapes: DataNode | None = None) -> View:
         """The whole of the encoded images, of the given `shapes` or the ones DALI peeks at."""
         if shapes is None:
@@ -119,6 +124,7 @@ class Decoder:
             image = self.decode_slice(encoded, start, shape)
         return image
 
+    @do_not_convert
     def decode_slice(self, encoded: DataNode, start: DataNode, shape: DataNode) -> DataNode:
         """DALI's own decoder on the window: on the CPU a true ROI decode for JPEG; on a GPU a
         whole-image nvJPEG decode, then the window is cut on the GPU (nvImageCodec hands an ROI

@@ -1,27 +1,32 @@
 """Per-sample arithmetic for the DALI graph (`augment.dali`): integer draws, selections,
 reflect-101 padding built from slices, flips and concatenation (DALI has no mirrored border), and
-the lazy window (`View`) that geometry steps move before any pixel exists."""
+the lazy window (`View`) that geometry steps move before any pixel exists. None of them holds a
+per-sample `if`: all are kept from AutoGraph's rewriting (`do_not_convert`, see `augment.dali`)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import nvidia.dali.math as dmath
 from nvidia.dali import fn, types
 from nvidia.dali.data_node import DataNode as DaliNode
+from nvidia.dali.pipeline import do_not_convert
 
 DataNode = Any  # nvidia.dali.pipeline.DataNode (or a Python int where a value is static)
 
 
+@do_not_convert
 def as_int(node: DataNode) -> DataNode:
     return fn.cast(node, dtype=types.INT32)
 
 
+@do_not_convert
 def coin(p: float) -> DataNode:
     return fn.random.coin_flip(probability=p, dtype=types.BOOL)
 
 
+@do_not_convert
 def randint(count: DataNode) -> DataNode:
     """Uniform integer in [0, count) per sample (count >= 1, a DataNode or int)."""
     scale = float(count) if isinstance(count, int) else fn.cast(count, dtype=types.FLOAT)
@@ -29,16 +34,19 @@ def randint(count: DataNode) -> DataNode:
     return dmath.min(draw, count - 1)
 
 
+@do_not_convert
 def where(condition: DataNode, a: DataNode, b: DataNode) -> DataNode:
     """`a` where `condition` holds, else `b` (per sample, integers)."""
     chosen = as_int(condition)
     return chosen * a + (1 - chosen) * b
 
 
+@do_not_convert
 def uniform(low: float, high: float) -> DataNode:
     return fn.random.uniform(range=[float(low), float(high)])
 
 
+@do_not_convert
 def rounded(node: DataNode) -> DataNode:
     return as_int(dmath.floor(node + 0.5))
 
@@ -46,6 +54,7 @@ def rounded(node: DataNode) -> DataNode:
 REFLECTIONS = 5  # rounds of mirroring: a side n pads to 3**5 * (n - 1) + 1 (487 for n = 3)
 
 
+@do_not_convert
 def reflect(image: DataNode, before: DataNode, after: DataNode, axis: int) -> DataNode:
     """`image` mirrored (reflect-101) by `before` / `after` rows (axis 0) or columns (axis 1).
     Each round mirrors at most length - 1 per side, and the new ends are again mirror axes of
@@ -65,6 +74,7 @@ def reflect(image: DataNode, before: DataNode, after: DataNode, axis: int) -> Da
     return image
 
 
+@do_not_convert
 def extent(start: DataNode, size: DataNode, limit: DataNode
             ) -> tuple[DataNode, DataNode, DataNode, DataNode, DataNode]:
     """Along one axis, for a window [start, start + size) over a source [0, limit): the source
@@ -78,11 +88,13 @@ def extent(start: DataNode, size: DataNode, limit: DataNode
     return low, high, before, after, start - low + before
 
 
+@do_not_convert
 def chosen_or_none(p: float, index: DataNode) -> DataNode:
     """`index` for samples whose coin (probability p) came up, else -1."""
     return as_int(coin(p)) * (index + 1) - 1
 
 
+@do_not_convert
 def pair(a: DataNode, b: DataNode) -> DataNode:
     """[a, b] per sample, as a static list when both are Python ints."""
     if isinstance(a, int) and isinstance(b, int):
@@ -110,12 +122,19 @@ class View:
     cropped: bool = False
 
     @classmethod
+    @do_not_convert
     def whole(cls, source: DataNode, encoded: bool, shape: DataNode) -> View:
         """The whole of a source whose HWC shape is `shape`."""
         height, width = shape[0], shape[1]
         return cls(source, encoded, height, width, height * 0, width * 0, height, width)
 
+    @do_not_convert
+    def moved(self, **changes: Any) -> View:
+        """This view with `changes` (`dataclasses.replace`, kept from AutoGraph's rewriting)."""
+        return replace(self, **changes)
 
+
+@do_not_convert
 def merge(views: Sequence[View], chosen: DataNode) -> View:
     """Per sample, the window of `views[chosen]` (chosen in 0..len - 1): windows of one source
     merged before decoding, so that branches that only move the window share one decoder."""
@@ -133,6 +152,7 @@ def merge(views: Sequence[View], chosen: DataNode) -> View:
     return merged
 
 
+@do_not_convert
 def outputs(nodes: DaliNode | Sequence[DaliNode] | None, count: int) -> tuple[DataNode, ...]:
     """The `count` outputs of a DALI operator called with several outputs, checked."""
     if isinstance(nodes, DaliNode) or nodes is None or len(nodes) != count:
