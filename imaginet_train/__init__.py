@@ -15,12 +15,12 @@ from imaginet_shards import __version__
 
 _EXPORTS = {
     "TrainConfig": "imaginet_train.train", "train": "imaginet_train.train",
-    "RECIPES": "imaginet_train.train",
+    "RECIPES": "imaginet_train.catalog", "ARCHS": "imaginet_train.catalog",
     "LinearConfig": "imaginet_train.linear", "train_heads": "imaginet_train.linear",
     "load_detector": "imaginet_train.linear", "Detector": "imaginet_train.linear",
     "EvalConfig": "imaginet_train.evaluate", "evaluate": "imaginet_train.evaluate",
     "RuntimeOptions": "imaginet_train.engine",
-    "ARCHS": "imaginet_train.model", "build_model": "imaginet_train.model",
+    "build_model": "imaginet_train.model",
     "fit_platt": "imaginet_train.calibrate", "PlattScaler": "imaginet_train.calibrate",
 }
 

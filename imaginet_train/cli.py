@@ -15,8 +15,7 @@ from click.core import ParameterSource
 from imaginet_shards.bench.cli import bench_options, run_bench_command
 from imaginet_shards.cli import CommandGroup, version_option
 
-from .model import ARCHS
-from .train import RECIPES
+from .catalog import ARCHS, RECIPES
 
 RECIPE_FIELDS = frozenset(field for recipe in RECIPES.values() for field in recipe)
 

@@ -16,7 +16,8 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock
 
-ARCHS = ("resnet50nodown", "resnet50", "small")
+from .catalog import ARCHS
+
 IMAGENET = "imagenet"
 IMAGENET_WEIGHTS = torchvision.models.ResNet50_Weights.IMAGENET1K_V2
 

@@ -24,9 +24,10 @@ from imaginet_shards.augment.spec import get_preset
 from imaginet_shards.loaders import Loader, make_loader
 
 from . import dist
+from .catalog import ARCHS, RECIPES
 from .checkpoint import build_checkpoint, load_checkpoint, restore_checkpoint, save_checkpoint
 from .engine import EpochProgress, EpochStats, RuntimeOptions, StepRecord, train_one_epoch
-from .model import ARCHS, build_model
+from .model import build_model
 from .objectives import TRACKS, Classifier, CrossEntropyObjective, SelfConObjective
 from .resume import KeyLog, check_world, gathered_rng_states, restore_rank_rng
 from .runlog import RunLog
@@ -41,14 +42,6 @@ LR_STEPS = ("batch", "epoch")
 RESUMABLE_CHANGES = frozenset({"data", "out", "resume", "auto_resume", "checkpoint_every",
                                "checkpoint_every_steps", "log_every", "key_log"})
 RUNTIME_FIXED = ("amp", "channels_last")
-# `--recipe paper`: the ImagiNet authors' SelfCon run (their train.sh): 400 epochs of batch 200 at
-# 256 px from torchvision's IMAGENET1K_V2 weights, SGD, a 10-epoch LinearLR warm-up from 1e-4 x lr,
-# then cosine to 1e-3 x lr, the lr changing once per epoch.
-RECIPES: dict[str, dict[str, Any]] = {
-    "paper": dict(arch="resnet50nodown", pretrained="imagenet", epochs=400, batch_size=200, lr=0.005,
-                  momentum=0.9, weight_decay=1e-4, temperature=0.07, warmup_epochs=10.0,
-                  warmup_start_factor=1e-4, lr_step="epoch", crop=256),
-}
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Start-up: the commands that do not load data import none of the heavy libraries (pandas, torch,
-numba, OpenCV), so that `imaginet-shards --help`, `inspect` and `verify` start in a fraction of a
-second.
+numba, OpenCV), so that `imaginet-shards --help`, `inspect`, `verify` and `imaginet-train --help`
+start in a fraction of a second.
 A regression guard on what is imported, not a timed test (docs/benchmarks.md has the times)."""
 import json
 import subprocess
@@ -14,10 +14,11 @@ HEAVY = {"pandas", "torch", "numba", "cv2", "webdataset", "sklearn", "scipy"}
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _imported_by(*args: str) -> set[str]:
-    """The top-level packages imported by running `imaginet-shards ARGS` in a fresh interpreter."""
+def _imported_by(*args: str, cli: str = "imaginet_shards.cli") -> set[str]:
+    """The top-level packages imported by running `imaginet-shards ARGS` (the command line of
+    `cli`) in a fresh interpreter."""
     probe = ("import json, sys\n"
-             "from imaginet_shards.cli import main\n"
+             f"from {cli} import main\n"
              "try:\n"
              f"    main({list(args)!r}, standalone_mode=False)\n"
              "except SystemExit as exc:\n"
@@ -40,6 +41,15 @@ def test_help_imports_no_heavy_library():
     modules = _imported_by("--help")
     assert "click" in modules
     assert not (HEAVY | {"numpy"}) & modules
+
+
+def test_train_help_imports_no_heavy_library():
+    """`imaginet-train --help` lists its commands and their choices (architectures, recipes)
+    without importing torch."""
+    for args in (("--help",), ("selfcon", "--help"), ("bench", "--help")):
+        modules = _imported_by(*args, cli="imaginet_train.cli")
+        assert "click" in modules, args
+        assert not HEAVY & modules, args
 
 
 def test_inspect_and_verify_import_no_heavy_library(tmp_path):
