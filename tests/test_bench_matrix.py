@@ -91,8 +91,8 @@ def test_gpu_check_without_cuda(tmp_path):
     assert "CUDA is not available" in done.stderr
     modules = json.loads(done.stdout.split("MODULES", 1)[1])
     ours = {m for m in modules if m.startswith("imaginet")}
-    assert ours == {"imaginet_train", "imaginet_train.model", "imaginet_train.losses",
-                    "imaginet_train.dist", "imaginet_shards", "imaginet_shards.env",
+    assert ours == {"imaginet_train", "imaginet_train.model", "imaginet_train.catalog",
+                    "imaginet_train.losses", "imaginet_train.dist", "imaginet_shards", "imaginet_shards.env",
                     "imaginet_shards.cli_common", "imaginet_shards.errors"}
     assert not {"webdataset", "nvidia"} & {m.split(".")[0] for m in modules}
     assert not (tmp_path / "g.json").exists()
