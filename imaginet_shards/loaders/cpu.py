@@ -165,7 +165,10 @@ class CpuLoader(EpochLoader):
                                   hint="pass on_error='skip' to drop such samples")
             self._skipped.extend(skipped)
             images = normalize(images.to(device, non_blocking=True), self.config.preset)
-            yield Batch(images, torch.from_numpy(labels).to(device, non_blocking=True), list(keys))
+            host_labels = torch.from_numpy(labels)
+            if device.type == "cuda":  # from pageable memory the copy would wait for queued GPU work
+                host_labels = host_labels.pin_memory()
+            yield Batch(images, host_labels.to(device, non_blocking=True), list(keys))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for batch in self.batches():
