@@ -302,8 +302,7 @@ def retile(src: str, dest: Path, tile: int, codec: str, webp: bool, jpeg: bool, 
     from imaginet_shards.ops.retile import retile as run_retile
     started = time.monotonic()
     manifest = run_retile(RetileOptions(source=src, out=dest, tile=tile, codec=codec, webp=webp,
-                                        jpeg=jpeg,
-                                        workers=workers, overwrite=overwrite))
+                                        jpeg=jpeg, workers=workers, overwrite=overwrite))
     tiled = len(manifest.options["retile"]["pixels_sha256"])
     click.echo(f"{dest}: {manifest.samples} samples ({tiled} tiled, {tile}-px {codec} tiles) in "
                f"{len(manifest.shards)} shards, {manifest.totals['bytes'] / 1e6:.1f} MB in "
