@@ -65,6 +65,18 @@ def test_peak_memory_counts_its_own_cost():
     assert 0 < memory.cpu_seconds <= spent
 
 
+def test_cpu_time_without_sampling_never_runs_backwards():
+    """Read between samples, the tree's CPU time less the sampler's own only grows: a reading in
+    the middle of a sample must not count part of it that `cpu_seconds` leaves out later (that
+    ran up to a whole sample, about 30 ms here, backwards). The kernel counts a process's CPU time
+    in clock ticks and the sampler's in nanoseconds, so one tick of rounding remains."""
+    tick = 1 / os.sysconf("SC_CLK_TCK")
+    with PeakMemory(interval=0.0) as memory:
+        readings = [memory.tree_cpu_seconds() for _ in range(300)]
+    assert memory.cpu_seconds > 0
+    assert all(b >= a - tick for a, b in zip(readings, readings[1:]))
+
+
 @pytest.mark.parametrize("options,message", [
     (dict(backend="files", shards="x"), "--root and --annotations"),
     (dict(backend="cpu"), "needs a shard set"),

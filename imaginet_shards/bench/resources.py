@@ -49,14 +49,22 @@ def tree_cpu_seconds(root: int | None = None) -> float:
 
 class PeakMemory:
     """Context manager: samples `tree_memory` every `interval` seconds; `rss` and `pss` hold the
-    peaks (bytes) once it exits, `cpu_seconds` what the sampling itself cost so far."""
+    peaks (bytes) once it exits, `cpu_seconds` what the sampling itself cost so far, and
+    `tree_cpu_seconds()` the tree's CPU time without it."""
 
     def __init__(self, interval: float = 1.0):
         self.interval = interval
         self.rss = self.pss = 0
         self.cpu_seconds = 0.0
+        self._lock = threading.Lock()  # held through a sample: its cost is counted whole or not yet
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def tree_cpu_seconds(self) -> float:
+        """`tree_cpu_seconds()` of this process tree less the sampling's own CPU time, read between
+        samples (mid-sample, the tree would already hold CPU time `cpu_seconds` does not)."""
+        with self._lock:
+            return tree_cpu_seconds() - self.cpu_seconds
 
     def _sample(self) -> None:
         while True:
@@ -65,10 +73,11 @@ class PeakMemory:
                 return
 
     def _record(self) -> None:
-        start = time.thread_time()
-        rss, pss = tree_memory()
-        self.rss, self.pss = max(self.rss, rss), max(self.pss, pss)
-        self.cpu_seconds += time.thread_time() - start
+        with self._lock:
+            start = time.thread_time()
+            rss, pss = tree_memory()
+            self.rss, self.pss = max(self.rss, rss), max(self.pss, pss)
+            self.cpu_seconds += time.thread_time() - start
 
     def __enter__(self) -> PeakMemory:
         self._thread.start()

@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 
 from imaginet_shards.augment.spec import Preset, get_preset
-from imaginet_shards.bench.resources import PeakMemory, tree_cpu_seconds
+from imaginet_shards.bench.resources import PeakMemory
 
 BenchBackend = Literal["dali", "cpu", "files"]
 BACKENDS: tuple[BenchBackend, ...] = ("dali", "cpu", "files")
@@ -158,7 +158,7 @@ def run_bench(options: BenchOptions) -> BenchResult:
         for _ in range(max(options.warmup - 1, 0)):
             next(stream)
         rates, images, seconds = [], 0, 0.0
-        cpu = tree_cpu_seconds() - memory.cpu_seconds
+        cpu = memory.tree_cpu_seconds()
         for _ in range(options.repeats):
             count, begin = 0, time.perf_counter()
             for _ in range(options.batches):
@@ -166,7 +166,7 @@ def run_bench(options: BenchOptions) -> BenchResult:
             elapsed = time.perf_counter() - begin
             rates.append(count / elapsed)
             images, seconds = images + count, seconds + elapsed
-        cpu = tree_cpu_seconds() - memory.cpu_seconds - cpu
+        cpu = memory.tree_cpu_seconds() - cpu
     rate = statistics.median(rates)
     return BenchResult(options.backend, options.preset, options.resolved_preset().size,
                        options.device, options.batch_size, options.threads, options.batches,
