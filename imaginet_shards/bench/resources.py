@@ -5,6 +5,7 @@ Sampling is not free: the kernel walks every page of a process to give its PSS (
 per process with torch loaded), so the sampler keeps its own CPU time for benchmarks to subtract."""
 from __future__ import annotations
 
+import os
 import threading
 import time
 from types import TracebackType
@@ -36,9 +37,13 @@ def tree_memory(root: int | None = None) -> tuple[int, int]:
 
 def tree_cpu_seconds(root: int | None = None) -> float:
     """User + system CPU seconds of `root` (default: this process, all threads) and its live
-    descendants."""
+    descendants. This process's own time comes from its nanosecond clock, not from psutil's clock
+    ticks, so that it agrees exactly with `time.thread_time()` readings of its threads."""
     total = 0.0
     for process in _tree(root):
+        if process.pid == os.getpid():
+            total += time.process_time()
+            continue
         try:
             times = process.cpu_times()
         except psutil.NoSuchProcess:
