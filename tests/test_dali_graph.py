@@ -143,17 +143,20 @@ def test_gpu_graph_is_defined_without_a_gpu(name, windows):
     assert any("device: gpu" in spec for spec in specs)  # the rest follows the decoder
 
 
-def test_a_tiled_graph_takes_its_image_shapes_from_the_feed(tmp_path):
+@pytest.mark.parametrize("name", ["train", "eval", "calibration"])
+def test_a_tiled_graph_takes_its_image_shapes_from_the_feed(name, tmp_path):
     """DALI cannot read a `.tiles` header: the loader feeds the shapes it read while checking the
-    headers, so the graph calls Python once per batch (the window route), not once per image;
-    without fed shapes such a graph is refused."""
+    headers, so the graph calls Python once per batch (the window route, which decodes and mirrors
+    every image of a tiled set), not once per image, and has no decoder of its own, nor (where only
+    the encoded image is padded) any mirroring operator; without fed shapes such a graph is
+    refused."""
     tiled = WindowDecoder(1, tiled=True)
 
     def pipe(fed: bool):
         @pipeline_def(batch_size=2, num_threads=1, device_id=None, enable_conditionals=True)
         def pipeline():
             shapes = fn.external_source(name="shapes", ndim=1) if fed else None
-            images, _ = build_graph(fn.external_source(name="encoded"), get_preset("train"),
+            images, _ = build_graph(fn.external_source(name="encoded"), PRESETS[name](),
                                     "cpu", tiled, shapes=shapes)
             return images
 
@@ -162,7 +165,9 @@ def test_a_tiled_graph_takes_its_image_shapes_from_the_feed(tmp_path):
         return built
 
     try:
-        assert_one_decoder(pipe(True), tmp_path, windows=True)
+        types = operator_types(pipe(True), tmp_path)
+        assert not [t for t in types if t in DECODERS] and types.count("PythonFunction") == 1
+        assert ("Cat" in types) == (name == "calibration"), types  # its last PadTo pads pixels
         with pytest.raises(ValueError, match="shapes must be given"):
             pipe(False)
     finally:

@@ -267,3 +267,56 @@ def test_a_header_read_from_a_prefix_equals_the_whole_members() -> None:
         read_header(data[:100], 1 << 20, len(data))
     with pytest.raises(TileHeaderError, match="need a 268-byte header, the member has 200"):
         header_size(data[:24], 200, 1 << 20)
+
+
+def _counting_preads(monkeypatch) -> list[int]:
+    """The sizes of every `os.pread` from now on (the tiles a TiledImage reads)."""
+    sizes: list[int] = []
+    real = os.pread
+
+    def pread(fd: int, size: int, offset: int) -> bytes:
+        data = real(fd, size, offset)
+        sizes.append(len(data))
+        return data
+    monkeypatch.setattr(os, "pread", pread)
+    return sizes
+
+
+def test_dali_reads_only_the_tiles_its_crops_cover_and_closes_the_files(tiled, monkeypatch) -> None:
+    """On the DALI backend (CPU device) too, a tiled image in a local shard is read lazily: its
+    crops read only their tiles, and every shard file is closed once its run is over, also after
+    an epoch left early."""
+    pytest.importorskip("nvidia.dali")
+    shards = open_shard_set(str(tiled))
+    members = sum(e.size for i, entry in enumerate(shards.manifest.shards)
+                  for sample in load_index(shards, entry).samples for e in sample if e.ext == "tiles")
+    preads = _counting_preads(monkeypatch)
+    loader = make_loader(tiled, backend="dali", preset="train", batch_size=4, rank=0, world_size=1,
+                         seed=3, workers=2, device="cpu")
+    next(iter(loader))  # an epoch left early: its runs in flight are drained by the next
+    preads.clear()
+    loader.set_epoch(1)
+    assert sum(len(labels) for _, labels in loader) == SAMPLES
+    assert 0 < sum(preads) < members / 2
+    assert not [f for f in open_files() if f.startswith(str(tiled))]
+    loader.close()
+
+
+def test_dali_names_shard_and_key_of_a_corrupt_tile(tiled, tmp_path) -> None:
+    pytest.importorskip("nvidia.dali")
+    dest = copy_of(tiled, tmp_path)
+    shards = open_shard_set(str(dest))
+    with ShardFiles(shards) as files:
+        record = read_batch(shards, {}, [0], [0], files)[0]
+        header, entry = record.tiled.header, load_index(shards, shards.manifest.shards[0]).samples[0][0]
+    at = entry.offset + int(header.offsets[header.grid[1] + 1]) + 8  # inside tile (1, 1)
+    with open(dest / record.shard, "r+b") as stream:
+        stream.seek(at)
+        stream.write(bytes(16))
+    loader = make_loader(dest, backend="dali", preset="eval", batch_size=SAMPLES, rank=0,
+                         world_size=1, workers=2, device="cpu")
+    with pytest.raises(SampleError, match=r"tile \(1, 1\): corrupt data") as info:
+        next(iter(loader))
+    assert (info.value.shard, info.value.key) == (record.shard, record.key)
+    loader.close()
+    assert not [f for f in open_files() if f.startswith(str(dest))]

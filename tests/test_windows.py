@@ -6,6 +6,7 @@ import io
 import struct
 import zlib
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -17,8 +18,10 @@ from imaginet_shards.augment.cpu import decode
 from imaginet_shards.augment.spec import get_preset
 from imaginet_shards.codecs import png as png_window
 from imaginet_shards.codecs import webp as webp_window
-from imaginet_shards.codecs.windows import WindowDecoder, decode_window
+from imaginet_shards.codecs.tiles import encode_tiles
+from imaginet_shards.codecs.windows import WindowDecoder, decode_mirrored, decode_window
 from imaginet_shards.format.images import PNG_SIGNATURE
+from imaginet_shards.format.tiles import TiledImage, read_header
 from imaginet_shards.loaders import make_loader
 
 COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type
@@ -206,11 +209,84 @@ def test_window_decoder_flags_what_it_decoded():
     starts = [np.array([3, 4], np.int32)] * 4
     shapes = [np.array([10, 12], np.int32)] * 4
     decoder = WindowDecoder(threads=2)
-    images, done = decoder(encoded, starts, shapes)
+    images, done = decoder(encoded, starts, shapes, [np.array([20, 24], np.int32)] * 4)
     assert [bool(flag) for flag in done] == [False, True, True, False]
     assert [image.shape for image in images] == [(0, 0, 3), (10, 12, 3), (10, 12, 3), (0, 0, 3)]
     np.testing.assert_array_equal(images[1], pixels[3:13, 4:16])
     np.testing.assert_array_equal(images[2], pixels[3:13, 4:16])
+    decoder.close()
+
+
+def _padded_crop(pixels: np.ndarray, top: int, left: int, height: int, width: int) -> np.ndarray:
+    """The window of `pixels` padded with OpenCV's BORDER_REFLECT_101 (what the CPU backend
+    does), then cropped."""
+    pad = max(pixels.shape[:2]) + max(abs(top), abs(left)) + max(height, width)
+    padded = cv2.copyMakeBorder(np.ascontiguousarray(pixels), pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
+    return padded[pad + top:pad + top + height, pad + left:pad + left + width]
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (5, 7), (37, 50)])
+def test_mirrored_windows_equal_padding_then_cropping(size):
+    """Windows reaching past the image, up to several times its size, mirror it as OpenCV pads
+    (a side of 1 repeats its pixel), for PNG, tiles and JPEG; windows inside are plain windows."""
+    rng = np.random.default_rng(size[0])
+    pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+    jpeg = io.BytesIO()
+    Image.fromarray(pixels).save(jpeg, "JPEG", quality=90)
+    sources = {"png": (encode_png(pixels), pixels), "tiles": (encode_tiles(pixels, 16), pixels),
+               "jpeg": (jpeg.getvalue(), decode_window(jpeg.getvalue(), 0, 0, *size))}
+    for data, expected in sources.values():
+        for _ in range(25):
+            height, width = int(rng.integers(1, 40)), int(rng.integers(1, 40))
+            top, left = (int(rng.integers(-3 * n - 5, 3 * n + 5)) for n in size)
+            np.testing.assert_array_equal(decode_mirrored(data, top, left, height, width, size),
+                                          _padded_crop(expected, top, left, height, width))
+
+
+def test_images_outside_the_fast_paths_are_mirrored_whole_on_request():
+    pixels = np.random.default_rng(2).integers(0, 256, (12, 9, 3), dtype=np.uint8)
+    data = cv2.imencode(".png", pixels[:, :, ::-1].astype(np.uint16) * 257)[1].tobytes()  # 16 bits
+    assert decode_mirrored(data, -4, 2, 20, 5, (12, 9)) is None
+    np.testing.assert_array_equal(decode_mirrored(data, -4, 2, 20, 5, (12, 9), whole=True),
+                                  _padded_crop(pixels, -4, 2, 20, 5))
+    with pytest.raises(ValueError, match="the header says 10x12"):
+        decode_mirrored(data, 0, 0, 4, 4, (12, 10), whole=True)
+
+
+def test_a_tiled_window_decoder_decodes_every_format_and_lent_images(tmp_path):
+    """A tiled set's decoder: JPEGs too, windows past the borders mirrored, a `TiledImage` lent as
+    a ticket read from its file (only as long as the lender keeps it), corrupt data an error."""
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    tiles = encode_tiles(pixels, 16)
+    (tmp_path / "member").write_bytes(b"x" * 7 + tiles)
+    jpeg = io.BytesIO()
+    Image.fromarray(pixels).save(jpeg, "JPEG")
+    decoder = WindowDecoder(threads=2, tiled=True)
+    with open(tmp_path / "member", "rb", buffering=0) as file:
+        lent = TiledImage(read_header(tiles, 1 << 20), file, 7)
+        encoded = [np.frombuffer(jpeg.getvalue(), np.uint8), np.frombuffer(tiles, np.uint8),
+                   decoder.lend(lent)]
+        window = [np.array([-5, 20], np.int32), np.array([24, 24], np.int32),
+                  np.array([40, 30], np.int32)]
+        images, done = decoder(encoded, *([part] * 3 for part in window))
+        offsets = lent.header.offsets  # rows 0..19 and columns 15..29 mirrored: 2 of 3 tile rows
+        assert all(done) and lent.bytes_read == int(offsets[4] - offsets[0]) < len(tiles) - offsets[0]
+        np.testing.assert_array_equal(images[0], _padded_crop(
+            decode_window(jpeg.getvalue(), 0, 0, 40, 30), -5, 20, 24, 24))
+        np.testing.assert_array_equal(images[1], _padded_crop(pixels, -5, 20, 24, 24))
+        np.testing.assert_array_equal(images[2], images[1])
+        ticket = encoded[2]
+        del lent, encoded
+        with pytest.raises(ValueError, match="let go before DALI decoded it"):
+            decoder([ticket], *([part] for part in window))
+    start = int(offsets[0]) + 10  # inside the first tile
+    corrupt = tiles[:start] + bytes(30) + tiles[start + 30:]
+    with pytest.raises(ValueError, match="corrupt data"):
+        decoder([np.frombuffer(corrupt, np.uint8)], *([part] for part in window))
+    with pytest.raises(ValueError, match="only a tiled decoder"):
+        WindowDecoder(1).lend(TiledImage(read_header(tiles, 1 << 20), io.BytesIO(), 0))
+    decoder.close()
 
 
 @pytest.mark.parametrize("backend", ["cpu", "dali"])

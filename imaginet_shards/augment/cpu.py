@@ -37,7 +37,7 @@ from imaginet_shards.augment.decisions import (
     draw_params,
 )
 from imaginet_shards.augment.spec import Preset
-from imaginet_shards.codecs.windows import decode_window
+from imaginet_shards.codecs.windows import decode_whole, decode_window
 from imaginet_shards.format.images import check_image
 from imaginet_shards.format.tiles import TiledImage
 
@@ -65,19 +65,8 @@ def _decode_checked(data: bytes | TiledImage, crop: CropOp) -> tuple[torch.Tenso
         raise ValueError(f"corrupt image: {exc}") from None
     if window is None:
         assert not isinstance(data, TiledImage)  # windows.py decodes every window of those
-        return _decode_whole(data), False
+        return torch.from_numpy(decode_whole(data)).permute(2, 0, 1), False
     return torch.from_numpy(window).permute(2, 0, 1), True
-
-
-def _decode_whole(data: bytes) -> torch.Tensor:
-    """The whole image through OpenCV, as the reference reads images (`cv2.imread`): grey and
-    palette expanded, alpha dropped, 16 bits scaled to 8, EXIF orientation ignored (as windows.py
-    does). OpenCV, not torchvision: importing torchvision.io costs every loader start seconds."""
-    pixels = cv2.imdecode(np.frombuffer(data, np.uint8),
-                          cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if pixels is None:
-        raise ValueError("corrupt image: OpenCV could not decode it")
-    return torch.from_numpy(cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)).permute(2, 0, 1)
 
 
 def encode(image: torch.Tensor, fmt: str, quality: int | None = None) -> bytes:

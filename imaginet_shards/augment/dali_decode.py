@@ -7,7 +7,9 @@ and the window is cut there, see `Decoder.decode_slice`), PNG and WebP by
 windows.py through `fn.python_function` on CPU threads (on both devices, then copied to the GPU
 with "mixed"; DALI's own decoders decode PNG and WebP whole on the CPU), the rest (other PNGs,
 corrupt data) by the DALI decoder. A window that reaches past the image decodes the image's whole
-extent along that axis and mirrors it, which is exactly pad-then-crop.
+extent along that axis and mirrors it, which is exactly pad-then-crop; a tiled image's window route
+mirrors such a window itself (`windows.decode_mirrored`), so a tiled set's graph has no mirroring
+operators.
 """
 from __future__ import annotations
 
@@ -78,22 +80,26 @@ class Decoder:
     def pixels(self, view: View) -> DataNode:
         """Materialise a view: decode (or slice) the part of the source the window needs, then
         mirror it where the window may reach past the source."""
-        if not view.cropped:
-            if not view.encoded:
+        if not view.encoded:
+            if not view.cropped:
                 return view.source
-            if self.tiled:  # DALI's decoders cannot read .tiles members: the window route
-                return self.read(view, pair(view.top, view.left), pair(view.height, view.width))
+            return self.mirrored(view) if view.padded else self.read(view)
+        if self.tiled:  # DALI's decoders cannot read .tiles members: the window route
+            return self.routed(view)
+        if not view.cropped:
             return fn.decoders.image(view.source, **self.decoder)
-        if view.padded:
-            return self.mirrored(view)
-        start, shape = pair(view.top, view.left), pair(view.height, view.width)
-        return self.read(view, start, shape)
+        return self.mirrored(view) if view.padded else self.read(view)
 
-    def read(self, view: View, start: DataNode, shape: DataNode) -> DataNode:
-        """The source's pixels in the window `start` + `shape` (inside the source)."""
-        if view.encoded:
-            return self.decode_window(view.source, start, shape)
-        return fn.slice(view.source, start=start, shape=shape, axis_names="HW")
+    def read(self, view: View, start: DataNode = None, shape: DataNode = None) -> DataNode:
+        """The source's pixels in the window `start` + `shape` (default: the view's), which lies
+        inside the source."""
+        start = pair(view.top, view.left) if start is None else start
+        shape = pair(view.height, view.width) if shape is None else shape
+        if not view.encoded:
+            return fn.slice(view.source, start=start, shape=shape, axis_names="HW")
+        if self.windows is not None:
+            return self.decode_window(view, start, shape)
+        return self.decode_slice(view.source, start, shape)
 
     def mirrored(self, view: View) -> DataNode:
         """A window that may reach past the source: read what it needs (the window itself when it
@@ -108,21 +114,38 @@ class Decoder:
                              axis_names="HW", out_of_bounds_policy="pad", fill_values=0)
         return image
 
-    def decode_window(self, encoded: DataNode, start: DataNode, shape: DataNode) -> DataNode:
-        """The window `start` + `shape` (HW) of encoded images: PNGs and WebPs through windows.py
-        where it applies, everything else through DALI's ROI decoder."""
+    @do_not_convert
+    def route(self, view: View, start: DataNode, shape: DataNode) -> tuple[DataNode, DataNode]:
+        """(pixels, decoded?) of the window `start` + `shape` of the view's encoded source
+        through windows.py, which mirrors a window reaching past the source."""
         if self.windows is None:
-            return self.decode_slice(encoded, start, shape)
-        start, shape = (types.Constant(v, dtype=types.INT32) if isinstance(v, list) else v
-                        for v in (start, shape))
-        window, done = outputs(fn.python_function(encoded, start, shape, function=self.windows,
-                                                  num_outputs=2, output_layouts=["HWC", ""],
+            raise ValueError("this decoder was built without a window route (`windows`)")
+        start, shape, size = (types.Constant(v, dtype=types.INT32) if isinstance(v, list) else v
+                              for v in (start, shape, pair(view.src_h, view.src_w)))
+        window, done = outputs(fn.python_function(view.source, start, shape, size,
+                                                  function=self.windows, num_outputs=2,
+                                                  output_layouts=["HWC", ""],
                                                   batch_processing=True), 2)
+        return window, done
+
+    def decode_window(self, view: View, start: DataNode, shape: DataNode) -> DataNode:
+        """The window `start` + `shape` (inside the source) of the view's encoded images: PNGs
+        and WebPs through windows.py where it applies, everything else through DALI's ROI
+        decoder."""
+        window, done = self.route(view, start, shape)
         if done:
             image = window.gpu() if self.gpu else window  # the route runs on the CPU
         else:
-            image = self.decode_slice(encoded, start, shape)
+            image = self.decode_slice(view.source, start, shape)
         return image
+
+    @do_not_convert
+    def routed(self, view: View) -> DataNode:
+        """A tiled set's window, anywhere: windows.py decodes every image of such a set (or
+        raises), mirroring past the borders itself, so the graph needs no decoder or mirroring
+        operators for it."""
+        window, _ = self.route(view, pair(view.top, view.left), pair(view.height, view.width))
+        return window
 
     @do_not_convert
     def decode_slice(self, encoded: DataNode, start: DataNode, shape: DataNode) -> DataNode:

@@ -178,8 +178,8 @@ def _zstd_rows(decompressor: zstandard.ZstdDecompressor, encoded: memoryview, ne
 
 
 def decode_tiles(data) -> np.ndarray:
-    """All pixels of a `.tiles` member, RGB uint8 (H, W, 3)."""
-    header = tile_header(data)
+    """All pixels of a `.tiles` member (its bytes or a `TiledImage`), RGB uint8 (H, W, 3)."""
+    header = data.header if isinstance(data, TiledImage) else tile_header(data)
     return decode_window(data, 0, 0, header.height, header.width)
 
 

@@ -8,7 +8,9 @@ they decode the same pixels, which are exactly those of a full decode.
 """
 from __future__ import annotations
 
+import itertools
 import os
+import weakref
 from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 
@@ -25,6 +27,7 @@ _DECODERS = {"jpeg": jpeg_window.decode_window, "png": png_window.decode_window,
              "webp": webp_window.decode_window, "tiles": tiles_window.decode_window}
 # The formats DALI's pipeline hands to `WindowDecoder`: its own decoder crops JPEGs.
 DALI_FORMATS = frozenset({"png", "webp", "tiles"})
+_TICKET = b"IMTICKET"  # `WindowDecoder.lend`'s stand-in for a TiledImage: these 8 bytes, then its number
 
 
 def decode_window(data, top: int, left: int, height: int, width: int,
@@ -37,22 +40,92 @@ def decode_window(data, top: int, left: int, height: int, width: int,
     return None if decoder is None else decoder(data, top, left, height, width)
 
 
+def decode_whole(data) -> np.ndarray:
+    """The whole image as RGB uint8 (H, W, 3) through OpenCV, as the reference reads images
+    (`cv2.imread`): grey and palette expanded, alpha dropped, 16 bits scaled to 8, EXIF
+    orientation ignored (as the window decoders do); ValueError when OpenCV cannot decode it.
+    OpenCV, not torchvision: importing torchvision.io costs every loader start seconds."""
+    import cv2  # here: a fifth of a second to import, and only images outside the fast paths need it
+
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8),
+                          cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if pixels is None:
+        raise ValueError("corrupt image: OpenCV could not decode it")
+    return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+
+
+def reflect_101(start: int, size: int, limit: int) -> np.ndarray:
+    """The source positions of [start, start + size) over [0, `limit`) mirrored at its borders
+    without repeating the edge, as far out as needed (OpenCV's BORDER_REFLECT_101, which repeats
+    the one pixel of a side of 1)."""
+    positions = np.arange(start, start + size)
+    if limit == 1:
+        return np.zeros_like(positions)
+    period = 2 * (limit - 1)
+    positions %= period
+    return np.where(positions < limit, positions, period - positions)
+
+
+def decode_mirrored(data, top: int, left: int, height: int, width: int,
+                    image_size: tuple[int, int], formats: Collection[str] = frozenset(_DECODERS),
+                    whole: bool = False) -> np.ndarray | None:
+    """`decode_window` of a window that may reach past the `image_size` (height, width) image,
+    mirrored there (reflect-101): what padding the whole image, then cropping, gives. Only the
+    rows and columns the mirrored window covers are decoded; with `whole`, images outside the
+    fast paths decode whole (`decode_whole`) instead of giving None."""
+    rows, cols = reflect_101(top, height, image_size[0]), reflect_101(left, width, image_size[1])
+    row0, row1, col0, col1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+    inner = decode_window(data, row0, col0, row1 - row0, col1 - col0, formats)
+    if inner is None and whole:
+        pixels = decode_whole(data)
+        if pixels.shape[:2] != image_size:
+            raise ValueError(f"OpenCV decoded {pixels.shape[1]}x{pixels.shape[0]} pixels, the "
+                             f"header says {image_size[1]}x{image_size[0]}")
+        inner = pixels[row0:row1, col0:col1]
+    inside = 0 <= top and top + height <= image_size[0] and 0 <= left and left + width <= image_size[1]
+    return inner if inner is None or inside else inner[np.ix_(rows - row0, cols - col0)]
+
+
 class WindowDecoder:
-    """Batch form of `decode_window` for DALI's `python_function`: decodes a batch on `threads`
+    """Batch form of `decode_mirrored` for DALI's `python_function`: decodes a batch on `threads`
     threads (the decoders release the GIL) and flags each sample it decoded. The others (JPEG,
     images outside the fast paths, corrupt images) come back empty and False, for the pipeline's
     own decoder, which then reports corrupt data as it always does.
 
     `tiled`: the shard set holds `.tiles` members (the tiled layout), which only this decoder
     reads: DALI's graph then takes every image's shape from the feed (the loader reads it from the
-    header it checks) and decodes every window, whole images included, through this decoder
-    first."""
+    header it checks) and decodes every image of the set through this decoder, whatever its format
+    (JPEG too, images outside the fast paths whole), mirrored past its borders, so that the graph
+    needs no decoder or mirroring operators of its own; a corrupt image raises its ValueError.
+    A `TiledImage` left in its shard travels through DALI as a ticket (`lend`), so that only the
+    tiles a window covers are ever read."""
 
     def __init__(self, threads: int, tiled: bool = False):
         self.threads = max(int(threads), 1)
         self.tiled = tiled
         self._pool: ThreadPoolExecutor | None = None
         self._pid = os.getpid()
+        self._lent: weakref.WeakValueDictionary[int, TiledImage] = weakref.WeakValueDictionary()
+        self._numbers = itertools.count()
+
+    def lend(self, image: TiledImage) -> np.ndarray:
+        """A small array standing for `image` in DALI's input (tiled decoders only): this decoder
+        reads the image's tiles from its shard when a window of the ticket is asked for, as long
+        as the caller keeps `image` alive (only a weak reference is kept here)."""
+        if not self.tiled:
+            raise ValueError("only a tiled decoder takes TiledImages")
+        number = next(self._numbers)
+        self._lent[number] = image
+        return np.frombuffer(_TICKET + number.to_bytes(8, "little"), dtype=np.uint8)
+
+    def _lent_image(self, data: np.ndarray) -> np.ndarray | TiledImage:
+        """The TiledImage a ticket stands for, or `data` itself when it is no ticket."""
+        if len(data) != len(_TICKET) + 8 or data[:len(_TICKET)].tobytes() != _TICKET:
+            return data
+        image = self._lent.get(int.from_bytes(data[len(_TICKET):].tobytes(), "little"))
+        if image is None:
+            raise ValueError("a lent tiled image was let go before DALI decoded it")
+        return image
 
     def _executor(self) -> ThreadPoolExecutor:
         """This decoder's pool, started on first use; a forked copy starts its own (threads do not
@@ -67,19 +140,25 @@ class WindowDecoder:
             self._pool.shutdown(wait=True)
         self._pool = None
 
-    @staticmethod
-    def _one(data: np.ndarray, start: np.ndarray, shape: np.ndarray) -> np.ndarray | None:
+    def _one(self, data: np.ndarray, start: np.ndarray, shape: np.ndarray, size: np.ndarray
+             ) -> np.ndarray | None:
+        window = (int(start[0]), int(start[1]), int(shape[0]), int(shape[1]),
+                  (int(size[0]), int(size[1])))
+        if self.tiled:
+            return decode_mirrored(self._lent_image(data), *window, whole=True)
         try:
-            return decode_window(data, int(start[0]), int(start[1]), int(shape[0]), int(shape[1]),
-                                 DALI_FORMATS)
+            return decode_mirrored(data, *window, formats=DALI_FORMATS)
         except ValueError:
             return None
 
     def __call__(self, encoded: list[np.ndarray], starts: list[np.ndarray],
-                 shapes: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+                 shapes: list[np.ndarray], sizes: list[np.ndarray]
+                 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """(window, decoded?) per sample of the windows `starts` + `shapes` (rows, columns) of
+        `encoded` images of `sizes` (height, width), mirrored where they reach past them."""
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # longest first
         decoded = self._executor().map(self._one, *([column[i] for i in order]
-                                                     for column in (encoded, starts, shapes)))
+                                                     for column in (encoded, starts, shapes, sizes)))
         images: list[np.ndarray | None] = [None] * len(encoded)
         for i, image in zip(order, decoded):
             images[i] = image

@@ -144,7 +144,7 @@ class TiledImage:
     member's data starts at byte `offset`. `file` stays open until the tiles are decoded (its owner
     closes it; reading after that is a ValueError). `bytes_read` counts the tile bytes read."""
 
-    __slots__ = ("header", "_file", "_offset", "bytes_read")
+    __slots__ = ("header", "_file", "_offset", "bytes_read", "__weakref__")
 
     def __init__(self, header: TileHeader, file: BinaryIO, offset: int):
         self.header, self._file, self._offset = header, file, offset

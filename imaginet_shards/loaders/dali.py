@@ -11,7 +11,10 @@ as the CPU backend, whatever the thread count), their headers checked on the hos
 128-Mpixel and byte limits, as on the CPU backend), and their encoded bytes and labels fed to
 `fn.external_source`, for a tiled set with the image shapes those headers give (DALI cannot read a
 `.tiles` header; a short batch is padded by repeating its last sample; the repeats are dropped
-after the run). Up to `dali_pipeline.PREFETCH` runs are in flight. Keys come from what was fed, so
+after the run). A tiled set's images in local shard files (a local set, or a remote one's cache)
+are fed as small tickets instead of their bytes (`WindowDecoder.lend`): the window route then
+reads only the tiles each crop covers, from shard files kept open until the run's outputs are
+taken. Up to `dali_pipeline.PREFETCH` runs are in flight. Keys come from what was fed, so
 an error while running is blamed on the failed run's own samples. Batches are handed out through
 `EpochLoader._delivering`, so `state_dict` / `load_state_dict` resume mid-epoch exactly as on the
 CPU backend (same samples, same batches, on any world size).
@@ -49,7 +52,9 @@ DALI substitutions and limitations
   along that axis and mirrors it (reflect-101, centred): identical to pad-then-crop. JPEG windows
   are decoded by DALI's ROI decoder (libjpeg-turbo on the CPU, nvJPEG on a GPU); PNG, WebP and
   tiled images by `codecs.windows` through `fn.python_function` on CPU threads, on both devices
-  (the rows above the crop's bottom only, as on the CPU backend).
+  (the rows above the crop's bottom only, as on the CPU backend). On a tiled set every image,
+  JPEG included, goes through `codecs.windows`, which also mirrors its windows: the CPU
+  backend's decoders, so both backends decode the same pixels.
 - **Resizing** (`SquareResize`, `ResizedCrop`): `fn.resize` without antialiasing; linear within 1
   level of OpenCV, cubic within 4 (another kernel), Lanczos-4 becomes Lanczos-3 (within 3).
 - **Decoding**: EXIF orientation is ignored, as on the CPU backend. On the CPU, `eval` outputs are
@@ -78,7 +83,7 @@ from nvidia.dali.backend import TensorListCPU
 from imaginet_shards.codecs.windows import WindowDecoder
 from imaginet_shards.errors import SampleError, ShardSetError
 from imaginet_shards.format.tiles import RETILE_KEY
-from imaginet_shards.io.shardset import ShardIndex, ShardSet, open_shard_set, read_batch
+from imaginet_shards.io.shardset import ShardFiles, ShardIndex, ShardSet, open_shard_set, read_batch
 from imaginet_shards.loaders.base import EpochLoader, LoaderConfig
 from imaginet_shards.loaders.dali_faults import HINT, check_batch, dali_reason, first_unusable
 from imaginet_shards.loaders.dali_pipeline import (
@@ -160,20 +165,36 @@ class DaliLoader(EpochLoader):
         return self._runner
 
     def close(self) -> None:
-        self._runner = None  # the last reference to the pipeline: DALI stops its threads
+        self._stop()
         self._windows.close()
         super().close()
 
+    def _stop(self) -> None:
+        """Stop the pipeline (DALI stops its threads) and release what its runs were fed."""
+        if self._runner is not None:
+            self._runner.close()
+        self._runner = None
+
     def _feeds(self, order: RankOrder) -> Iterator[Feed]:
-        """The runs of the epoch's non-empty batches: their samples read and checked on the host."""
+        """The runs of the epoch's non-empty batches: their samples read and checked on the host.
+        A tiled set's images in local shard files are fed as tickets (`WindowDecoder.lend`): the
+        window route reads only their covering tiles, from files open until the run is over."""
+        tiled = self._windows.tiled
         for number in range(len(order)):
             shard_ids, samples = order.batch(number)
             if len(samples) == 0:
                 continue
-            records = read_batch(self.shards, self._indexes, shard_ids, samples)
-            labels, shapes = check_batch(records)
-            yield padded([r.image for r in records], labels, self.config.batch_size,
-                         (number, records), shapes if self._windows.tiled else None)
+            files = ShardFiles(self.shards) if tiled else None
+            try:
+                records = read_batch(self.shards, self._indexes, shard_ids, samples, files)
+                labels, shapes = check_batch(records)
+            except BaseException:
+                if files is not None:
+                    files.close()
+                raise
+            encoded = [r.image if r.tiled is None else self._windows.lend(r.tiled) for r in records]
+            yield padded(encoded, labels, self.config.batch_size, (number, records),
+                         shapes if tiled else None, None if files is None else files.close)
 
     def batches(self) -> Iterator[DaliBatch]:
         """The rest of the epoch's batches (all of them unless a state was loaded) with their keys
@@ -217,10 +238,10 @@ class DaliLoader(EpochLoader):
         """A SampleError naming the sample of the failed run (the oldest in flight) that a CPU
         decode rejects, else a ShardSetError quoting DALI. The pipeline is rebuilt on next use."""
         feeds = runner.in_flight()
-        self._runner = None
         reason = dali_reason(message)
         records = list(feeds[0].tag[1]) if feeds and feeds[0].real else []
         found = first_unusable(records)
+        self._stop()
         if found is not None:
             shard, key, cause = found
             return SampleError(shard, key, f"{cause} (DALI: {reason})", HINT)

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from imaginet_shards.codecs.tiles import decode_tiles
 from imaginet_shards.errors import SampleError
 from imaginet_shards.format.images import ImageCheckError, check_image
 from imaginet_shards.io.shardset import Record
@@ -27,7 +28,10 @@ def check_batch(records: Sequence[Record]) -> tuple[list[np.ndarray], list[np.nd
     bad, labels, shapes = [], [], []
     for record in records:
         reason = record.error
-        if not reason:
+        if record.tiled is not None:  # its header was checked when it was read
+            header = record.tiled.header
+            shapes.append(np.array([header.height, header.width, 3], dtype=np.int32))
+        elif not reason:
             try:
                 info = check_image(record.image)
                 shapes.append(np.array([info.height, info.width, 3], dtype=np.int32))
@@ -48,8 +52,11 @@ def first_unusable(records: Iterable[Record]) -> tuple[str, str, str] | None:
     bad = []
     for record in records:
         try:
-            check_image(record.image, decode=True)
-        except ImageCheckError as exc:
+            if record.tiled is not None:
+                decode_tiles(record.tiled)
+            elif check_image(record.image, decode=True).format == "tiles":
+                decode_tiles(record.image)
+        except ValueError as exc:
             bad.append((record.shard, record.key, str(exc)))
     return min(bad) if bad else None
 

@@ -111,17 +111,21 @@ class SupersededError(RuntimeError):
 class Feed:
     """One run's input: encoded images, labels and, for a pipeline built with `shapes`, the
     images' int32 (height, width, 3) shapes (padded to the pipeline's batch size), how many of
-    them are real, and what the caller wants back with the outputs (`tag`)."""
+    them are real, what the caller wants back with the outputs (`tag`; it stays referenced while
+    the run is in flight) and what to call once the run is over (`release`, e.g. closing the
+    files its images are read from)."""
 
     encoded: list[np.ndarray]
     labels: list[np.ndarray]
     real: int
     tag: Any = None
     shapes: list[np.ndarray] | None = None
+    release: Callable[[], None] | None = None
 
 
-def padded(encoded: Sequence[bytes], labels: Sequence[np.ndarray], batch_size: int,
-           tag: Any = None, shapes: Sequence[np.ndarray] | None = None) -> Feed:
+def padded(encoded: Sequence[bytes | np.ndarray], labels: Sequence[np.ndarray], batch_size: int,
+           tag: Any = None, shapes: Sequence[np.ndarray] | None = None,
+           release: Callable[[], None] | None = None) -> Feed:
     """A Feed of 1..batch_size samples, the last repeated up to `batch_size` (a run's outputs for
     the repeats are dropped)."""
     if (not 0 < len(encoded) <= batch_size or len(labels) != len(encoded)
@@ -135,7 +139,8 @@ def padded(encoded: Sequence[bytes], labels: Sequence[np.ndarray], batch_size: i
 
     return Feed(filled([np.frombuffer(data, dtype=np.uint8) for data in encoded]),
                 filled([np.asarray(label, dtype=np.int32) for label in labels]), len(encoded), tag,
-                None if shapes is None else filled([np.asarray(s, dtype=np.int32) for s in shapes]))
+                None if shapes is None else filled([np.asarray(s, dtype=np.int32) for s in shapes]),
+                release)
 
 
 class Runner:
@@ -146,9 +151,10 @@ class Runner:
     (their outputs dropped) when the next one starts.
 
     A CPU pipeline reads the fed bytes in place, so a feed stays referenced here until its run's
-    outputs are taken; the runner is the pipeline's only owner and releases it first (`pipe` is
-    its first attribute; a cyclic collection finalises the pipeline before clearing anything),
-    so DALI shuts down before the feeds of runs still in flight are freed.
+    outputs are taken, and is then released (`Feed.release`); the runner is the pipeline's only
+    owner and releases it first (`pipe` is its first attribute; a cyclic collection finalises the
+    pipeline before clearing anything), so DALI shuts down before the feeds of runs still in
+    flight are freed. `close` does the same explicitly and releases those feeds too.
     """
 
     def __init__(self, pipe: Pipeline, depth: int = PREFETCH):
@@ -171,7 +177,9 @@ class Runner:
             if not first:
                 return
             while len(first) < self.depth:  # DALI's first call starts `depth` runs: pad with
-                first.append(replace(first[-1], real=0, tag=None))  # runs of no samples
+                last = first[-1]  # runs of no samples, of the same data: the last pad releases it
+                first[-1] = replace(last, release=None)
+                first.append(replace(last, real=0))
             for feed in first:
                 self._feed(feed)
             self.pipe.schedule_run()
@@ -189,7 +197,18 @@ class Runner:
         outputs = self.pipe.share_outputs(cuda_stream=stream)
         self._in_flight.popleft()
         self.pipe.release_outputs()  # the default executor keeps `outputs` valid after this
+        if feed.release is not None:
+            feed.release()
         return feed, outputs
+
+    def close(self) -> None:
+        """Stop the pipeline (drop this runner's reference: DALI stops when it was the last),
+        then release the feeds of the runs it left in flight. The runner cannot run again."""
+        del self.pipe
+        while self._in_flight:
+            feed = self._in_flight.popleft()
+            if feed.release is not None:
+                feed.release()
 
     def in_flight(self) -> tuple[Feed, ...]:
         """The feeds of the runs started and not yet handed back (oldest first)."""
