@@ -1,6 +1,7 @@
-"""The CPU backend's lazy read of `.tiles` members: `read_batch` with `ShardFiles` reads only the
-tar and tile headers, a crop reads only the tiles it covers, the pixels are those of the eager
-read, and a shard cut after its index was read is an error naming the tile (then the sample)."""
+"""The lazy read of `.tiles` members: `read_batch` with `ShardFiles` reads only the tar and tile
+headers, a crop reads only the tiles it covers (on both loaders), the pixels are those of the eager
+read, and a shard cut after its index was read, or a corrupt tile, is an error naming the tile
+(then the sample)."""
 from __future__ import annotations
 
 import io
@@ -12,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from helpers.servers import http_server
-from helpers.shardsets import pack_arrays
+from helpers.shardsets import epoch_batches, pack_arrays
 from helpers.trees import textured
 from imaginet_shards.augment.cpu import augment
 from imaginet_shards.augment.spec import get_preset
@@ -253,6 +255,20 @@ def test_remote_shards_are_read_lazily_from_the_cache_only(tiled, tmp_path) -> N
                 assert any(r.tiled is not None for r in records) == lazy
                 assert not any(r.error for r in records)
             shards.close()
+
+
+@pytest.mark.parametrize("backend", ["cpu", "dali"])
+def test_streamed_and_lazily_read_tiles_give_the_same_batches(tiled, backend) -> None:
+    """A remote set without a cache streams its tiled images whole, a local one is read lazily
+    (on DALI: as tickets): the same batches, pixel for pixel."""
+    if backend == "dali":
+        pytest.importorskip("nvidia.dali")
+    local = epoch_batches(tiled, backend, "train")
+    with http_server(tiled.parent) as (base, _):
+        streamed = epoch_batches(f"{base}/{tiled.name}", backend, "train")
+    assert len(local) == len(streamed) == 2
+    for (images_a, labels_a), (images_b, labels_b) in zip(local, streamed):
+        assert torch.equal(labels_a, labels_b) and torch.equal(images_a, images_b)
 
 
 def test_a_header_read_from_a_prefix_equals_the_whole_members() -> None:
