@@ -66,6 +66,17 @@ def reflect_101(start: int, size: int, limit: int) -> np.ndarray:
     return np.where(positions < limit, positions, period - positions)
 
 
+def _span(start: int, size: int, limit: int) -> tuple[int, int, np.ndarray | None]:
+    """Along one axis, [first, end) of the source positions the window [start, start + size)
+    covers, mirrored (reflect-101) past [0, `limit`), and where in that range each of its
+    positions lies (None for a window inside the source: all of it, in order)."""
+    if 0 <= start and start + size <= limit:
+        return start, start + size, None
+    positions = reflect_101(start, size, limit)
+    first = int(positions.min())
+    return first, int(positions.max()) + 1, positions - first
+
+
 def decode_mirrored(data, top: int, left: int, height: int, width: int,
                     image_size: tuple[int, int], formats: Collection[str] = frozenset(_DECODERS),
                     whole: bool = False) -> np.ndarray | None:
@@ -73,8 +84,8 @@ def decode_mirrored(data, top: int, left: int, height: int, width: int,
     mirrored there (reflect-101): what padding the whole image, then cropping, gives. Only the
     rows and columns the mirrored window covers are decoded; with `whole`, images outside the
     fast paths decode whole (`decode_whole`) instead of giving None."""
-    rows, cols = reflect_101(top, height, image_size[0]), reflect_101(left, width, image_size[1])
-    row0, row1, col0, col1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+    row0, row1, rows = _span(top, height, image_size[0])
+    col0, col1, cols = _span(left, width, image_size[1])
     inner = decode_window(data, row0, col0, row1 - row0, col1 - col0, formats)
     if inner is None and whole:
         pixels = decode_whole(data)
@@ -82,8 +93,11 @@ def decode_mirrored(data, top: int, left: int, height: int, width: int,
             raise ValueError(f"OpenCV decoded {pixels.shape[1]}x{pixels.shape[0]} pixels, the "
                              f"header says {image_size[1]}x{image_size[0]}")
         inner = pixels[row0:row1, col0:col1]
-    inside = 0 <= top and top + height <= image_size[0] and 0 <= left and left + width <= image_size[1]
-    return inner if inner is None or inside else inner[np.ix_(rows - row0, cols - col0)]
+    if inner is not None and rows is not None:
+        inner = inner[rows]
+    if inner is not None and cols is not None:
+        inner = inner[:, cols]
+    return inner
 
 
 class WindowDecoder:
