@@ -3,8 +3,9 @@
 `decode_window` serves JPEG (`codecs.jpeg`), PNG (`codecs.png`), WebP (`codecs.webp`) and the tiled
 layout's `.tiles` members (`codecs.tiles`, which nothing else can decode), and returns None for the
 rare images outside the fast paths. Both loaders crop PNG, WebP and tiles through it, the CPU
-backend JPEG too (DALI decodes JPEG windows with its own decoder, on the GPU where it has one), so
-they decode the same pixels, which are exactly those of a full decode.
+backend JPEG too (DALI decodes JPEG windows with its own decoder, on the GPU where it has one, but
+on a tiled set), so they decode the same pixels, which are exactly those of a full decode.
+`decode_mirrored` also serves windows that reach past the image, mirrored as padding would.
 """
 from __future__ import annotations
 
