@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import time
 import zlib
 
 import cv2
@@ -18,6 +19,7 @@ from imaginet_shards.augment.cpu import decode
 from imaginet_shards.augment.spec import get_preset
 from imaginet_shards.codecs import png as png_window
 from imaginet_shards.codecs import webp as webp_window
+from imaginet_shards.codecs import windows
 from imaginet_shards.codecs.tiles import encode_tiles
 from imaginet_shards.codecs.windows import WindowDecoder, decode_mirrored, decode_window
 from imaginet_shards.format.images import PNG_SIGNATURE
@@ -286,6 +288,29 @@ def test_a_tiled_window_decoder_decodes_every_format_and_lent_images(tmp_path):
         decoder([np.frombuffer(corrupt, np.uint8)], *([part] for part in window))
     with pytest.raises(ValueError, match="only a tiled decoder"):
         WindowDecoder(1).lend(TiledImage(read_header(tiles, 1 << 20), io.BytesIO(), 0))
+    decoder.close()
+
+
+def test_a_failed_batch_returns_once_every_thread_is_done(monkeypatch):
+    """The arrays DALI hands the window route are its own buffers: an error must not leave a
+    thread still reading them after the call has returned."""
+    started, finished = [], []
+
+    def slow_or_corrupt(data, *window, **options):
+        started.append(data[0])
+        if data[0] == 0:
+            raise ValueError("corrupt")
+        time.sleep(0.05)
+        finished.append(data[0])
+        return np.zeros((1, 1, 3), np.uint8)
+
+    monkeypatch.setattr(windows, "decode_mirrored", slow_or_corrupt)
+    decoder = WindowDecoder(threads=3, tiled=True)
+    encoded = [np.zeros(3, np.uint8)] + [np.ones(2, np.uint8)] * 7  # the corrupt one first
+    window = [np.array([0, 0], np.int32)] * 8
+    with pytest.raises(ValueError, match="corrupt"):
+        decoder(encoded, window, window, window)
+    assert len(started) == 8 and len(finished) == 7
     decoder.close()
 
 

@@ -13,7 +13,8 @@ import itertools
 import os
 import weakref
 from collections.abc import Collection
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
+from queue import Empty, SimpleQueue
 
 import numpy as np
 
@@ -171,12 +172,25 @@ class WindowDecoder:
                  ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """(window, decoded?) per sample of the windows `starts` + `shapes` (rows, columns) of
         `encoded` images of `sizes` (height, width), mirrored where they reach past them."""
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # longest first
-        decoded = self._executor().map(self._one, *([column[i] for i in order]
-                                                     for column in (encoded, starts, shapes, sizes)))
+        queue: SimpleQueue[int] = SimpleQueue()  # the samples, longest first, taken one at a time
+        for i in sorted(range(len(encoded)), key=lambda i: -len(encoded[i])):
+            queue.put(i)
         images: list[np.ndarray | None] = [None] * len(encoded)
-        for i, image in zip(order, decoded):
-            images[i] = image
+
+        def work() -> None:
+            while True:
+                try:
+                    i = queue.get_nowait()
+                except Empty:
+                    return
+                images[i] = self._one(encoded[i], starts[i], shapes[i], sizes[i])
+
+        # Only the pool's threads decode: called on DALI's own thread, nvImageCodec's decoder
+        # was seen to hang for good, waiting for the GIL inside its decode call.
+        workers = [self._executor().submit(work) for _ in range(min(self.threads, len(encoded)))]
+        wait(workers)  # all of them: none may still read DALI's input buffers once this returns
+        for worker in workers:
+            worker.result()  # a worker's error
         empty = np.zeros((0, 0, 3), dtype=np.uint8)
         return ([empty if image is None else image for image in images],
                 [np.array(image is not None) for image in images])
