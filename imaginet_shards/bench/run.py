@@ -7,10 +7,10 @@ the same preset with `threads` DALI threads or DataLoader workers. Epochs follow
 (`set_epoch`) until `warmup + batches` batches have been drawn, so per-epoch costs (worker or
 pipeline start) are part of the figure. Peak memory and CPU time sum this process and its children
 (workers), less what sampling the memory costs (`resources.PeakMemory`); CPU ms per image is the
-cost on a machine shared with other work, where images/s is noisy. `repeats` windows of `batches` batches each are timed: images/s and MB/s are medians over
-the windows (each should span several batches per worker: workers deliver in bursts), CPU time
-and memory cover them all. `bench_matrix` runs a grid of these next to the tar-read and
-decode-only stages (`bench.stages`).
+cost on a machine shared with other work, where images/s is noisy. `repeats` windows of `batches`
+batches each are timed: images/s and MB/s are medians over the windows (each should span several
+batches per worker: workers deliver in bursts), CPU time and memory cover them all. `bench_matrix`
+runs a grid of these next to the tar-read and decode-only stages (`bench.stages`).
 """
 from __future__ import annotations
 
