@@ -39,9 +39,7 @@ from imaginet_shards.augment.spec import (
     Compress,
     Crop,
     OneOf,
-    PadTo,
     Preset,
-    ResizedCrop,
     SquareResize,
     get_preset,
 )
@@ -360,126 +358,6 @@ def test_calibration_ops_replay_the_reference_geometry():
     assert _levels(ours, theirs) == 0
 
 
-# -- the DALI backend's decisions ------------------------------------------------------------------
-
-DALI_SIZES = SIZES[:-1]  # decoding 1100x1300 images 20,000 times would dominate the test's time
-DALI_FLIPS = {-1: "none", 0: "h", 1: "v", 2: "hv"}
-
-
-def _dali_degradation(d: dict[str, float], name: str) -> Features:
-    chosen = int(d[name])
-    if chosen == -1:
-        return {"degrade": "none"}
-    if chosen == 0:
-        return {"degrade": "webp" if d[f"{name}.0.webp"] else "jpeg",
-                "quality": int(d[f"{name}.0.quality"])}
-    if chosen == 1:
-        return {"degrade": "blur", "kernel": int(d[f"{name}.1.kernel"])}
-    return {"degrade": "noise", "variance": d[f"{name}.2.variance"]}
-
-
-def _dali_turns(d: dict[str, float], first: int) -> Features:
-    return {"rot": int(d[f"{first}.Rot90"]), "flip": DALI_FLIPS[int(d[f"{first + 1}.Flip"])]}
-
-
-def dali_train(d: dict[str, float]) -> Features:
-    out: Features = {"resize": "none"}
-    first = 0
-    if "0.SquareResize" in d:
-        first = 1
-        if d["0.SquareResize"]:
-            side = int(d["0.SquareResize.side"])
-            out.update(resize="lanczos4" if side > 256 else "cubic", side=side)
-    return {**out, **_dali_degradation(d, f"{first + 2}.OneOf"), **_dali_turns(d, first + 3)}
-
-
-def dali_calibration(d: dict[str, float]) -> Features:
-    branch = {-1: "none", 0: "resized", 1: "cropped"}[int(d["0.Branch"])]
-    return {"branch": branch, **_dali_turns(d, 3)}
-
-
-def dali_social(d: dict[str, float]) -> Features:
-    return {"side": int(d["0.SquareResize.side"]), **_dali_degradation(d, "1.OneOf")}
-
-
-def _dali_draws(preset: Preset, seed: int) -> list[dict[str, float]]:
-    """DRAWS samples' recorded decisions from the DALI graph on the CPU, DALI_SIZES cycled."""
-    pytest.importorskip("nvidia.dali")
-    from nvidia.dali import fn, pipeline_def
-
-    from imaginet_shards.augment.dali import build_graph
-
-    batch = 500
-    encoded = [np.frombuffer(_encoded(_image(*size, seed=i), "JPEG"), np.uint8)
-               for i, size in enumerate(DALI_SIZES)]
-    data = [encoded[i % len(encoded)] for i in range(batch)]
-
-    @pipeline_def(batch_size=batch, num_threads=2, device_id=None, enable_conditionals=True,
-                  seed=seed)
-    def pipe():
-        _, decisions = build_graph(fn.external_source(source=lambda: data, batch=True), preset)
-        names.extend(decisions)
-        return tuple(decisions.values())
-
-    names: list[str] = []
-    pipeline = pipe()
-    pipeline.build()
-    out = []
-    for _ in range(DRAWS // batch):
-        columns = [np.array(c.as_tensor()).reshape(batch) for c in pipeline.run()]
-        out += [dict(zip(names, map(float, row))) for row in zip(*columns)]
-    return out
-
-
-def _only(features: list[Features], keys: set[str]) -> list[Features]:
-    return [{k: v for k, v in f.items() if k in keys} for f in features]
-
-
-DALI_CASES = {
-    "train": (lambda: get_preset("train"), ref.train, dali_train, ref_train),
-    "train+resize": (lambda: get_preset("train", random_resize=True),
-                     lambda image: ref.train(image, resize=True), dali_train, ref_train),
-    # at 64 px: the decisions recorded (branch, rotation, flip) do not depend on the size
-    "calibration": (lambda: get_preset("calibration", size=64), ref.calibration, dali_calibration,
-                    ref_calibration),
-    "social": (lambda: get_preset("social"), ref.social, dali_social, ref_social),
-}
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("case", sorted(DALI_CASES))
-def test_dali_decisions_match_reference(case):
-    preset, pipeline, ours, theirs = DALI_CASES[case]
-    dali = [ours(d) for d in _dali_draws(preset(), seed=3)]
-    keys = {k for f in dali for k in f}
-    reference = [theirs(applied) for _, applied in ref.draw(pipeline, DALI_SIZES, DRAWS, seed=4)]
-    p_values = compare(dali, _only(reference, keys))
-    failed = {name: p for name, p in p_values.items() if p <= ALPHA}
-    assert not failed, f"{case} on DALI: distributions differ from the reference's: {failed}"
-
-
-@pytest.mark.slow
-def test_dali_resized_crop_matches_reference():
-    """The 10-try crop law (area, aspect, fallback) of DALI's ResizedCrop, on padded images."""
-    preset = Preset("rrc", 32, (PadTo(256), ResizedCrop(32)))  # the output size draws nothing
-    dali = _dali_draws(preset, seed=5)
-    sizes = [DALI_SIZES[i % len(DALI_SIZES)] for i in range(DRAWS)]
-
-    def features(h: float, w: float, size: tuple[int, int]) -> Features:
-        height, width = max(size[0], 256), max(size[1], 256)
-        return {"area": h * w / (height * width), "aspect": w / h}
-
-    ours = [features(d["1.ResizedCrop.height"], d["1.ResizedCrop.width"], s)
-            for d, s in zip(dali, sizes)]
-    pipeline = A.Compose([A.PadIfNeeded(256, 256), A.RandomResizedCrop(256, 256)])
-    theirs = []
-    for size, applied in ref.draw(lambda image: pipeline(image=image)["image"], DALI_SIZES, DRAWS, 6):
-        crop = next(a for a in applied if a.name == "RandomResizedCrop")
-        theirs.append(features(crop.params["crop_height"], crop.params["crop_width"], size))
-    p_values = compare(ours, theirs)
-    assert min(p_values.values()) > ALPHA, p_values
-
-
 # -- the DALI backend's pixels against the reference's ----------------------------------------------
 
 def _dali_pixels(preset: Preset, *images: np.ndarray) -> list[np.ndarray]:
@@ -487,16 +365,16 @@ def _dali_pixels(preset: Preset, *images: np.ndarray) -> list[np.ndarray]:
     pytest.importorskip("nvidia.dali")
     from nvidia.dali import fn, pipeline_def
 
-    from imaginet_shards.augment.dali import build_graph
+    from helpers.dali_draws import HostDraws
 
     data = [np.frombuffer(_encoded(image, "PNG"), np.uint8) for image in images]
     windows = WindowDecoder(1)  # PNG windows through windows.py, as the loader decodes them
+    host = HostDraws(preset, lambda _: [image.shape[:2] for image in images])
 
     @pipeline_def(batch_size=len(data), num_threads=1, device_id=None, enable_conditionals=True,
                   seed=1)
     def pipe():
-        return build_graph(fn.external_source(source=lambda: data, batch=True), preset,
-                           windows=windows)[0]
+        return host.graph(fn.external_source(source=lambda: data, batch=True), windows=windows)
 
     try:
         pipeline = pipe()

@@ -9,6 +9,7 @@ import io
 import re
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,9 +18,10 @@ from PIL import Image
 
 pytest.importorskip("nvidia.dali")
 
-from nvidia.dali import fn, pipeline_def  # noqa: E402
+from nvidia.dali import fn, pipeline_def, types  # noqa: E402
 
-from imaginet_shards.augment.dali import build_graph, decoder_arguments  # noqa: E402
+from helpers.dali_draws import HostDraws  # noqa: E402
+from imaginet_shards.augment.dali import Draws, build_graph, decoder_arguments  # noqa: E402
 from imaginet_shards.augment.spec import (  # noqa: E402
     Branch,
     Degradation,
@@ -58,25 +60,36 @@ IMAGES = [encode(coordinate_image(*size), fmt) for size, fmt in FORMATS]
 
 def graph_pipeline(preset: Preset, device: str, windows: WindowDecoder | None,
                    batch_size: int = 1):
-    """(built pipeline over IMAGES cycled, decision names) for `preset` on `device`."""
+    """(built pipeline over IMAGES cycled, the host's draws) for `preset` on `device`."""
     if device == "gpu" and not torch.cuda.is_available():
         pytest.skip("needs a CUDA device (none visible to torch here)")
-    names: list[str] = []
+
+    def numbers(iteration: int) -> list[int]:
+        return [(iteration * batch_size + i) % len(IMAGES) for i in range(batch_size)]
+
+    host = HostDraws(preset, lambda iteration: [FORMATS[n][0] for n in numbers(iteration)])
 
     @pipeline_def(batch_size=batch_size, num_threads=2, device_id=0 if device == "gpu" else None,
                   enable_conditionals=True, seed=7, prefetch_queue_depth=1)
     def pipeline():
-        encoded = fn.external_source(
-            source=lambda info: [IMAGES[(info.iteration * batch_size + i) % len(IMAGES)]
-                                 for i in range(batch_size)], batch=True, batch_info=True)
-        images, decisions = build_graph(encoded, preset, "mixed" if device == "gpu" else "cpu",
-                                        windows)
-        names.extend(decisions)
-        return (images, *decisions.values())
+        encoded = fn.external_source(source=lambda info: [IMAGES[n] for n in numbers(info.iteration)],
+                                     batch=True, batch_info=True)
+        return host.graph(encoded, decode_device="mixed" if device == "gpu" else "cpu",
+                          windows=windows)
 
     pipe = pipeline()
     pipe.build()
-    return pipe, names
+    return pipe, host
+
+
+def unfed_graph(preset: Preset, decode_device: str, windows: WindowDecoder | None,
+                shapes: Any = None) -> Any:
+    """The graph of `preset` over named external sources (for graphs that are defined or built,
+    not run)."""
+    draws = Draws(fn.external_source(name="ints", dtype=types.INT32, ndim=1),
+                  fn.external_source(name="floats", dtype=types.FLOAT, ndim=1))
+    return build_graph(fn.external_source(name="encoded"), preset, draws, decode_device, windows,
+                       shapes=shapes)
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +140,7 @@ def test_gpu_graph_is_defined_without_a_gpu(name, windows):
 
     @pipeline_def(batch_size=2, num_threads=1, device_id=0, enable_conditionals=True)
     def pipeline():
-        images, _ = build_graph(fn.external_source(name="encoded"), preset, "mixed", windows)
-        return images
+        return unfed_graph(preset, "mixed", windows)
 
     pipe = pipeline()
     pipe._build_graph()
@@ -156,9 +168,7 @@ def test_a_tiled_graph_takes_its_image_shapes_from_the_feed(name, tmp_path):
         @pipeline_def(batch_size=2, num_threads=1, device_id=None, enable_conditionals=True)
         def pipeline():
             shapes = fn.external_source(name="shapes", ndim=1) if fed else None
-            images, _ = build_graph(fn.external_source(name="encoded"), PRESETS[name](),
-                                    "cpu", tiled, shapes=shapes)
-            return images
+            return unfed_graph(PRESETS[name](), "cpu", tiled, shapes)
 
         built = pipeline()
         built.build()
@@ -273,17 +283,16 @@ def test_forced_branches_at_batch_size_one(case, device, windows, tmp_path):
     """Each image once through a variant with the window route (every run leaves one side of
     each conditional empty, the DALI decoder's too when a PNG or WebP comes)."""
     preset = CASES[case]
-    pipe, names = graph_pipeline(preset, device, windows)
+    pipe, host = graph_pipeline(preset, device, windows)
     assert_one_decoder(pipe, tmp_path, windows=True)
     p = 0.0 if case.endswith("p=0") else 1.0
     for iteration in range(len(IMAGES)):
         lossless = FORMATS[iteration % len(FORMATS)][1] != "JPEG"
-        images, *decisions = pipe.run()
+        images = pipe.run()[0]
         image = np.asarray((images.as_cpu() if device == "gpu" else images).as_array())
         assert image.shape == (1, 3, preset.size, preset.size)
         pixels = np.clip(np.rint(image[0] * 255), 0, 255).astype(np.uint8).transpose(1, 2, 0)
-        drawn = {n: int(np.asarray(d.as_array()).reshape(-1)[0]) for n, d in zip(names, decisions)}
-        for name, value in drawn.items():
+        for name, value in host.of(iteration)[0].items():
             if name.count(".") == 1:  # the step's own decision, not its parameters
                 assert value in allowed(preset, name, p), (case, name, value)
         if lossless and (p == 0.0 or case == "eval"):  # nothing but padding and crops

@@ -230,12 +230,34 @@ def test_unsupported_options_are_refused(colour_shards):
     with pytest.raises(NotImplementedError, match="on_error='skip'"):
         make_loader(colour_shards, backend="dali", batch_size=4, rank=0, world_size=1,
                     on_error="skip", device="cpu")
-    with pytest.raises(NotImplementedError, match="per-sample seeds"):
-        make_loader(colour_shards, backend="dali", preset="social", batch_size=4, rank=0,
-                    world_size=1, device="cpu")
     with pytest.raises(ValueError, match="'cpu' or 'cuda"):
         make_loader(colour_shards, backend="dali", batch_size=4, rank=0, world_size=1,
                     device="mps")
+
+
+def test_per_sample_seeds_draw_the_same_in_every_epoch(colour_shards):
+    """`social` draws from (seed, key) alone: each sample gets the same resize and compression in
+    every epoch, and the epochs' batches are the same images."""
+    loader = make_loader(colour_shards, backend="dali", preset="social", batch_size=4, rank=0,
+                         world_size=1, device="cpu", shuffle=False, workers=1)
+    epochs = []
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        drawn, images = {}, {}
+        for batch in loader.batches():
+            assert batch.images.shape[1:] == (3, 256, 256)
+            for i, key in enumerate(batch.keys):
+                drawn[key] = {name: float(values[i]) for name, values in batch.decisions.items()}
+                images[key] = batch.images[i]
+        epochs.append((drawn, images))
+    loader.close()
+    (first, first_images), (second, second_images) = epochs
+    assert first == second and len(first) == 28
+    assert len({d["0.SquareResize.side"] for d in first.values()}) > 1
+    compressed = [key for key, d in first.items() if d["1.OneOf"] == 0]
+    assert compressed and len(compressed) < len(first)
+    uncompressed = [key for key in first if key not in compressed]
+    assert all(torch.equal(first_images[k], second_images[k]) for k in uncompressed)
 
 
 def test_setup_error_at_construction_reads_nothing(colour_shards, tmp_path):

@@ -3,10 +3,10 @@
 - shapes, dtypes and value ranges are equal;
 - `eval` outputs agree pixel for pixel: PNG and WebP exactly, JPEG within DECODER_TOLERANCE levels
   (both use libjpeg-turbo; measured here: 0 levels, also for DALI's ROI decode of the crop);
-- under `train`, the rate of each perturbation (and of each option, quarter turn, flip mode) agrees
-  with the spec within sampling error (4 sigma) on both backends: DALI's per-sample decisions are
-  outputs of its graph, the CPU backend's are `decisions.draw_params` with its per-sample
-  generators (tests/test_augment_reference.py compares both with the reference's histograms).
+- under `train`, DALI executes exactly the CPU backend's draws (`decisions.draw_params` with the
+  per-sample generators), whose rate of each perturbation (and of each option, quarter turn, flip
+  mode) agrees with the spec within sampling error (4 sigma; tests/test_augment_reference.py
+  compares them with the reference's histograms).
 """
 from __future__ import annotations
 
@@ -130,37 +130,44 @@ def _cpu_decisions(shards, epochs: int) -> list[dict[str, int]]:
     return out
 
 
-def _dali_decisions(shards, epochs: int) -> list[dict[str, int]]:
-    """The DALI backend's train decisions over `epochs` epochs of one loader (as a trainer runs
-    it: DALI's generators advance from epoch to epoch; a fresh loader would start them over)."""
-    out = []
-    loader = make_loader(shards, backend="dali", preset="train", batch_size=8, rank=0,
+def test_dali_executes_the_cpu_backends_draws(small_shards):
+    """Every value DALI's graph executed for a sample is the CPU backend's draw for it, over
+    epochs of one loader, whatever the batch (DALI's generators play no part)."""
+    preset, sizes = get_preset("train"), formats_and_sizes(small_shards)
+    loader = make_loader(small_shards, backend="dali", preset="train", batch_size=8, rank=0,
                          world_size=1, seed=0, workers=2, device="cpu")
-    for epoch in range(epochs):
+    seen: Counter[str] = Counter()
+    for epoch in (0, 3):
         loader.set_epoch(epoch)
         for batch in loader.batches():
-            names = list(batch.decisions)
-            out += [dict(zip(names, row)) for row in
-                    torch.stack([batch.decisions[n] for n in names], 1).tolist()]
+            for i, key in enumerate(batch.keys):
+                _, height, width = sizes[key]
+                drawn: dict[str, float] = {}
+                draw_params(preset, sample_rng(0, key, epoch), height, width, drawn)
+                executed = {name: float(values[i]) for name, values in batch.decisions.items()}
+                assert executed == pytest.approx({n: drawn.get(n, 0) for n in executed}), key
+                seen.update(name for name in drawn if name in executed)
     loader.close()
-    return out
+    assert sum(seen.values()) > 0 and {"1.Crop.top", "2.OneOf", "3.Rot90", "4.Flip",
+                                       "2.OneOf.0.quality", "2.OneOf.1.kernel",
+                                       "2.OneOf.2.variance"} <= set(seen)
 
 
 def test_train_perturbation_rates(small_shards):
+    """The rates of the draws both backends execute (see the test above)."""
     spec = get_preset("train")
     one_of, rot, flip = spec.steps[2], spec.steps[3], spec.steps[4]
-    for backend, decisions in (("dali", _dali_decisions(small_shards, EPOCHS)),
-                               ("cpu", _cpu_decisions(small_shards, EPOCHS))):
-        n = len(decisions)
-        assert n >= 400
-        # a Rot90 that fires turns by 0 a quarter of the time (the reference's law)
-        for name, p, options in (("2.OneOf", one_of.p, 3), ("3.Rot90", 0.75 * rot.p, 3),
-                                 ("4.Flip", flip.p, 3)):
-            none = -1 if name != "3.Rot90" else 0
-            values = Counter(d[name] for d in decisions)
-            applied = n - values[none]
-            assert _within(applied, n, p), f"{backend} {name}: applied {applied}/{n}, spec p={p}"
-            for option in set(values) - {none}:
-                assert _within(values[option], applied, 1 / options), \
-                    f"{backend} {name}: option {option} {values[option]}/{applied}"
-            assert len(set(values) - {none}) == options
+    decisions = _cpu_decisions(small_shards, EPOCHS)
+    n = len(decisions)
+    assert n >= 400
+    # a Rot90 that fires turns by 0 a quarter of the time (the reference's law)
+    for name, p, options in (("2.OneOf", one_of.p, 3), ("3.Rot90", 0.75 * rot.p, 3),
+                             ("4.Flip", flip.p, 3)):
+        none = -1 if name != "3.Rot90" else 0
+        values = Counter(d[name] for d in decisions)
+        applied = n - values[none]
+        assert _within(applied, n, p), f"{name}: applied {applied}/{n}, spec p={p}"
+        for option in set(values) - {none}:
+            assert _within(values[option], applied, 1 / options), \
+                f"{name}: option {option} {values[option]}/{applied}"
+        assert len(set(values) - {none}) == options

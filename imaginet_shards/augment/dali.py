@@ -4,8 +4,11 @@
 with `enable_conditionals=True`. Geometry is lazy: `PadTo`, `Crop` and the crops of `SquareResize`
 and `ResizedCrop` only move a window over the encoded image, and the first step that needs pixels
 decodes just that window (`dali_decode`: ROI decoding, the PNG/WebP window route, mirroring).
-Per-sample choices are random draws on the CPU and `if` statements on them (DALI splits the
-batch, runs each branch on its samples, merges). Where choices differ only in their windows
+The graph draws nothing itself: each sample's choices and parameters are drawn on the host by
+`decisions.draw_params` (the CPU backend's decisions for the same generator), fed as one int32
+and one float32 vector per sample, and read by name (`dali_nodes.Draws`); choices become `if`
+statements (DALI splits the batch, runs each branch on its samples, merges). Only the Gaussian
+noise field comes from DALI's own generator. Where choices differ only in their windows
 (`SquareResize` applied or not, the branches of a `Branch` up to their first pixel step), the
 windows are merged per sample before decoding: every preset decodes once, with one DALI decoder
 operator (each has its own thread pool, codec state and buffers).
@@ -20,7 +23,6 @@ holds a per-sample `if` (it would run unrewritten and fail on the `if`).
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,19 +31,7 @@ from nvidia.dali import fn, types
 from nvidia.dali.pipeline import do_not_convert
 
 from imaginet_shards.augment.dali_decode import Decoder, decoder_arguments, pixel_view
-from imaginet_shards.augment.dali_nodes import (
-    DataNode,
-    View,
-    as_int,
-    chosen_or_none,
-    coin,
-    merge,
-    outputs,
-    randint,
-    rounded,
-    uniform,
-    where,
-)
+from imaginet_shards.augment.dali_nodes import DataNode, DrawLayout, Draws, View, merge, where
 from imaginet_shards.augment.spec import (
     Blur,
     Branch,
@@ -60,32 +50,32 @@ from imaginet_shards.augment.spec import (
 )
 from imaginet_shards.codecs.windows import WindowDecoder
 
-__all__ = ["build_graph", "decoder_arguments", "outputs"]
+__all__ = ["Draws", "DrawLayout", "build_graph", "decoder_arguments"]
 
-_Plan = tuple[View, tuple[int | None, tuple[Step, ...]]]  # see _Builder.lazy
+_Plan = tuple[View, tuple[int | None, str, int]]  # see _Builder.lazy
 
 
 class _Builder:
-    """Interprets steps for one pipeline; `decisions` collects per-sample draws of top-level steps."""
+    """Interprets steps for one pipeline, reading each sample's drawn values from `draws`."""
 
-    def __init__(self, decoder: Decoder):
-        self.decoder = decoder
-        self.decisions: dict[str, DataNode] = {}
+    def __init__(self, decoder: Decoder, draws: Draws):
+        self.decoder, self.draws = decoder, draws
 
     # -- steps -------------------------------------------------------------------------------
 
-    def run(self, steps: tuple[Step, ...], view: View, record: bool) -> View:
-        """Apply `steps` to `view`, recording decisions when `record` (top level only)."""
-        for number, step in enumerate(steps):
-            view = self.step(step, view, f"{number}.{type(step).__name__}" if record else None)
+    def run(self, steps: tuple[Step, ...], view: View, prefix: str = "", start: int = 0) -> View:
+        """Apply `steps[start:]` to `view`; `prefix` + "{number}.{step type}" names their draws."""
+        for number in range(start, len(steps)):
+            step = steps[number]
+            view = self.step(step, view, f"{prefix}{number}.{type(step).__name__}")
         return view
 
-    def step(self, step: Step, view: View, name: str | None) -> View:
+    def step(self, step: Step, view: View, name: str) -> View:
         """One step; geometry stays lazy, everything else works on pixels."""
         if isinstance(step, PadTo):
             return self.pad(view, step.size)
         if isinstance(step, Crop):
-            return self.crop(view, step)
+            return self.crop(view, step, name)
         if isinstance(step, SquareResize):
             return self.square_resize(view, step, name)
         if isinstance(step, ResizedCrop):
@@ -93,17 +83,12 @@ class _Builder:
         if isinstance(step, OneOf):
             return self.one_of(view, step, name)
         if isinstance(step, Rot90):
-            return self.rot90(view, step, name)
+            return self.rot90(view, name)
         if isinstance(step, Flip):
-            return self.flip(view, step, name)
+            return self.flip(view, name)
         if isinstance(step, Branch):
             return self.branch(view, step, name)
         raise ValueError(f"unknown preset step {step!r}")
-
-    @do_not_convert
-    def _record(self, name: str | None, value: DataNode, dtype: Any = types.INT32) -> None:
-        if name is not None:
-            self.decisions[name] = fn.cast(value, dtype=dtype)
 
     def pad(self, view: View, size: DataNode) -> View:
         """Centred reflect-101 padding to at least `size` (the odd pixel at the bottom/right)."""
@@ -114,31 +99,23 @@ class _Builder:
                           left=view.left - (width - view.width) // 2, height=height, width=width,
                           padded=True, cropped=True)
 
-    @staticmethod
     @do_not_convert
-    def crop(view: View, step: Crop) -> View:
-        size = step.size
-        if step.random:
-            top, left = randint(view.height - size + 1), randint(view.width - size + 1)
-        else:
-            top, left = (view.height - size) // 2, (view.width - size) // 2
-        return view.moved(top=view.top + top, left=view.left + left, height=size, width=size,
-                          cropped=True)
+    def window(self, view: View, name: str, height: DataNode, width: DataNode) -> View:
+        """The `height` x `width` window of `view` at the drawn (name.top, name.left)."""
+        return view.moved(top=view.top + self.draws.integer(f"{name}.top"),
+                          left=view.left + self.draws.integer(f"{name}.left"), height=height,
+                          width=width, cropped=True)
 
-    def square_resize(self, view: View, step: SquareResize, name: str | None) -> View:
-        """The resized window for samples whose coin came up, the view itself for the others:
-        both windows of one source, merged before one decode."""
+    def crop(self, view: View, step: Crop, name: str) -> View:
+        return self.window(view, name, step.size, step.size)
+
+    def square_resize(self, view: View, step: SquareResize, name: str) -> View:
+        """The resized window for samples where the step applies, the view itself for the
+        others: both windows of one source, merged before one decode."""
         if view.cropped:  # pad at this view's borders: one source for both windows
             view = pixel_view(self.decoder.pixels(view))
-        short = dmath.min(view.height, view.width)
-        if step.max_side is not None:
-            short = dmath.min(short, step.max_side)
-        side = step.min_side + randint(dmath.max(short, step.min_side) - step.min_side + 1)
-        self._record(name and f"{name}.side", side)
-        padded = self.pad(view, side)
-        window = padded.moved(top=padded.top + randint(padded.height - side + 1),
-                              left=padded.left + randint(padded.width - side + 1), height=side,
-                              width=side)
+        side = self.draws.integer(f"{name}.side")
+        window = self.window(self.pad(view, side), name, side, side)
         interpolation = {"linear": types.INTERP_LINEAR, "cubic": types.INTERP_CUBIC,
                          "lanczos4": types.INTERP_LANCZOS3}.get(step.interpolation)
         if interpolation is None:  # "auto": Lanczos when shrinking, cubic otherwise
@@ -146,10 +123,9 @@ class _Builder:
                                            int(types.INTERP_CUBIC)), dtype=types.INTERP_TYPE)
         if step.p >= 1.0:
             return pixel_view(self.resize(self.decoder.pixels(window), step.size, interpolation))
-        apply = coin(step.p)
-        self._record(name, apply)
-        image = self.decoder.pixels(merge([window, view], 1 - as_int(apply)))
-        if apply:
+        apply = self.draws.integer(name)
+        image = self.decoder.pixels(merge([window, view], 1 - apply))
+        if apply == 1:
             image = self.resize(image, step.size, interpolation)
         return pixel_view(image)
 
@@ -159,66 +135,37 @@ class _Builder:
         """OpenCV-style resizing: sample at pixel centres, no antialiasing."""
         return fn.resize(image, size=[size, size], interp_type=interpolation, antialias=False)
 
-    def resized_crop(self, view: View, step: ResizedCrop, name: str | None) -> View:
-        window = self.resized_crop_window(view, step, name)
+    def resized_crop(self, view: View, step: ResizedCrop, name: str) -> View:
+        window = self.resized_crop_window(view, name)
         return pixel_view(self.resize(self.decoder.pixels(window), step.size, types.INTERP_LINEAR))
 
     @do_not_convert
-    def resized_crop_window(self, view: View, step: ResizedCrop, name: str | None) -> View:
-        """albumentations' RandomResizedCrop's window: the first of 10 (area, aspect) tries that
-        fits, else a centred crop of the whole view clamped to the aspect range."""
-        height, width = view.height, view.width
-        area = fn.cast(height * width, dtype=types.FLOAT)
-        low, high = min(step.ratio), max(step.ratio)
-        ratio = fn.cast(width, dtype=types.FLOAT) / fn.cast(height, dtype=types.FLOAT)
-        crop_h = where(ratio < low, rounded(fn.cast(width, dtype=types.FLOAT) / low), height)
-        crop_w = where(ratio > high, rounded(fn.cast(height, dtype=types.FLOAT) * high), width)
-        found = height * 0
-        for _ in range(10):
-            target = uniform(*step.scale) * area
-            aspect = dmath.exp(uniform(math.log(low), math.log(high)))
-            w, h = rounded(dmath.sqrt(target * aspect)), rounded(dmath.sqrt(target / aspect))
-            fits = (found == 0) & (w > 0) & (w <= width) & (h > 0) & (h <= height)
-            crop_h, crop_w, found = where(fits, h, crop_h), where(fits, w, crop_w), found | fits
-        top = where(found, randint(height - crop_h + 1), (height - crop_h) // 2)
-        left = where(found, randint(width - crop_w + 1), (width - crop_w) // 2)
-        self._record(name and f"{name}.height", crop_h)
-        self._record(name and f"{name}.width", crop_w)
-        return view.moved(top=view.top + top, left=view.left + left, height=crop_h,
-                          width=crop_w, cropped=True)
+    def resized_crop_window(self, view: View, name: str) -> View:
+        """albumentations' RandomResizedCrop's window, as drawn (`decisions.resized_crop_window`)."""
+        return self.window(view, name, self.draws.integer(f"{name}.height"),
+                           self.draws.integer(f"{name}.width"))
 
-    def one_of(self, view: View, step: OneOf, name: str | None) -> View:
+    def one_of(self, view: View, step: OneOf, name: str) -> View:
         image = self.decoder.pixels(view)
-        chosen = chosen_or_none(step.p, fn.random.choice(len(step.options)))
-        self._record(name, chosen)
-        # every option's parameters are drawn for every sample (outside the branches), so that
-        # the top level can report them
-        drawn = [self.draw(option, name and f"{name}.{index}")
-                 for index, option in enumerate(step.options)]
+        chosen = self.draws.integer(name)
+        # every option's parameters are read for every sample, outside the branches
+        params = [self.params(option, f"{name}.{index}")
+                  for index, option in enumerate(step.options)]
         for index, option in enumerate(step.options):
             if chosen == index:
-                image = self.degrade(image, option, drawn[index])
+                image = self.degrade(image, option, params[index])
         return pixel_view(image)
 
     @do_not_convert
-    def draw(self, option: Degradation, name: str | None) -> dict[str, DataNode]:
-        """The per-sample parameters of one degradation (recorded as `name`.parameter)."""
+    def params(self, option: Degradation, name: str) -> dict[str, DataNode]:
+        """The drawn parameters of one degradation that the graph uses."""
         if isinstance(option, Compress):
-            low, high = option.quality
-            params = {"quality": low + randint(high - low + 1),
-                      "webp": as_int(coin(option.webp_fraction))}
-        elif isinstance(option, Blur):
-            low, high = option.limit
-            kernel = low + randint(high - low + 1)
-            params = {"kernel": where(kernel % 2 == 0, (kernel + 1) % (high + 1), kernel)}
-        elif isinstance(option, Noise):
-            params = {"variance": uniform(*option.variance)}
-        else:
-            raise ValueError(f"unknown degradation {option!r}")
-        for key, value in params.items():
-            self._record(name and f"{name}.{key}", value,
-                         types.FLOAT if key == "variance" else types.INT32)
-        return params
+            return {"quality": self.draws.integer(f"{name}.quality")}
+        if isinstance(option, Blur):
+            return {"kernel": self.draws.integer(f"{name}.kernel")}
+        if isinstance(option, Noise):
+            return {"variance": self.draws.real(f"{name}.variance")}
+        raise ValueError(f"unknown degradation {option!r}")
 
     @staticmethod
     @do_not_convert
@@ -235,106 +182,109 @@ class _Builder:
             return fn.noise.gaussian(image, stddev=dmath.sqrt(params["variance"]), mean=-0.5)
         raise ValueError(f"unknown degradation {option!r}")
 
-    def rot90(self, view: View, step: Rot90, name: str | None) -> View:
+    def rot90(self, view: View, name: str) -> View:
         image = self.decoder.pixels(view)
-        quarters = as_int(coin(step.p)) * as_int(fn.random.choice(4))  # 0 = no rotation
-        self._record(name, quarters)
-        if (quarters == 1) | (quarters == 3):
+        quarters = self.draws.integer(name)  # counter-clockwise, 0 = no rotation
+        if member(quarters, (1, 3), types.BOOL):
             image = fn.transpose(image, perm=[1, 0, 2], transpose_layout=False)
-        # counter-clockwise like torch.rot90: 1 = transpose + vertical flip, 3 = transpose +
-        # horizontal flip, 2 = both flips
-        image = fn.flip(image, horizontal=as_int((quarters == 2) | (quarters == 3)),
-                        vertical=as_int((quarters == 1) | (quarters == 2)))
-        return pixel_view(image)
+        # like torch.rot90: 1 = transpose + vertical flip, 3 = transpose + horizontal flip, 2 = both
+        return pixel_view(flipped(image, quarters, horizontal=(2, 3), vertical=(1, 2)))
 
-    def flip(self, view: View, step: Flip, name: str | None) -> View:
-        image = self.decoder.pixels(view)
-        mode = chosen_or_none(step.p, fn.random.choice(3))  # -1 none, 0 horizontal, 1 vertical, 2 both
-        self._record(name, mode)
-        image = fn.flip(image, horizontal=as_int((mode == 0) | (mode == 2)),
-                        vertical=as_int((mode == 1) | (mode == 2)))
-        return pixel_view(image)
+    def flip(self, view: View, name: str) -> View:
+        mode = self.draws.integer(name)  # -1 none, 0 horizontal, 1 vertical, 2 both
+        return pixel_view(flipped(self.decoder.pixels(view), mode, horizontal=(0, 2),
+                                  vertical=(1, 2)))
 
-    def branch(self, view: View, step: Branch, name: str | None) -> View:
-        weights = [float(w) for w, _ in step.choices]
-        total = sum(weights)
-        if len(weights) == 0 or total <= 0 or min(weights) < 0:
-            raise ValueError(f"branch weights must be >= 0 with a positive sum, got {weights}")
-        chosen = chosen_or_none(step.p, fn.random.choice(len(weights), p=[w / total for w in weights]))
-        self._record(name, chosen)
+    def branch(self, view: View, step: Branch, name: str) -> View:
+        chosen = self.draws.integer(name)  # -1: none
         if view.cropped:  # the choices' windows must share one source
             view = pixel_view(self.decoder.pixels(view))
-        plans = [self.lazy(steps, view) for _, steps in step.choices]
+        plans = [self.lazy(steps, view, f"{name}.{index}.")
+                 for index, (_, steps) in enumerate(step.choices)]
         none = len(plans)  # samples without a choice keep the whole view
         windows = [window for window, _ in plans] + [view]
         image = self.decoder.pixels(merge(windows, where(chosen < 0, none, chosen)))
-        return pixel_view(self._select(image, chosen, plans, 0))
+        return pixel_view(self._select(image, chosen, step, plans, 0))
 
-    def _select(self, image: DataNode, chosen: DataNode, plans: list[_Plan], index: int
-                ) -> DataNode:
+    def _select(self, image: DataNode, chosen: DataNode, step: Branch, plans: list[_Plan],
+                index: int) -> DataNode:
         """`image` (the merged window's pixels) finished by choice `chosen` (nested if/else over
         the choices, -1 = none: unchanged)."""
         if index == len(plans):
             return image
         if chosen == index:
-            out = self.finish(image, *plans[index][1])
+            out = self.finish(image, step.choices[index][1], *plans[index][1])
         else:
-            out = self._select(image, chosen, plans, index + 1)
+            out = self._select(image, chosen, step, plans, index + 1)
         return out
 
-    def lazy(self, steps: tuple[Step, ...], view: View) -> _Plan:
-        """(window, (size to resize it to or None, remaining steps)): the leading steps of
-        `steps` that only move the window over `view`'s source (a PadTo of an uncropped view, a
-        Crop, a ResizedCrop's window), and what is left to do on its pixels."""
+    def lazy(self, steps: tuple[Step, ...], view: View, prefix: str) -> _Plan:
+        """(window, (size to resize it to or None, `prefix`, number of the first step left)):
+        the leading steps of `steps` that only move the window over `view`'s source (a PadTo of
+        an uncropped view, a Crop, a ResizedCrop's window), and what is left to do on its
+        pixels."""
         for number, step in enumerate(steps):
+            name = f"{prefix}{number}.{type(step).__name__}"
             if isinstance(step, PadTo) and not view.cropped:
                 view = self.pad(view, step.size)
             elif isinstance(step, Crop):
-                view = self.crop(view, step)
+                view = self.crop(view, step, name)
             elif isinstance(step, ResizedCrop):
-                return self.resized_crop_window(view, step, None), (step.size, steps[number + 1:])
+                return self.resized_crop_window(view, name), (step.size, prefix, number + 1)
             else:
-                return view, (None, steps[number:])
-        return view, (None, ())
+                return view, (None, prefix, number)
+        return view, (None, prefix, len(steps))
 
-    def finish(self, image: DataNode, size: int | None, steps: tuple[Step, ...]) -> DataNode:
-        """A choice's pixel work on its decoded window: the pending resize, then `steps`."""
+    def finish(self, image: DataNode, steps: tuple[Step, ...], size: int | None, prefix: str,
+               start: int) -> DataNode:
+        """A choice's pixel work on its decoded window: the pending resize, then `steps[start:]`."""
         if size is not None:
             image = self.resize(image, size, types.INTERP_LINEAR)
-        return self.decoder.pixels(self.run(steps, pixel_view(image), record=False))
+        return self.decoder.pixels(self.run(steps, pixel_view(image), prefix, start))
 
 
-def build_graph(encoded: DataNode, preset: Preset, decode_device: str = "cpu",
+@do_not_convert
+def member(value: DataNode, keys: tuple[int, ...], dtype: Any = types.INT32) -> DataNode:
+    """1 (or True) where the int32 `value` is one of `keys` (all >= 0), else 0: one operator."""
+    return fn.lookup_table(value, keys=list(keys), values=[1] * len(keys), default_value=0,
+                           dtype=dtype)
+
+
+@do_not_convert
+def flipped(image: DataNode, value: DataNode, horizontal: tuple[int, ...],
+            vertical: tuple[int, ...]) -> DataNode:
+    """`image` flipped horizontally where `value` is one of `horizontal`, vertically where it is
+    one of `vertical` (per sample)."""
+    return fn.flip(image, horizontal=member(value, horizontal), vertical=member(value, vertical))
+
+
+def build_graph(encoded: DataNode, preset: Preset, draws: Draws, decode_device: str = "cpu",
                 windows: WindowDecoder | None = None,
                 decoder_args: Mapping[str, Any] | None = None, shapes: DataNode | None = None
-                ) -> tuple[DataNode, dict[str, DataNode]]:
-    """(images float32 CHW normalised, per-sample decisions of the top-level steps) for `preset`.
+                ) -> DataNode:
+    """The images float32 CHW normalised of `preset`, executing each sample's values drawn on the
+    host (`draws`, fed from `decisions.draw_params`' records: the CPU backend's decisions).
     `windows` (owned by the caller, which closes it) decodes PNG and WebP crops on CPU threads
     (on both devices); `decoder_args` (default `decoder_arguments(preset, decode_device)`) go to
     the pipeline's one DALI decoder. `shapes` gives the images' int32 (height, width, channels),
     read by the caller from the headers; without it DALI peeks at the encoded bytes, which it
     cannot do for a tiled set's `.tiles` members (`windows.tiled`: `shapes` is then required).
+    The draws must be those of images of these shapes.
 
     With "mixed" the pipeline must run DALI's default (dynamic) executor: GPU images' shapes
     feed CPU arithmetic, which the legacy executors (`exec_dynamic=False`, `exec_async=False` or
     `exec_pipelined=False`, separated queues) do not run.
 
-    Call inside a pipeline defined with `enable_conditionals=True`. As in `decisions.draw_params`,
-    a Crop needs an image at least its size (a PadTo first); here a smaller one would give a batch
-    of uneven shapes instead of a ValueError. Decision names are
-    "{step number}.{step type}"; values: OneOf/Branch the chosen option (-1 none), Rot90 the
-    counter-clockwise quarter turns (0 none), Flip -1 none / 0 horizontal / 1 vertical / 2 both,
-    SquareResize 1 when applied (only recorded for p < 1).
+    Call inside a pipeline defined with `enable_conditionals=True`.
     """
     if decode_device not in ("cpu", "mixed"):
         raise ValueError(f"decode_device must be 'cpu' or 'mixed', got {decode_device!r}")
     if decoder_args is None:
         decoder_args = decoder_arguments(preset, decode_device)
     decoder = Decoder(decode_device, windows, decoder_args)
-    builder = _Builder(decoder)
-    image = decoder.pixels(builder.run(preset.steps, decoder.encoded_view(encoded, shapes),
-                                       record=True))
+    image = decoder.pixels(_Builder(decoder, draws).run(preset.steps,
+                                                        decoder.encoded_view(encoded, shapes)))
     mean = [255.0 * m for m in preset.mean] if preset.normalize else [0.0, 0.0, 0.0]
     std = [255.0 * s for s in preset.std] if preset.normalize else [255.0, 255.0, 255.0]
-    out = fn.crop_mirror_normalize(image, dtype=types.FLOAT, output_layout="CHW", mean=mean, std=std)
-    return out, builder.decisions
+    return fn.crop_mirror_normalize(image, dtype=types.FLOAT, output_layout="CHW", mean=mean,
+                                    std=std)

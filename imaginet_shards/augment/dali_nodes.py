@@ -1,13 +1,15 @@
-"""Per-sample arithmetic for the DALI graph (`augment.dali`): integer draws, selections,
-reflect-101 padding built from slices, flips and concatenation (DALI has no mirrored border), and
-the lazy window (`View`) that geometry steps move before any pixel exists. None of them holds a
-per-sample `if`: all are kept from AutoGraph's rewriting (`do_not_convert`, see `augment.dali`)."""
+"""Per-sample values and arithmetic for the DALI graph (`augment.dali`): the host's draws
+(`Draws`), selections, reflect-101 padding built from slices, flips and concatenation (DALI has no
+mirrored border), and the lazy window (`View`) that geometry steps move before any pixel exists.
+None of them holds a per-sample `if`: all are kept from AutoGraph's rewriting (`do_not_convert`,
+see `augment.dali`)."""
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import nvidia.dali.math as dmath
 from nvidia.dali import fn, types
 from nvidia.dali.data_node import DataNode as DaliNode
@@ -21,17 +23,50 @@ def as_int(node: DataNode) -> DataNode:
     return fn.cast(node, dtype=types.INT32)
 
 
-@do_not_convert
-def coin(p: float) -> DataNode:
-    return fn.random.coin_flip(probability=p, dtype=types.BOOL)
+@dataclass(frozen=True)
+class DrawLayout:
+    """Where each drawn value sits in a sample's fed vectors: `ints` (int32) and `floats`
+    (float32), by name (see `decisions.draw_params`)."""
+
+    ints: tuple[str, ...] = ()
+    floats: tuple[str, ...] = ()
+
+    def pack(self, records: Sequence[Mapping[str, float]]
+             ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """(int32 vectors, float32 vectors) of the samples' records; a value a sample did not
+        draw (an option or choice it did not take) is 0."""
+        return ([np.array([r.get(n, 0) for n in self.ints], dtype=np.int32) for r in records],
+                [np.array([r.get(n, 0.0) for n in self.floats], dtype=np.float32)
+                 for r in records])
 
 
-@do_not_convert
-def randint(count: DataNode) -> DataNode:
-    """Uniform integer in [0, count) per sample (count >= 1, a DataNode or int)."""
-    scale = float(count) if isinstance(count, int) else fn.cast(count, dtype=types.FLOAT)
-    draw = as_int(dmath.floor(fn.random.uniform(range=[0.0, 1.0]) * scale))
-    return dmath.min(draw, count - 1)
+@dataclass
+class Draws:
+    """The values drawn on the host for each sample, inside the graph: `integer(name)` and
+    `real(name)` read one from the fed int32 or float32 vector (`int_values`, `float_values`),
+    the order of first reads fixing the vectors' layout (`layout()`)."""
+
+    int_values: DataNode
+    float_values: DataNode
+    _ints: list[str] = field(default_factory=list)
+    _floats: list[str] = field(default_factory=list)
+
+    @do_not_convert
+    def integer(self, name: str) -> DataNode:
+        return self.int_values[_slot(self._ints, name)]
+
+    @do_not_convert
+    def real(self, name: str) -> DataNode:
+        return self.float_values[_slot(self._floats, name)]
+
+    def layout(self) -> DrawLayout:
+        return DrawLayout(tuple(self._ints), tuple(self._floats))
+
+
+def _slot(names: list[str], name: str) -> int:
+    if name not in names:
+        names.append(name)
+    return names.index(name)
 
 
 @do_not_convert
@@ -39,16 +74,6 @@ def where(condition: DataNode, a: DataNode, b: DataNode) -> DataNode:
     """`a` where `condition` holds, else `b` (per sample, integers)."""
     chosen = as_int(condition)
     return chosen * a + (1 - chosen) * b
-
-
-@do_not_convert
-def uniform(low: float, high: float) -> DataNode:
-    return fn.random.uniform(range=[float(low), float(high)])
-
-
-@do_not_convert
-def rounded(node: DataNode) -> DataNode:
-    return as_int(dmath.floor(node + 0.5))
 
 
 REFLECTIONS = 5  # rounds of mirroring: a side n pads to 3**5 * (n - 1) + 1 (487 for n = 3)
@@ -86,12 +111,6 @@ def extent(start: DataNode, size: DataNode, limit: DataNode
     before = dmath.max(low - start, 0)
     after = dmath.max(start + size - high, 0)
     return low, high, before, after, start - low + before
-
-
-@do_not_convert
-def chosen_or_none(p: float, index: DataNode) -> DataNode:
-    """`index` for samples whose coin (probability p) came up, else -1."""
-    return as_int(coin(p)) * (index + 1) - 1
 
 
 @do_not_convert

@@ -99,16 +99,25 @@ class FlipOp:
 Op = PadOp | CropOp | ResizeOp | CompressOp | BlurOp | NoiseOp | RotOp | FlipOp
 
 
-def draw_params(preset: Preset, rng: np.random.Generator, height: int, width: int
-                ) -> tuple[Op, ...]:
+def draw_params(preset: Preset, rng: np.random.Generator, height: int, width: int,
+                record: dict[str, float] | None = None) -> tuple[Op, ...]:
     """The operations `preset` applies to one `height` x `width` image, drawn from `rng`.
 
     The last operation leaves a `preset.size` x `preset.size` image (normalisation is not an Op).
+    With `record`, also fills it with the values drawn, by step (what the DALI graph executes
+    instead of drawing its own). For the step named N ("{number}.{step type}"; a Branch choice's
+    steps "{branch}.{choice}.{number}.{step type}"): Crop N.top, N.left; SquareResize N (1
+    applied, 0 not), N.side and, when applied, N.top, N.left; ResizedCrop N.top, N.left,
+    N.height, N.width; OneOf N (the option, -1 none) and the chosen option's N.{option}.quality
+    and .webp (1 or 0), .kernel or .variance; Rot90 N (counter-clockwise quarter turns, 0 none);
+    Flip N (-1 none, 0 horizontal, 1 vertical, 2 both); Branch N (the choice, -1 none).
+    Coordinates are those of the image the step receives (padded first where the step pads).
     """
     if height < 1 or width < 1:
         raise ValueError(f"image size must be positive, got {height}x{width}")
     ops: list[Op] = []
-    height, width = _draw_steps(preset.steps, rng, height, width, ops)
+    draw = _Draw(rng, ops, {} if record is None else record)
+    height, width = draw.steps(preset.steps, "", height, width)
     if (height, width) != (preset.size, preset.size):
         raise ValueError(f"preset {preset.name!r} ends at {height}x{width}, not "
                          f"{preset.size}x{preset.size}: its steps must end with a crop or resize")
@@ -120,54 +129,114 @@ def ops_to_json(ops: tuple[Op, ...]) -> list[dict]:
     return [{"op": type(op).__name__, **asdict(op)} for op in ops]
 
 
-def _draw_steps(steps: tuple[Step, ...], rng: np.random.Generator, height: int, width: int,
-                ops: list[Op]) -> tuple[int, int]:
-    for step in steps:
-        height, width = _draw_step(step, rng, height, width, ops)
-    return height, width
+@dataclass(frozen=True)
+class _Draw:
+    """One image's drawing: the generator, the operations so far and the values recorded."""
 
+    rng: np.random.Generator
+    ops: list[Op]
+    record: dict[str, float]
 
-def _draw_step(step: Step, rng: np.random.Generator, height: int, width: int, ops: list[Op]
-               ) -> tuple[int, int]:
-    if isinstance(step, PadTo):
-        return _pad(step.size, height, width, ops)
-    if isinstance(step, Crop):
-        if height < step.size or width < step.size:
-            raise ValueError(f"cannot crop {step.size}x{step.size} from a {height}x{width} image "
-                             "(put a PadTo step before the Crop)")
-        if step.random:
-            top, left = int(rng.integers(height - step.size + 1)), int(rng.integers(width - step.size + 1))
+    def steps(self, steps: tuple[Step, ...], prefix: str, height: int, width: int
+              ) -> tuple[int, int]:
+        for number, step in enumerate(steps):
+            height, width = self.step(step, f"{prefix}{number}.{type(step).__name__}", height,
+                                      width)
+        return height, width
+
+    def step(self, step: Step, name: str, height: int, width: int) -> tuple[int, int]:
+        rng, ops, record = self.rng, self.ops, self.record
+        if isinstance(step, PadTo):
+            return _pad(step.size, height, width, ops)
+        if isinstance(step, Crop):
+            if height < step.size or width < step.size:
+                raise ValueError(f"cannot crop {step.size}x{step.size} from a {height}x{width} "
+                                 "image (put a PadTo step before the Crop)")
+            if step.random:
+                top, left = int(rng.integers(height - step.size + 1)), int(rng.integers(width - step.size + 1))
+            else:
+                top, left = (height - step.size) // 2, (width - step.size) // 2
+            self.crop(name, CropOp(top, left, step.size, step.size))
+            return step.size, step.size
+        if isinstance(step, SquareResize):
+            return self.square_resize(step, name, height, width)
+        if isinstance(step, ResizedCrop):
+            self.crop(name, resized_crop_window(step, rng, height, width), sized=True)
+            ops.append(ResizeOp(step.size, "linear"))
+            return step.size, step.size
+        if isinstance(step, OneOf):
+            record[name] = -1
+            if rng.random() < step.p:
+                index = int(rng.integers(len(step.options)))
+                record[name] = index
+                ops.append(self.degradation(step.options[index], f"{name}.{index}"))
+        elif isinstance(step, Rot90):
+            record[name] = 0
+            if rng.random() < step.p:
+                quarters = record[name] = int(rng.integers(4))
+                if quarters:
+                    ops.append(RotOp(quarters))
+                if quarters % 2:
+                    height, width = width, height
+        elif isinstance(step, Flip):
+            record[name] = -1
+            if rng.random() < step.p:
+                mode = record[name] = int(rng.integers(3))
+                ops.append(FlipOp(horizontal=mode != 1, vertical=mode != 0))
+        elif isinstance(step, Branch):
+            record[name] = -1
+            if rng.random() < step.p:
+                weights = np.array([w for w, _ in step.choices], dtype=float)
+                index = int(rng.choice(len(weights), p=weights / weights.sum()))
+                record[name] = index
+                height, width = self.steps(step.choices[index][1], f"{name}.{index}.", height,
+                                           width)
         else:
-            top, left = (height - step.size) // 2, (width - step.size) // 2
-        ops.append(CropOp(top, left, step.size, step.size))
+            raise ValueError(f"unknown preset step {step!r}")
+        return height, width
+
+    def crop(self, name: str, op: CropOp, sized: bool = False) -> None:
+        self.ops.append(op)
+        self.record[f"{name}.top"], self.record[f"{name}.left"] = op.top, op.left
+        if sized:
+            self.record[f"{name}.height"], self.record[f"{name}.width"] = op.height, op.width
+
+    def square_resize(self, step: SquareResize, name: str, height: int, width: int
+                      ) -> tuple[int, int]:
+        rng = self.rng
+        short = min(height, width) if step.max_side is None else min(height, width, step.max_side)
+        side = int(rng.integers(step.min_side, max(short, step.min_side) + 1))
+        self.record[f"{name}.side"], self.record[name] = side, 0
+        if rng.random() >= step.p:
+            return height, width
+        self.record[name] = 1
+        height, width = _pad(side, height, width, self.ops)
+        self.crop(name, CropOp(int(rng.integers(height - side + 1)),
+                               int(rng.integers(width - side + 1)), side, side))
+        interpolation = step.interpolation
+        if interpolation == "auto":
+            interpolation = "lanczos4" if side > step.size else "cubic"
+        self.ops.append(ResizeOp(step.size, interpolation))
         return step.size, step.size
-    if isinstance(step, SquareResize):
-        return _square_resize(step, rng, height, width, ops)
-    if isinstance(step, ResizedCrop):
-        ops += [resized_crop_window(step, rng, height, width), ResizeOp(step.size, "linear")]
-        return step.size, step.size
-    if isinstance(step, OneOf):
-        if rng.random() < step.p:
-            ops.append(_draw_degradation(step.options[int(rng.integers(len(step.options)))], rng))
-    elif isinstance(step, Rot90):
-        if rng.random() < step.p:
-            quarters = int(rng.integers(4))
-            if quarters:
-                ops.append(RotOp(quarters))
-            if quarters % 2:
-                height, width = width, height
-    elif isinstance(step, Flip):
-        if rng.random() < step.p:
-            mode = int(rng.integers(3))
-            ops.append(FlipOp(horizontal=mode != 1, vertical=mode != 0))
-    elif isinstance(step, Branch):
-        if rng.random() < step.p:
-            weights = np.array([w for w, _ in step.choices], dtype=float)
-            chosen = step.choices[int(rng.choice(len(weights), p=weights / weights.sum()))][1]
-            height, width = _draw_steps(chosen, rng, height, width, ops)
-    else:
-        raise ValueError(f"unknown preset step {step!r}")
-    return height, width
+
+    def degradation(self, option: Degradation, name: str) -> Op:
+        rng, record = self.rng, self.record
+        if isinstance(option, Compress):
+            webp = rng.random() < option.webp_fraction
+            quality = int(rng.integers(option.quality[0], option.quality[1] + 1))
+            record[f"{name}.webp"], record[f"{name}.quality"] = int(webp), quality
+            return CompressOp("webp" if webp else "jpeg", quality)
+        if isinstance(option, Blur):
+            low, high = option.limit
+            kernel = int(rng.integers(low, high + 1))
+            if kernel % 2 == 0:  # albumentations rounds even sizes up (wrapping past `high`)
+                kernel = (kernel + 1) % (high + 1)
+            record[f"{name}.kernel"] = kernel
+            return BlurOp(kernel)
+        if isinstance(option, Noise):
+            variance = record[f"{name}.variance"] = float(rng.uniform(*option.variance))
+            return NoiseOp(variance, int(rng.integers(2**63)))
+        raise ValueError(f"unknown degradation {option!r}")
 
 
 def _pad(size: int, height: int, width: int, ops: list[Op]) -> tuple[int, int]:
@@ -175,22 +244,6 @@ def _pad(size: int, height: int, width: int, ops: list[Op]) -> tuple[int, int]:
         height, width = max(height, size), max(width, size)
         ops.append(PadOp(height, width))
     return height, width
-
-
-def _square_resize(step: SquareResize, rng: np.random.Generator, height: int, width: int,
-                   ops: list[Op]) -> tuple[int, int]:
-    short = min(height, width) if step.max_side is None else min(height, width, step.max_side)
-    side = int(rng.integers(step.min_side, max(short, step.min_side) + 1))
-    if rng.random() >= step.p:
-        return height, width
-    height, width = _pad(side, height, width, ops)
-    ops.append(CropOp(int(rng.integers(height - side + 1)), int(rng.integers(width - side + 1)),
-                      side, side))
-    interpolation = step.interpolation
-    if interpolation == "auto":
-        interpolation = "lanczos4" if side > step.size else "cubic"
-    ops.append(ResizeOp(step.size, interpolation))
-    return step.size, step.size
 
 
 def resized_crop_window(step: ResizedCrop, rng: np.random.Generator, height: int, width: int
@@ -212,18 +265,3 @@ def resized_crop_window(step: ResizedCrop, rng: np.random.Generator, height: int
     elif aspect > max(step.ratio):
         w = int(round(h * max(step.ratio)))
     return CropOp((height - h) // 2, (width - w) // 2, h, w)
-
-
-def _draw_degradation(option: Degradation, rng: np.random.Generator) -> Op:
-    if isinstance(option, Compress):
-        fmt: Literal["jpeg", "webp"] = "webp" if rng.random() < option.webp_fraction else "jpeg"
-        return CompressOp(fmt, int(rng.integers(option.quality[0], option.quality[1] + 1)))
-    if isinstance(option, Blur):
-        low, high = option.limit
-        kernel = int(rng.integers(low, high + 1))
-        if kernel % 2 == 0:  # albumentations rounds even sizes up (wrapping past `high`)
-            kernel = (kernel + 1) % (high + 1)
-        return BlurOp(kernel)
-    if isinstance(option, Noise):
-        return NoiseOp(float(rng.uniform(*option.variance)), int(rng.integers(2**63)))
-    raise ValueError(f"unknown degradation {option!r}")

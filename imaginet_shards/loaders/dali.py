@@ -8,10 +8,10 @@ CUDA, nvJPEG, memory, a bad device) raises a `DaliSetupError` at once, before an
 (`make_loader(backend="auto")` then falls back to the CPU backend). Each batch's samples are read
 with `shardset.read_batch`, in the rank's delivery order (`EpochLoader.order()`: the same batches
 as the CPU backend, whatever the thread count), their headers checked on the host (format,
-128-Mpixel and byte limits, as on the CPU backend), and their encoded bytes and labels fed to
-`fn.external_source`, for a tiled set with the image shapes those headers give (DALI cannot read a
-`.tiles` header; a short batch is padded by repeating its last sample; the repeats are dropped
-after the run). A tiled set's images in local shard files (a local set, or a remote one's cache)
+128-Mpixel and byte limits, as on the CPU backend), their perturbations drawn on the host, and
+their encoded bytes, labels, image shapes (from those headers: DALI cannot read a `.tiles`
+header) and drawn values fed to `fn.external_source` (a short batch is padded by repeating its
+last sample; the repeats are dropped after the run). A tiled set's images in local shard files (a local set, or a remote one's cache)
 are fed as small tickets instead of their bytes (`WindowDecoder.lend`): the window route then
 reads only the tiles each crop covers, from shard files kept open until the run's outputs are
 taken. Up to `dali_pipeline.PREFETCH` runs are in flight. Keys come from what was fed, so
@@ -31,12 +31,13 @@ stream is freed in that stream's order: the memory stays valid for every kernel 
 stream, with no host synchronisation per batch. On the CPU (`device="cpu"`, `device_id=None`)
 outputs are plain host arrays.
 
-Random draws come from the pipeline's generators, seeded by (seed, rank, the epoch the loader was
-built at) and advancing with every run: rates and ranges follow the spec, but a sample's draws
-depend on the batches run before it, not on its key. The same calls on a fresh loader give the same
-batches; a resumed loader delivers the same samples in the same batches, with other draws.
-Presets with `per_sample_seed` (`social`) are therefore refused (NotImplementedError): build the
-social test set with `imaginet-shards perturb` (CPU).
+Perturbations are drawn on the host exactly as the CPU backend draws them: `decisions.draw_params`
+with the generator of (seed, epoch, sample key) (`world.sample_rng`; (seed, key) for presets with
+`per_sample_seed`), so a sample gets the same crop, degradation, rotation and flip on both
+backends, whatever the batch, rank or thread count, and a resumed loader gives the batches an
+uninterrupted one would. The one exception is the Gaussian noise field itself (its variance is
+drawn on the host), which comes from the pipeline's generator, seeded by (seed, rank, the epoch
+the loader was built at) and advancing with every run.
 
 DALI substitutions and limitations
 ----------------------------------
@@ -80,10 +81,19 @@ import numpy as np
 import torch
 from nvidia.dali.backend import TensorListCPU
 
+from imaginet_shards.augment.dali import DrawLayout
+from imaginet_shards.augment.decisions import draw_params
 from imaginet_shards.codecs.windows import WindowDecoder
 from imaginet_shards.errors import SampleError, ShardSetError
 from imaginet_shards.format.tiles import RETILE_KEY
-from imaginet_shards.io.shardset import ShardFiles, ShardIndex, ShardSet, open_shard_set, read_batch
+from imaginet_shards.io.shardset import (
+    Record,
+    ShardFiles,
+    ShardIndex,
+    ShardSet,
+    open_shard_set,
+    read_batch,
+)
 from imaginet_shards.loaders.base import EpochLoader, LoaderConfig
 from imaginet_shards.loaders.dali_faults import HINT, check_batch, dali_reason, first_unusable
 from imaginet_shards.loaders.dali_pipeline import (
@@ -95,12 +105,12 @@ from imaginet_shards.loaders.dali_pipeline import (
     padded,
     preset_graph,
 )
-from imaginet_shards.loaders.world import RankOrder, derive_seed
+from imaginet_shards.loaders.world import RankOrder, derive_seed, sample_rng
 
 
 class DaliBatch(NamedTuple):
-    """A batch with its sample keys and the per-sample decisions of the preset's top-level steps
-    (see `augment.dali.build_graph` for names and values)."""
+    """A batch with its sample keys and the values drawn for its samples that the graph executed,
+    by name (see `decisions.draw_params`; 0 where a sample did not draw that value)."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -137,9 +147,6 @@ class DaliLoader(EpochLoader):
         if config.on_error != "raise":
             raise NotImplementedError("the DALI backend cannot skip unusable samples "
                                       "(on_error='skip'); use backend='cpu'")
-        if config.preset.per_sample_seed:
-            raise NotImplementedError(f"preset {config.preset.name!r} needs per-sample seeds, which "
-                                      "DALI's generators cannot key by sample; use backend='cpu'")
         tiled = RETILE_KEY in shards.manifest.options
         if device_ids(config.device)[1] != "cpu" and tiled:
             raise NotImplementedError("a tiled shard set decodes through windows.py on the CPU: "
@@ -149,7 +156,6 @@ class DaliLoader(EpochLoader):
         # the pipeline and its window decoder (a thread pool) live as long as the loader
         self._windows = WindowDecoder(max(config.workers, 1), tiled=tiled)
         self._runner: Runner | None = None
-        self._names: tuple[str, ...] = ()
         try:
             self._start()
         except BaseException:
@@ -158,10 +164,10 @@ class DaliLoader(EpochLoader):
 
     def _start(self) -> Runner:
         c = self.config
-        pipe, self._names = build_pipeline(preset_graph(c.preset, self._windows), c.device,
-                                           c.batch_size, max(c.workers, 1), _pipeline_seed(c),
-                                           shapes=self._windows.tiled)
-        self._runner = Runner(pipe)
+        pipe, layout = build_pipeline(preset_graph(c.preset, self._windows), c.device,
+                                      c.batch_size, max(c.workers, 1), _pipeline_seed(c),
+                                      shapes=True)
+        self._runner = Runner(pipe, layout)
         return self._runner
 
     def close(self) -> None:
@@ -175,10 +181,11 @@ class DaliLoader(EpochLoader):
             self._runner.close()
         self._runner = None
 
-    def _feeds(self, order: RankOrder) -> Iterator[Feed]:
-        """The runs of the epoch's non-empty batches: their samples read and checked on the host.
-        A tiled set's images in local shard files are fed as tickets (`WindowDecoder.lend`): the
-        window route reads only their covering tiles, from files open until the run is over."""
+    def _feeds(self, order: RankOrder, runner: Runner) -> Iterator[Feed]:
+        """The runs of the epoch's non-empty batches: their samples read and checked, their
+        perturbations drawn on the host. A tiled set's images in local shard files are fed as
+        tickets (`WindowDecoder.lend`): the window route reads only their covering tiles, from
+        files open until the run is over."""
         tiled = self._windows.tiled
         for number in range(len(order)):
             shard_ids, samples = order.batch(number)
@@ -188,13 +195,27 @@ class DaliLoader(EpochLoader):
             try:
                 records = read_batch(self.shards, self._indexes, shard_ids, samples, files)
                 labels, shapes = check_batch(records)
+                draws = runner.layout.pack([self._draw(r, shape)
+                                            for r, shape in zip(records, shapes)])
             except BaseException:
                 if files is not None:
                     files.close()
                 raise
             encoded = [r.image if r.tiled is None else self._windows.lend(r.tiled) for r in records]
-            yield padded(encoded, labels, self.config.batch_size, (number, records),
-                         shapes if tiled else None, None if files is None else files.close)
+            yield padded(encoded, labels, self.config.batch_size, (number, records), shapes,
+                         None if files is None else files.close, draws)
+
+    def _draw(self, record: Record, shape: np.ndarray) -> dict[str, float]:
+        """The values the preset draws for `record`'s image of `shape`, as the CPU backend draws
+        them; a SampleError when the preset cannot apply to it."""
+        c = self.config
+        drawn: dict[str, float] = {}
+        rng = sample_rng(c.seed, record.key, None if c.preset.per_sample_seed else c.epoch)
+        try:
+            draw_params(c.preset, rng, int(shape[0]), int(shape[1]), drawn)
+        except ValueError as exc:
+            raise SampleError(record.shard, record.key, str(exc), HINT) from exc
+        return drawn
 
     def batches(self) -> Iterator[DaliBatch]:
         """The rest of the epoch's batches (all of them unless a state was loaded) with their keys
@@ -208,7 +229,7 @@ class DaliLoader(EpochLoader):
         self.shards.prefetch(list(dict.fromkeys(  # a remote set's cache fills ahead of use
             self.shards.manifest.shards[int(order.shards[i])].name for i in starts)))
         stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
-        runs = runner.run(self._feeds(order), stream)
+        runs = runner.run(self._feeds(order, runner), stream)
         for number, size in enumerate(order.batch_sizes):
             if size == 0:  # a rank of a tiny set: empty batches (see world.py)
                 yield self._empty(device)
@@ -221,18 +242,23 @@ class DaliLoader(EpochLoader):
                 raise self._failure(str(exc), runner) from exc
             if taken is None or taken[0].tag[0] != number:
                 raise RuntimeError(f"the DALI runs and the order disagree at batch {number}")
-            yield self._batch(*taken, device)
+            yield self._batch(*taken, device, runner.layout)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for batch in self.batches():
             yield batch.images, batch.labels
 
-    def _batch(self, feed: Feed, outputs: list, device: torch.device) -> DaliBatch:
-        images, labels, *decisions = outputs
+    def _batch(self, feed: Feed, outputs: list, device: torch.device, layout: DrawLayout
+               ) -> DaliBatch:
+        images, labels = outputs
         n, records = feed.real, feed.tag[1]
+        decisions = {}
+        for names, values in zip((layout.ints, layout.floats), feed.draws):
+            if names:
+                columns = torch.from_numpy(np.stack(values[:n]))
+                decisions.update({name: columns[:, i] for i, name in enumerate(names)})
         return DaliBatch(_on_device(images, device)[:n], _on_device(labels, device)[:n].long(),
-                         [r.key for r in records],
-                         {name: _host(d)[:n] for name, d in zip(self._names, decisions)})
+                         [r.key for r in records], decisions)
 
     def _failure(self, message: str, runner: Runner) -> SampleError | ShardSetError:
         """A SampleError naming the sample of the failed run (the oldest in flight) that a CPU

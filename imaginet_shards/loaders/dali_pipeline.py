@@ -1,8 +1,8 @@
 """The DALI backend's one pipeline: built once per loader, fed batch by batch, run a few batches
 ahead.
 
-`build_pipeline` makes the pipeline (encoded bytes and labels from `fn.external_source`, the preset
-as `augment.dali.build_graph`) and builds it at once, so that a CUDA, nvJPEG, memory or device
+`build_pipeline` makes the pipeline (encoded bytes, labels and each sample's drawn values from
+`fn.external_source`, the preset as `augment.dali.build_graph`) and builds it at once, so that a CUDA, nvJPEG, memory or device
 problem surfaces as a `DaliSetupError` before anything is read. `Runner` feeds it the batches of
 an epoch and hands their outputs back in order, keeping up to `depth` runs in flight; it lives as
 long as the loader, across epochs.
@@ -27,7 +27,7 @@ import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.pipeline import Pipeline
 
-from imaginet_shards.augment.dali import build_graph
+from imaginet_shards.augment.dali import DrawLayout, Draws, build_graph
 from imaginet_shards.augment.dali_decode import Decoder, decoder_arguments
 from imaginet_shards.augment.spec import Preset
 from imaginet_shards.codecs.windows import WindowDecoder
@@ -36,6 +36,7 @@ from imaginet_shards.errors import DaliSetupError
 # The default executor, named so that nobody turns it off by passing another flag: see above.
 EXECUTOR: dict[str, Any] = {"exec_async": True, "exec_pipelined": True, "exec_dynamic": True}
 ENCODED, LABELS, SHAPES = "encoded", "labels", "shapes"  # the external sources' names
+INTS, FLOATS = "drawn_ints", "drawn_floats"
 PREFETCH = 2  # runs DALI works on ahead of the one handed out
 
 
@@ -53,34 +54,34 @@ def device_ids(device: str) -> tuple[int | None, str]:
     raise ValueError(f"the DALI backend runs on 'cpu' or 'cuda[:n]', not {device!r}")
 
 
-Graph = Callable[[Any, Any, str], tuple[Any, dict[str, Any]]]  # (encoded, shapes, decode device)
+DrawnValues = tuple[Sequence[np.ndarray], Sequence[np.ndarray]]  # (int32 vectors, float32 vectors)
+Graph = Callable[[Any, Any, Draws, str], Any]  # (encoded, shapes, draws, decode device) -> images
 
 
 def preset_graph(preset: Preset, windows: WindowDecoder | None) -> Graph:
     """The graph of the loader: `preset` on the encoded images (see `augment.dali.build_graph`)."""
-    return lambda encoded, shapes, decode_device: build_graph(encoded, preset, decode_device,
-                                                              windows, shapes=shapes)
+    return lambda encoded, shapes, draws, decode_device: build_graph(
+        encoded, preset, draws, decode_device, windows, shapes=shapes)
 
 
 def decode_graph(preset: Preset) -> Graph:
     """Whole images through the decoder that `preset`'s loader uses (the graph's own `Decoder`,
     arguments and all), nothing after it: what the decode-only benchmark times."""
-    def graph(encoded: Any, shapes: Any, decode_device: str) -> tuple[Any, dict[str, Any]]:
+    def graph(encoded: Any, shapes: Any, draws: Draws, decode_device: str) -> Any:
         decoder = Decoder(decode_device, None, decoder_arguments(preset, decode_device))
-        return decoder.pixels(decoder.encoded_view(encoded)), {}
+        return decoder.pixels(decoder.encoded_view(encoded))
     return graph
 
 
 def build_pipeline(graph: Graph, device: str, batch_size: int, threads: int, seed: int,
-                   depth: int = PREFETCH, shapes: bool = False
-                   ) -> tuple[Pipeline, tuple[str, ...]]:
-    """A built pipeline running `graph` on fed batches (outputs: the graph's images, the fed labels,
-    the graph's decisions in order) and the decision names. With `shapes`, every feed also gives
-    the images' shapes (`Feed.shapes`), which the graph then takes instead of reading them from
-    the encoded bytes. Raises DaliSetupError (naming the device and DALI's message) when DALI
-    cannot build it here."""
+                   depth: int = PREFETCH, shapes: bool = False) -> tuple[Pipeline, DrawLayout]:
+    """A built pipeline running `graph` on fed batches (outputs: the graph's images and the fed
+    labels) and the layout of the drawn values every feed gives (`Feed.draws`, packed by
+    `DrawLayout.pack`). With `shapes`, every feed also gives the images' shapes (`Feed.shapes`),
+    which the graph then takes instead of reading them from the encoded bytes. Raises
+    DaliSetupError (naming the device and DALI's message) when DALI cannot build it here."""
     device_id, decode_device = device_ids(device)
-    names: list[str] = []
+    drawn: list[Draws] = []
 
     @pipeline_def(enable_conditionals=True)
     def pipeline():
@@ -90,9 +91,10 @@ def build_pipeline(graph: Graph, device: str, batch_size: int, threads: int, see
                                      no_copy=device_id is None)
         labels = fn.external_source(name=LABELS, dtype=types.INT32, ndim=1)
         fed = fn.external_source(name=SHAPES, dtype=types.INT32, ndim=1) if shapes else None
-        images, decisions = graph(encoded, fed, decode_device)
-        names.extend(decisions)
-        return (images, labels, *decisions.values())
+        draws = Draws(fn.external_source(name=INTS, dtype=types.INT32, ndim=1),
+                      fn.external_source(name=FLOATS, dtype=types.FLOAT, ndim=1))
+        drawn.append(draws)  # DALI drops a source the graph does not read: see Runner._feed
+        return graph(encoded, fed, draws, decode_device), labels
 
     try:
         pipe = pipeline(batch_size=batch_size, num_threads=threads, device_id=device_id,
@@ -100,7 +102,7 @@ def build_pipeline(graph: Graph, device: str, batch_size: int, threads: int, see
         pipe.build()
     except RuntimeError as exc:
         raise DaliSetupError(device, str(exc).strip()) from exc
-    return pipe, tuple(names)
+    return pipe, drawn[0].layout()
 
 
 class SupersededError(RuntimeError):
@@ -109,11 +111,12 @@ class SupersededError(RuntimeError):
 
 @dataclass(frozen=True)
 class Feed:
-    """One run's input: encoded images, labels and, for a pipeline built with `shapes`, the
-    images' int32 (height, width, 3) shapes (padded to the pipeline's batch size), how many of
-    them are real, what the caller wants back with the outputs (`tag`; it stays referenced while
-    the run is in flight) and what to call once the run is over (`release`, e.g. closing the
-    files its images are read from)."""
+    """One run's input: encoded images, labels, the drawn values (int32 and float32 vectors, see
+    `build_pipeline`) and, for a pipeline built with `shapes`, the images' int32 (height, width,
+    3) shapes, all padded to the pipeline's batch size; how many samples are real, what the
+    caller wants back with the outputs (`tag`; it stays referenced while the run is in flight)
+    and what to call once the run is over (`release`, e.g. closing the files its images are read
+    from)."""
 
     encoded: list[np.ndarray]
     labels: list[np.ndarray]
@@ -121,26 +124,29 @@ class Feed:
     tag: Any = None
     shapes: list[np.ndarray] | None = None
     release: Callable[[], None] | None = None
+    draws: DrawnValues = ((), ())
 
 
 def padded(encoded: Sequence[bytes | np.ndarray], labels: Sequence[np.ndarray], batch_size: int,
            tag: Any = None, shapes: Sequence[np.ndarray] | None = None,
-           release: Callable[[], None] | None = None) -> Feed:
+           release: Callable[[], None] | None = None, draws: DrawnValues = ((), ())) -> Feed:
     """A Feed of 1..batch_size samples, the last repeated up to `batch_size` (a run's outputs for
     the repeats are dropped)."""
-    if (not 0 < len(encoded) <= batch_size or len(labels) != len(encoded)
-            or (shapes is not None and len(shapes) != len(encoded))):
-        raise ValueError(f"a run takes 1..{batch_size} samples with labels (and shapes, if any), "
-                         f"got {len(encoded)}")
-    extra = batch_size - len(encoded)
+    count = len(encoded)
+    if (not 0 < count <= batch_size or len(labels) != count
+            or any(len(values) not in (0, count) for values in draws)
+            or (shapes is not None and len(shapes) != count)):
+        raise ValueError(f"a run takes 1..{batch_size} samples with labels and draws (and shapes, "
+                         f"if any), got {count}")
+    extra = batch_size - count
 
     def filled(items: list[np.ndarray]) -> list[np.ndarray]:
         return items + items[-1:] * extra
 
     return Feed(filled([np.frombuffer(data, dtype=np.uint8) for data in encoded]),
-                filled([np.asarray(label, dtype=np.int32) for label in labels]), len(encoded), tag,
+                filled([np.asarray(label, dtype=np.int32) for label in labels]), count, tag,
                 None if shapes is None else filled([np.asarray(s, dtype=np.int32) for s in shapes]),
-                release)
+                release, (filled(list(draws[0])), filled(list(draws[1]))))
 
 
 class Runner:
@@ -157,8 +163,9 @@ class Runner:
     flight are freed. `close` does the same explicitly and releases those feeds too.
     """
 
-    def __init__(self, pipe: Pipeline, depth: int = PREFETCH):
+    def __init__(self, pipe: Pipeline, layout: DrawLayout | None = None, depth: int = PREFETCH):
         self.pipe, self.depth = pipe, depth  # `pipe` first: see above
+        self.layout = layout or DrawLayout()
         self._primed = False
         self._in_flight: deque[Feed] = deque()
         self._generation = 0
@@ -168,6 +175,10 @@ class Runner:
         self.pipe.feed_input(LABELS, feed.labels)
         if feed.shapes is not None:
             self.pipe.feed_input(SHAPES, feed.shapes)
+        for name, names, values in ((INTS, self.layout.ints, feed.draws[0]),
+                                    (FLOATS, self.layout.floats, feed.draws[1])):
+            if names:  # the graph reads no value of a kind it has no name for: no such source
+                self.pipe.feed_input(name, values)
         self._in_flight.append(feed)
 
     def _schedule(self, feeds: Iterator[Feed]) -> None:
