@@ -5,11 +5,13 @@ workers of its process pools would live on as orphans, blocked on queues nobody 
 pool we start runs `WorkerGuard` in each worker first: on Linux the kernel then sends the worker
 SIGKILL the moment its parent exits (prctl PR_SET_PDEATHSIG); elsewhere a watchdog thread polls the
 parent's pid. On Linux the signal follows the parent *thread* that started the worker, so a pool
-must be used by the thread that created it, or one that outlives it (as pools here are).
+must be used by the thread that created it, or one that outlives it (as pools here are). The
+guard also keeps a forked worker's garbage collector away from what it inherited (`WorkerGuard`).
 """
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import signal
 import sys
@@ -45,7 +47,8 @@ def die_with_parent(owner: int) -> None:
 
 @dataclass(frozen=True)
 class WorkerGuard:
-    """A picklable worker initializer: `die_with_parent(owner)`, then `then()` when given.
+    """A picklable worker initializer: freeze what the worker inherits from the garbage collector
+    (see `__call__`), `die_with_parent(owner)`, then `then()` when given.
 
     Use it as a ProcessPoolExecutor's `initializer` (or through `process_pool`) and as a DataLoader's
     `worker_init_fn` (which passes the worker id, ignored here). Build it in the parent: `owner`
@@ -56,6 +59,10 @@ class WorkerGuard:
     owner: int = field(default_factory=os.getpid)
 
     def __call__(self, *_worker_id: object) -> None:
+        # What a forked worker inherits is the parent's to free: a DALI pipeline left in a
+        # reference cycle would hang a collection here, its executor's threads not being copied
+        # by the fork. Frozen objects are never collected (nor copied on write by the collector).
+        gc.freeze()
         die_with_parent(self.owner)
         if self.then is not None:
             self.then()

@@ -86,8 +86,8 @@ def unfed_graph(preset: Preset, decode_device: str, windows: WindowDecoder | Non
                 shapes: Any = None) -> Any:
     """The graph of `preset` over named external sources (for graphs that are defined or built,
     not run)."""
-    draws = Draws(fn.external_source(name="ints", dtype=types.INT32, ndim=1),
-                  fn.external_source(name="floats", dtype=types.FLOAT, ndim=1))
+    draws = Draws(fn.external_source(name="drawn", dtype=types.INT32, ndim=1),
+                  fn.external_source(name="noise", dtype=types.FLOAT, ndim=3, layout="HWC"))
     return build_graph(fn.external_source(name="encoded"), preset, draws, decode_device, windows,
                        shapes=shapes)
 

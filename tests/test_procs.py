@@ -114,3 +114,42 @@ def test_a_worker_whose_owner_is_already_gone_exits_at_once():
 def test_the_guard_pickles_with_its_owner_and_initializer():
     guard = pickle.loads(pickle.dumps(WorkerGuard(then=print)))
     assert guard.owner == os.getpid() and guard.then is print
+
+
+def test_a_worker_never_finalises_what_it_inherits(tmp_path):
+    """A DALI pipeline left in a reference cycle when a pool forks is garbage in the worker too;
+    finalising it there waits forever on the parent's executor threads, which the fork did not
+    copy. The guard freezes what the worker inherits, so its collections leave it alone."""
+    pytest.importorskip("nvidia.dali")
+    script = textwrap.dedent("""
+        import gc, os
+        from concurrent.futures import TimeoutError
+        from nvidia.dali import fn, pipeline_def, types
+        from imaginet_shards.procs import process_pool
+
+        gc.disable()  # the cycle stays garbage until the worker collects it
+
+        @pipeline_def(batch_size=2, num_threads=2, device_id=None)
+        def pipeline():
+            return fn.random.uniform(range=[0.0, 1.0], shape=[4])
+
+        pipe = pipeline()
+        pipe.build()
+        pipe.run()
+        cycle = {"pipe": pipe}
+        cycle["cycle"] = cycle
+        del pipe, cycle
+        with process_pool(1) as pool:
+            try:
+                pool.submit(gc.collect).result(timeout=60)
+            except TimeoutError:
+                print("the worker hung collecting the inherited pipeline", flush=True)
+                os._exit(3)  # leaving the pool would wait for the hung worker
+        print("collected", flush=True)
+    """)
+    proc = _start(["-c", script], tmp_path)
+    try:
+        assert proc.wait(timeout=120) == 0, (tmp_path / "parent.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)

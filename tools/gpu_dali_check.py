@@ -35,7 +35,7 @@ from imaginet_shards.cli_common import EXIT_ERROR, EXIT_OK, EXIT_PROBLEMS, run_t
 PRESETS = ("train", "eval", "calibration")
 # mean |GPU - CPU| in 0-255 levels, decisions identical: eval differs only by nvJPEG vs libjpeg-turbo
 # on JPEGs (0.68 levels on JPEG-only 96-px windows on an H200, tools/gpu_jpeg_crops.py);
-# train/calibration add the CUDA JPEG distortion and another noise generator
+# train/calibration add the CUDA JPEG distortion (noise fields are the host's, as on the CPU)
 LIMITS = {"eval": 1.0, "train": 3.0, "calibration": 3.0}
 Decisions = dict[str, dict[str, float]]  # key -> decision name -> value
 

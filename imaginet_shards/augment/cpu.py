@@ -17,7 +17,6 @@ on the RGB array (which OpenCV takes for BGR: the chroma damage sees red and blu
 from __future__ import annotations
 
 import io
-import math
 
 import cv2
 import numpy as np
@@ -36,6 +35,7 @@ from imaginet_shards.augment.decisions import (
     RotOp,
     draw_params,
 )
+from imaginet_shards.augment.noise import noise_field
 from imaginet_shards.augment.spec import Preset
 from imaginet_shards.codecs.windows import decode_whole, decode_window
 from imaginet_shards.format.images import check_image
@@ -93,12 +93,9 @@ def _apply_array(image: np.ndarray, op: Op) -> np.ndarray:
 
 
 def _add_noise(image: np.ndarray, op: NoiseOp) -> np.ndarray:
-    """`op`'s noise field (torch's normal generator seeded with `op.seed`, drawn in [3, H, W] order)
-    added in float32, clipped to [0, 255] and truncated, as numpy's cast does."""
-    generator = torch.Generator().manual_seed(op.seed)
-    height, width = image.shape[:2]
-    noise = torch.randn((3, height, width), generator=generator).numpy().transpose(1, 2, 0)
-    noise *= np.float32(math.sqrt(op.variance))
+    """`op`'s noise field added in float32, clipped to [0, 255] and truncated, as numpy's cast
+    does."""
+    noise = noise_field(op, *image.shape[:2])
     noise += image
     return np.clip(noise, 0, 255, out=noise).astype(np.uint8)
 

@@ -6,9 +6,9 @@ and `ResizedCrop` only move a window over the encoded image, and the first step 
 decodes just that window (`dali_decode`: ROI decoding, the PNG/WebP window route, mirroring).
 The graph draws nothing itself: each sample's choices and parameters are drawn on the host by
 `decisions.draw_params` (the CPU backend's decisions for the same generator), fed as one int32
-and one float32 vector per sample, and read by name (`dali_nodes.Draws`); choices become `if`
-statements (DALI splits the batch, runs each branch on its samples, merges). Only the Gaussian
-noise field comes from DALI's own generator. Where choices differ only in their windows
+vector per sample and read by name (`dali_nodes.Draws`), with the Gaussian noise field of the
+samples that draw noise (`augment.noise`); choices become `if` statements (DALI splits the batch,
+runs each branch on its samples, merges). Where choices differ only in their windows
 (`SquareResize` applied or not, the branches of a `Branch` up to their first pixel step), the
 windows are merged per sample before decoding: every preset decodes once, with one DALI decoder
 operator (each has its own thread pool, codec state and buffers).
@@ -31,7 +31,15 @@ from nvidia.dali import fn, types
 from nvidia.dali.pipeline import do_not_convert
 
 from imaginet_shards.augment.dali_decode import Decoder, decoder_arguments, pixel_view
-from imaginet_shards.augment.dali_nodes import DataNode, DrawLayout, Draws, View, merge, where
+from imaginet_shards.augment.dali_nodes import (
+    DataNode,
+    DrawLayout,
+    Draws,
+    View,
+    host_draws,
+    merge,
+    where,
+)
 from imaginet_shards.augment.spec import (
     Blur,
     Branch,
@@ -50,7 +58,7 @@ from imaginet_shards.augment.spec import (
 )
 from imaginet_shards.codecs.windows import WindowDecoder
 
-__all__ = ["Draws", "DrawLayout", "build_graph", "decoder_arguments"]
+__all__ = ["Draws", "DrawLayout", "build_graph", "decoder_arguments", "host_draws"]
 
 _Plan = tuple[View, tuple[int | None, str, int]]  # see _Builder.lazy
 
@@ -163,8 +171,9 @@ class _Builder:
             return {"quality": self.draws.integer(f"{name}.quality")}
         if isinstance(option, Blur):
             return {"kernel": self.draws.integer(f"{name}.kernel")}
-        if isinstance(option, Noise):
-            return {"variance": self.draws.real(f"{name}.variance")}
+        if isinstance(option, Noise):  # fed on the CPU, used on the image's device
+            noise = self.draws.noise()
+            return {"field": noise.gpu() if self.decoder.gpu else noise}
         raise ValueError(f"unknown degradation {option!r}")
 
     @staticmethod
@@ -178,8 +187,9 @@ class _Builder:
             kernel = params["kernel"]
             sigma = 0.3 * ((fn.cast(kernel, dtype=types.FLOAT) - 1.0) * 0.5 - 1.0) + 0.8
             return fn.gaussian_blur(image, window_size=kernel, sigma=sigma)
-        if isinstance(option, Noise):  # mean -0.5, rounded: the reference's truncation
-            return fn.noise.gaussian(image, stddev=dmath.sqrt(params["variance"]), mean=-0.5)
+        if isinstance(option, Noise):  # the host's field, added and truncated as numpy does
+            return fn.cast(dmath.clamp(dmath.floor(image + params["field"]), 0.0, 255.0),
+                           dtype=types.UINT8)
         raise ValueError(f"unknown degradation {option!r}")
 
     def rot90(self, view: View, name: str) -> View:

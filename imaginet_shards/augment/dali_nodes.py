@@ -15,6 +15,10 @@ from nvidia.dali import fn, types
 from nvidia.dali.data_node import DataNode as DaliNode
 from nvidia.dali.pipeline import do_not_convert
 
+from imaginet_shards.augment.decisions import NoiseOp, draw_params, image_size
+from imaginet_shards.augment.noise import noise_field
+from imaginet_shards.augment.spec import Preset
+
 DataNode = Any  # nvidia.dali.pipeline.DataNode (or a Python int where a value is static)
 
 
@@ -23,44 +27,67 @@ def as_int(node: DataNode) -> DataNode:
     return fn.cast(node, dtype=types.INT32)
 
 
+NO_FIELD = np.zeros((1, 1, 3), dtype=np.float32)  # fed for samples without a noise field
+
+
 @dataclass(frozen=True)
 class DrawLayout:
-    """Where each drawn value sits in a sample's fed vectors: `ints` (int32) and `floats`
-    (float32), by name (see `decisions.draw_params`)."""
+    """What each sample's feed holds: the int32 vector of drawn values named `ints` (see
+    `decisions.draw_params`), and with `noise` a float32 HWC noise field."""
 
     ints: tuple[str, ...] = ()
-    floats: tuple[str, ...] = ()
+    noise: bool = False
 
-    def pack(self, records: Sequence[Mapping[str, float]]
-             ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """(int32 vectors, float32 vectors) of the samples' records; a value a sample did not
-        draw (an option or choice it did not take) is 0."""
+    def pack(self, records: Sequence[Mapping[str, float]],
+             fields: Sequence[np.ndarray | None]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """(int32 vectors, noise fields) of the samples' records and fields (none when the graph
+        reads none); a value a sample did not draw (an option or choice it did not take) is 0,
+        a missing field NO_FIELD."""
         return ([np.array([r.get(n, 0) for n in self.ints], dtype=np.int32) for r in records],
-                [np.array([r.get(n, 0.0) for n in self.floats], dtype=np.float32)
-                 for r in records])
+                [NO_FIELD if f is None else np.ascontiguousarray(f) for f in fields]
+                if self.noise else [])
 
 
 @dataclass
 class Draws:
-    """The values drawn on the host for each sample, inside the graph: `integer(name)` and
-    `real(name)` read one from the fed int32 or float32 vector (`int_values`, `float_values`),
-    the order of first reads fixing the vectors' layout (`layout()`)."""
+    """The host's draws for each sample, inside the graph: `integer(name)` reads one value from
+    the fed int32 vector (`int_values`), the order of first reads fixing its layout
+    (`layout()`); `noise()` is the fed noise field (`noise_values`)."""
 
     int_values: DataNode
-    float_values: DataNode
+    noise_values: DataNode
     _ints: list[str] = field(default_factory=list)
-    _floats: list[str] = field(default_factory=list)
+    _reads_noise: bool = False
 
     @do_not_convert
     def integer(self, name: str) -> DataNode:
         return self.int_values[_slot(self._ints, name)]
 
-    @do_not_convert
-    def real(self, name: str) -> DataNode:
-        return self.float_values[_slot(self._floats, name)]
+    def noise(self) -> DataNode:
+        self._reads_noise = True
+        return self.noise_values
 
     def layout(self) -> DrawLayout:
-        return DrawLayout(tuple(self._ints), tuple(self._floats))
+        return DrawLayout(tuple(self._ints), self._reads_noise)
+
+
+def host_draws(preset: Preset, rng: np.random.Generator, height: int, width: int, noise: bool
+               ) -> tuple[dict[str, float], np.ndarray | None]:
+    """What the host feeds the graph for one `height` x `width` image: the record of
+    `decisions.draw_params` and, with `noise`, the noise field it draws (None if it draws none).
+    ValueError when the preset cannot apply to the image, or adds noise to it twice (one field
+    a sample)."""
+    record: dict[str, float] = {}
+    ops = draw_params(preset, rng, height, width, record)
+    noisy = [number for number, op in enumerate(ops) if isinstance(op, NoiseOp)] if noise else []
+    if len(noisy) > 1:
+        raise ValueError(f"preset {preset.name!r} adds noise {len(noisy)} times to one image: "
+                         "the DALI graph takes one noise field a sample")
+    if not noisy:
+        return record, None
+    op = ops[noisy[0]]
+    assert isinstance(op, NoiseOp)
+    return record, noise_field(op, *image_size(ops[:noisy[0]], height, width))
 
 
 def _slot(names: list[str], name: str) -> int:

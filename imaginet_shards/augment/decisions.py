@@ -124,6 +124,18 @@ def draw_params(preset: Preset, rng: np.random.Generator, height: int, width: in
     return tuple(ops)
 
 
+def image_size(ops: tuple[Op, ...], height: int, width: int) -> tuple[int, int]:
+    """The (height, width) of a `height` x `width` image after `ops`."""
+    for op in ops:
+        if isinstance(op, PadOp | CropOp):
+            height, width = op.height, op.width
+        elif isinstance(op, ResizeOp):
+            height = width = op.size
+        elif isinstance(op, RotOp) and op.quarters % 2:
+            height, width = width, height
+    return height, width
+
+
 def ops_to_json(ops: tuple[Op, ...]) -> list[dict]:
     """A JSON-ready record of the operations, e.g. [{"op": "CropOp", "top": 3, ...}, ...]."""
     return [{"op": type(op).__name__, **asdict(op)} for op in ops]

@@ -154,8 +154,7 @@ def _dali_pass(blobs: list[bytes], threads: int, device: str) -> Callable[[], No
     from imaginet_shards.augment.spec import get_preset
     from imaginet_shards.loaders.dali_pipeline import Feed, Runner, build_pipeline, decode_graph
 
-    pipe, _ = build_pipeline(decode_graph(get_preset("train")), device, DECODE_BATCH, threads,
-                             seed=0)
+    pipe, _ = build_pipeline(decode_graph(get_preset("train")), device, DECODE_BATCH, threads)
     runner = Runner(pipe)
     arrays = [np.frombuffer(b, dtype=np.uint8) for b in blobs]
     labels = [np.zeros(4, dtype=np.int32)] * len(arrays)

@@ -35,9 +35,8 @@ Perturbations are drawn on the host exactly as the CPU backend draws them: `deci
 with the generator of (seed, epoch, sample key) (`world.sample_rng`; (seed, key) for presets with
 `per_sample_seed`), so a sample gets the same crop, degradation, rotation and flip on both
 backends, whatever the batch, rank or thread count, and a resumed loader gives the batches an
-uninterrupted one would. The one exception is the Gaussian noise field itself (its variance is
-drawn on the host), which comes from the pipeline's generator, seeded by (seed, rank, the epoch
-the loader was built at) and advancing with every run.
+uninterrupted one would. Even the Gaussian noise field is the CPU backend's: made on the host
+for the samples that draw noise, fed with the draws.
 
 DALI substitutions and limitations
 ----------------------------------
@@ -45,8 +44,8 @@ DALI substitutions and limitations
   draw is JPEG (`fn.jpeg_compression_distortion`) at the drawn quality. JPEG itself runs on the
   red/blue-swapped image, as OpenCV's encoder sees the reference's RGB: 0 levels from OpenCV.
 - **Blur**: `fn.gaussian_blur` with the drawn kernel and OpenCV's sigma rule; within 1 level.
-- **Noise**: `fn.noise.gaussian` with stddev sqrt(variance) and mean -0.5, rounded and saturated
-  to uint8 (the reference truncates).
+- **Noise**: the CPU backend's noise field (`augment.noise`), made on the host and fed; added in
+  float32, clipped and truncated as on the CPU backend: exact.
 - **Rot90 / Flip**: `fn.transpose` + `fn.flip`: exact, counter-clockwise turns as `torch.rot90`.
 - **PadTo + Crop**: ROI decode of the part of the window inside the image
   (`fn.decoders.image_slice`); a window reaching past the image decodes the image's whole extent
@@ -81,8 +80,7 @@ import numpy as np
 import torch
 from nvidia.dali.backend import TensorListCPU
 
-from imaginet_shards.augment.dali import DrawLayout
-from imaginet_shards.augment.decisions import draw_params
+from imaginet_shards.augment.dali import DrawLayout, host_draws
 from imaginet_shards.codecs.windows import WindowDecoder
 from imaginet_shards.errors import SampleError, ShardSetError
 from imaginet_shards.format.tiles import RETILE_KEY
@@ -105,7 +103,7 @@ from imaginet_shards.loaders.dali_pipeline import (
     padded,
     preset_graph,
 )
-from imaginet_shards.loaders.world import RankOrder, derive_seed, sample_rng
+from imaginet_shards.loaders.world import RankOrder, sample_rng
 
 
 class DaliBatch(NamedTuple):
@@ -116,10 +114,6 @@ class DaliBatch(NamedTuple):
     labels: torch.Tensor
     keys: list[str]
     decisions: dict[str, torch.Tensor]
-
-
-def _pipeline_seed(config: LoaderConfig) -> int:
-    return int(derive_seed("dali", config.seed, config.epoch, config.rank).generate_state(1)[0])
 
 
 def _host(tensor_list: Any) -> torch.Tensor:
@@ -165,8 +159,7 @@ class DaliLoader(EpochLoader):
     def _start(self) -> Runner:
         c = self.config
         pipe, layout = build_pipeline(preset_graph(c.preset, self._windows), c.device,
-                                      c.batch_size, max(c.workers, 1), _pipeline_seed(c),
-                                      shapes=True)
+                                      c.batch_size, max(c.workers, 1), shapes=True)
         self._runner = Runner(pipe, layout)
         return self._runner
 
@@ -195,8 +188,9 @@ class DaliLoader(EpochLoader):
             try:
                 records = read_batch(self.shards, self._indexes, shard_ids, samples, files)
                 labels, shapes = check_batch(records)
-                draws = runner.layout.pack([self._draw(r, shape)
-                                            for r, shape in zip(records, shapes)])
+                drawn = [self._draw(r, shape, runner.layout.noise)
+                         for r, shape in zip(records, shapes)]
+                draws = runner.layout.pack([d for d, _ in drawn], [f for _, f in drawn])
             except BaseException:
                 if files is not None:
                     files.close()
@@ -205,17 +199,16 @@ class DaliLoader(EpochLoader):
             yield padded(encoded, labels, self.config.batch_size, (number, records), shapes,
                          None if files is None else files.close, draws)
 
-    def _draw(self, record: Record, shape: np.ndarray) -> dict[str, float]:
-        """The values the preset draws for `record`'s image of `shape`, as the CPU backend draws
-        them; a SampleError when the preset cannot apply to it."""
+    def _draw(self, record: Record, shape: np.ndarray, noise: bool
+              ) -> tuple[dict[str, float], np.ndarray | None]:
+        """`host_draws` for `record`'s image of `shape`, with the CPU backend's generator; a
+        SampleError when the preset cannot apply to it."""
         c = self.config
-        drawn: dict[str, float] = {}
         rng = sample_rng(c.seed, record.key, None if c.preset.per_sample_seed else c.epoch)
         try:
-            draw_params(c.preset, rng, int(shape[0]), int(shape[1]), drawn)
+            return host_draws(c.preset, rng, int(shape[0]), int(shape[1]), noise)
         except ValueError as exc:
             raise SampleError(record.shard, record.key, str(exc), HINT) from exc
-        return drawn
 
     def batches(self) -> Iterator[DaliBatch]:
         """The rest of the epoch's batches (all of them unless a state was loaded) with their keys
@@ -253,10 +246,9 @@ class DaliLoader(EpochLoader):
         images, labels = outputs
         n, records = feed.real, feed.tag[1]
         decisions = {}
-        for names, values in zip((layout.ints, layout.floats), feed.draws):
-            if names:
-                columns = torch.from_numpy(np.stack(values[:n]))
-                decisions.update({name: columns[:, i] for i, name in enumerate(names)})
+        if layout.ints:
+            columns = torch.from_numpy(np.stack(feed.draws[0][:n]))
+            decisions = {name: columns[:, i] for i, name in enumerate(layout.ints)}
         return DaliBatch(_on_device(images, device)[:n], _on_device(labels, device)[:n].long(),
                          [r.key for r in records], decisions)
 

@@ -36,7 +36,7 @@ from imaginet_shards.errors import DaliSetupError
 # The default executor, named so that nobody turns it off by passing another flag: see above.
 EXECUTOR: dict[str, Any] = {"exec_async": True, "exec_pipelined": True, "exec_dynamic": True}
 ENCODED, LABELS, SHAPES = "encoded", "labels", "shapes"  # the external sources' names
-INTS, FLOATS = "drawn_ints", "drawn_floats"
+DRAWN, NOISE = "drawn", "noise"
 PREFETCH = 2  # runs DALI works on ahead of the one handed out
 
 
@@ -54,7 +54,7 @@ def device_ids(device: str) -> tuple[int | None, str]:
     raise ValueError(f"the DALI backend runs on 'cpu' or 'cuda[:n]', not {device!r}")
 
 
-DrawnValues = tuple[Sequence[np.ndarray], Sequence[np.ndarray]]  # (int32 vectors, float32 vectors)
+DrawnValues = tuple[Sequence[np.ndarray], Sequence[np.ndarray]]  # (int32 vectors, noise fields)
 Graph = Callable[[Any, Any, Draws, str], Any]  # (encoded, shapes, draws, decode device) -> images
 
 
@@ -73,7 +73,7 @@ def decode_graph(preset: Preset) -> Graph:
     return graph
 
 
-def build_pipeline(graph: Graph, device: str, batch_size: int, threads: int, seed: int,
+def build_pipeline(graph: Graph, device: str, batch_size: int, threads: int,
                    depth: int = PREFETCH, shapes: bool = False) -> tuple[Pipeline, DrawLayout]:
     """A built pipeline running `graph` on fed batches (outputs: the graph's images and the fed
     labels) and the layout of the drawn values every feed gives (`Feed.draws`, packed by
@@ -91,14 +91,14 @@ def build_pipeline(graph: Graph, device: str, batch_size: int, threads: int, see
                                      no_copy=device_id is None)
         labels = fn.external_source(name=LABELS, dtype=types.INT32, ndim=1)
         fed = fn.external_source(name=SHAPES, dtype=types.INT32, ndim=1) if shapes else None
-        draws = Draws(fn.external_source(name=INTS, dtype=types.INT32, ndim=1),
-                      fn.external_source(name=FLOATS, dtype=types.FLOAT, ndim=1))
+        draws = Draws(fn.external_source(name=DRAWN, dtype=types.INT32, ndim=1),
+                      fn.external_source(name=NOISE, dtype=types.FLOAT, ndim=3, layout="HWC"))
         drawn.append(draws)  # DALI drops a source the graph does not read: see Runner._feed
         return graph(encoded, fed, draws, decode_device), labels
 
     try:
         pipe = pipeline(batch_size=batch_size, num_threads=threads, device_id=device_id,
-                        seed=seed, prefetch_queue_depth=depth, **EXECUTOR)
+                        seed=0, prefetch_queue_depth=depth, **EXECUTOR)  # nothing random in it
         pipe.build()
     except RuntimeError as exc:
         raise DaliSetupError(device, str(exc).strip()) from exc
@@ -111,8 +111,8 @@ class SupersededError(RuntimeError):
 
 @dataclass(frozen=True)
 class Feed:
-    """One run's input: encoded images, labels, the drawn values (int32 and float32 vectors, see
-    `build_pipeline`) and, for a pipeline built with `shapes`, the images' int32 (height, width,
+    """One run's input: encoded images, labels, the drawn values (int32 vectors and noise fields,
+    see `build_pipeline`) and, for a pipeline built with `shapes`, the images' int32 (height, width,
     3) shapes, all padded to the pipeline's batch size; how many samples are real, what the
     caller wants back with the outputs (`tag`; it stays referenced while the run is in flight)
     and what to call once the run is over (`release`, e.g. closing the files its images are read
@@ -175,10 +175,10 @@ class Runner:
         self.pipe.feed_input(LABELS, feed.labels)
         if feed.shapes is not None:
             self.pipe.feed_input(SHAPES, feed.shapes)
-        for name, names, values in ((INTS, self.layout.ints, feed.draws[0]),
-                                    (FLOATS, self.layout.floats, feed.draws[1])):
-            if names:  # the graph reads no value of a kind it has no name for: no such source
-                self.pipe.feed_input(name, values)
+        if self.layout.ints:  # DALI drops a source the graph does not read
+            self.pipe.feed_input(DRAWN, feed.draws[0])
+        if self.layout.noise:
+            self.pipe.feed_input(NOISE, feed.draws[1])
         self._in_flight.append(feed)
 
     def _schedule(self, feeds: Iterator[Feed]) -> None:
