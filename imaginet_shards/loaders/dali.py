@@ -11,13 +11,14 @@ as the CPU backend, whatever the thread count), their headers checked on the hos
 128-Mpixel and byte limits, as on the CPU backend), their perturbations drawn on the host, and
 their encoded bytes, labels, image shapes (from those headers: DALI cannot read a `.tiles`
 header) and drawn values fed to `fn.external_source` (a short batch is padded by repeating its
-last sample; the repeats are dropped after the run). A tiled set's images in local shard files (a local set, or a remote one's cache)
-are fed as small tickets instead of their bytes (`WindowDecoder.lend`): the window route then
-reads only the tiles each crop covers, from shard files kept open until the run's outputs are
-taken. Up to `dali_pipeline.PREFETCH` runs are in flight. Keys come from what was fed, so
-an error while running is blamed on the failed run's own samples. Batches are handed out through
-`EpochLoader._delivering`, so `state_dict` / `load_state_dict` resume mid-epoch exactly as on the
-CPU backend (same samples, same batches, on any world size).
+last sample; the repeats are dropped after the run). A tiled set's images in local shard files
+(a local set, or a remote one's cache) are fed as small tickets instead of their bytes
+(`WindowDecoder.lend`): the window route then reads only the tiles each crop covers, from shard
+files kept open until the run's outputs are taken. Up to `dali_pipeline.PREFETCH` runs are in
+flight. Keys come from what was fed, so an error while running is blamed on the failed run's own
+samples. Batches are handed out through `EpochLoader._delivering`, so `state_dict` /
+`load_state_dict` resume mid-epoch exactly as on the CPU backend (same samples, same batches, on any
+world size).
 
 Remote shard sets are read like the CPU backend reads them: ranged reads through the storage layer,
 or the shard set's local cache when `cache_dir` is given; DALI itself opens no file and no URL.
@@ -116,6 +117,18 @@ class DaliBatch(NamedTuple):
     decisions: dict[str, torch.Tensor]
 
 
+def _draw(config: LoaderConfig, record: Record, shape: np.ndarray, noise: bool
+          ) -> tuple[dict[str, float], np.ndarray | None]:
+    """`host_draws` for `record`'s image of `shape`, with the CPU backend's generator; a
+    SampleError when the preset cannot apply to it."""
+    epoch = None if config.preset.per_sample_seed else config.epoch
+    try:
+        return host_draws(config.preset, sample_rng(config.seed, record.key, epoch),
+                          int(shape[0]), int(shape[1]), noise)
+    except ValueError as exc:
+        raise SampleError(record.shard, record.key, str(exc), HINT) from exc
+
+
 def _host(tensor_list: Any) -> torch.Tensor:
     return torch.from_numpy(tensor_list.as_array())
 
@@ -179,7 +192,7 @@ class DaliLoader(EpochLoader):
         perturbations drawn on the host. A tiled set's images in local shard files are fed as
         tickets (`WindowDecoder.lend`): the window route reads only their covering tiles, from
         files open until the run is over."""
-        tiled = self._windows.tiled
+        tiled, config = self._windows.tiled, self.config  # the epoch's, whatever set_epoch does
         for number in range(len(order)):
             shard_ids, samples = order.batch(number)
             if len(samples) == 0:
@@ -188,7 +201,7 @@ class DaliLoader(EpochLoader):
             try:
                 records = read_batch(self.shards, self._indexes, shard_ids, samples, files)
                 labels, shapes = check_batch(records)
-                drawn = [self._draw(r, shape, runner.layout.noise)
+                drawn = [_draw(config, r, shape, runner.layout.noise)
                          for r, shape in zip(records, shapes)]
                 draws = runner.layout.pack([d for d, _ in drawn], [f for _, f in drawn])
             except BaseException:
@@ -196,19 +209,8 @@ class DaliLoader(EpochLoader):
                     files.close()
                 raise
             encoded = [r.image if r.tiled is None else self._windows.lend(r.tiled) for r in records]
-            yield padded(encoded, labels, self.config.batch_size, (number, records), shapes,
+            yield padded(encoded, labels, config.batch_size, (number, records), shapes,
                          None if files is None else files.close, draws)
-
-    def _draw(self, record: Record, shape: np.ndarray, noise: bool
-              ) -> tuple[dict[str, float], np.ndarray | None]:
-        """`host_draws` for `record`'s image of `shape`, with the CPU backend's generator; a
-        SampleError when the preset cannot apply to it."""
-        c = self.config
-        rng = sample_rng(c.seed, record.key, None if c.preset.per_sample_seed else c.epoch)
-        try:
-            return host_draws(c.preset, rng, int(shape[0]), int(shape[1]), noise)
-        except ValueError as exc:
-            raise SampleError(record.shard, record.key, str(exc), HINT) from exc
 
     def batches(self) -> Iterator[DaliBatch]:
         """The rest of the epoch's batches (all of them unless a state was loaded) with their keys

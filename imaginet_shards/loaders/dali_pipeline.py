@@ -2,10 +2,10 @@
 ahead.
 
 `build_pipeline` makes the pipeline (encoded bytes, labels and each sample's drawn values from
-`fn.external_source`, the preset as `augment.dali.build_graph`) and builds it at once, so that a CUDA, nvJPEG, memory or device
-problem surfaces as a `DaliSetupError` before anything is read. `Runner` feeds it the batches of
-an epoch and hands their outputs back in order, keeping up to `depth` runs in flight; it lives as
-long as the loader, across epochs.
+`fn.external_source`, the preset as `augment.dali.build_graph`) and builds it at once, so that a
+CUDA, nvJPEG, memory or device problem surfaces as a `DaliSetupError` before anything is read.
+`Runner` feeds it the batches of an epoch and hands their outputs back in order, keeping up to
+`depth` runs in flight; it lives as long as the loader, across epochs.
 
 Executor: `EXECUTOR` asks for DALI's default ("dynamic") executor explicitly, in this one place,
 because three things depend on it: on a GPU the graph feeds the shapes of GPU images into CPU
