@@ -33,6 +33,7 @@ from imaginet_shards.augment.decisions import (
     ResizeOp,
     RotOp,
     draw_params,
+    image_size,
 )
 from imaginet_shards.augment.spec import (
     Blur,
@@ -130,16 +131,7 @@ def _our_turns(ops: tuple[Op, ...]) -> Features:
 
 def _shapes(ops: tuple[Op, ...], height: int, width: int) -> list[tuple[int, int]]:
     """The image's (height, width) before each op."""
-    out = []
-    for op in ops:
-        out.append((height, width))
-        if isinstance(op, PadOp | CropOp):
-            height, width = op.height, op.width
-        elif isinstance(op, ResizeOp):
-            height = width = op.size
-        elif isinstance(op, RotOp) and op.quarters % 2:
-            height, width = width, height
-    return out
+    return [image_size(ops[:number], height, width) for number in range(len(ops))]
 
 
 def _our_crops(ops: tuple[Op, ...], height: int, width: int) -> list[tuple[CropOp, int, int]]:
