@@ -32,19 +32,25 @@ from imaginet_shards.augment.decisions import (
     PadOp,
     ResizeOp,
     RotOp,
+    cut_window,
     draw_params,
     image_size,
+    window_steps,
 )
 from imaginet_shards.augment.spec import (
     Blur,
     Compress,
     Crop,
     OneOf,
+    PadTo,
     Preset,
+    ResizedCrop,
+    Rot90,
     SquareResize,
+    Step,
     get_preset,
 )
-from imaginet_shards.codecs.windows import WindowDecoder
+from imaginet_shards.codecs.windows import WindowDecoder, reflect_101
 
 A = ref.A
 DRAWS = 20_000
@@ -254,6 +260,50 @@ def test_pad_is_centred_reflect_101(size):
                                                        image=image)["image"]
     ours = _apply(image, PadOp(max(size[0], 256), max(size[1], 256)))
     assert _levels(ours, theirs) == 0
+
+
+@pytest.mark.parametrize("steps, count", [
+    ((PadTo(96), Crop(96, random=True), Rot90(0.5)), 2),
+    ((PadTo(80), Crop(80, random=True), Crop(40, random=True), PadTo(60), Crop(50, False)), 3),
+    ((Crop(40, random=True), ResizedCrop(32), Crop(16, random=True)), 2),
+    ((PadTo(96), Rot90(0.5)), 0),
+    ((SquareResize(p=0.5, min_side=160, size=256), PadTo(96), Crop(96, random=True)), 0),
+    ((Rot90(0.5), Crop(10, random=True)), 0),
+])
+def test_window_steps_are_the_leading_pads_and_crops(steps: tuple[Step, ...], count: int):
+    assert window_steps(steps) == count
+
+
+WINDOWED = {
+    "train": get_preset("train"),
+    "eval": get_preset("eval"),
+    "two crops": Preset("two crops", 40, (PadTo(80), Crop(80, random=True), Crop(40, random=True))),
+    "resized": Preset("resized", 32, (Crop(40, random=True), ResizedCrop(32), Rot90(1.0))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WINDOWED))
+def test_the_leading_window_holds_the_pixels_its_operations_make(name: str):
+    """`cut_window` of the operations of a preset's `window_steps` (their count from `marks`) is
+    the window those operations cut, mirrored (reflect-101) where they pad: what a loader decodes
+    instead of the whole image."""
+    preset, rng = WINDOWED[name], np.random.default_rng(11)
+    count = window_steps(preset.steps)
+    assert count > 0
+    for _ in range(40):
+        height, width = int(rng.integers(41, 400)), int(rng.integers(41, 400))
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        marks: list[int] = []
+        ops = draw_params(preset, rng, height, width, marks=marks)
+        assert len(marks) == len(preset.steps) and marks[-1] == len(ops)
+        window = cut_window(ops[:marks[count - 1]], height, width)
+        cut = pixels[np.ix_(reflect_101(window.top, window.height, height),
+                            reflect_101(window.left, window.width, width))]
+        geometry = [op for op in ops[:marks[count - 1]] if not isinstance(op, ResizeOp)]
+        made = apply_ops(torch.from_numpy(pixels).permute(2, 0, 1), tuple(geometry))
+        np.testing.assert_array_equal(cut, made.permute(1, 2, 0).numpy())
+    with pytest.raises(ValueError, match="does not cut a window"):
+        cut_window((CropOp(0, 0, 4, 4), PadOp(8, 8)), 10, 10)
 
 
 @pytest.mark.parametrize("interpolation, code", [("linear", 1), ("cubic", 2), ("lanczos4", 4)])

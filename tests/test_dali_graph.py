@@ -83,13 +83,15 @@ def graph_pipeline(preset: Preset, device: str, windows: WindowDecoder | None,
 
 
 def unfed_graph(preset: Preset, decode_device: str, windows: WindowDecoder | None,
-                shapes: Any = None) -> Any:
+                shapes: Any = None, windowed: bool = False) -> Any:
     """The graph of `preset` over named external sources (for graphs that are defined or built,
     not run)."""
     draws = Draws(fn.external_source(name="drawn", dtype=types.INT32, ndim=1),
                   fn.external_source(name="noise", dtype=types.FLOAT, ndim=3, layout="HWC"))
-    return build_graph(fn.external_source(name="encoded"), preset, draws, decode_device, windows,
-                       shapes=shapes)
+    images = fn.external_source(name="encoded", ndim=3 if windowed else 1,
+                                layout="HWC" if windowed else None)
+    return build_graph(images, preset, draws, decode_device, windows, shapes=shapes,
+                       windowed=windowed)
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +184,33 @@ def test_a_tiled_graph_takes_its_image_shapes_from_the_feed(name, tmp_path):
             pipe(False)
     finally:
         tiled.close()
+
+
+@pytest.mark.parametrize("name", ["train", "eval"])
+def test_a_windowed_graph_starts_after_the_crop(name, tmp_path):
+    """Fed the windows a tiled set's loader decodes itself (presets that start by cutting one),
+    the graph has no decoder, window route, slicing or mirroring of its own (`eval` only
+    normalises); on a GPU it copies the windows there first. Other presets are refused."""
+    preset = PRESETS[name]()
+
+    def pipe(device_id: int | None, kept: Preset = preset):
+        @pipeline_def(batch_size=2, num_threads=1, device_id=device_id, enable_conditionals=True)
+        def pipeline():
+            return unfed_graph(kept, "cpu" if device_id is None else "mixed", None, windowed=True)
+        return pipeline()
+
+    built = pipe(None)
+    built.build()
+    types = operator_types(built, tmp_path)
+    assert not [t for t in types if t in DECODERS | {"PythonFunction", "Slice", "Cat"}], types
+    assert (types.count("CropMirrorNormalize"), len(types) > 4) == (1, name == "train"), types
+    on_gpu = pipe(0)
+    on_gpu._build_graph()  # the definition only: building needs CUDA
+    normalise = [str(op._spec) for op in on_gpu._ops
+                 if "CropMirrorNormalize" in str(op._spec).split("\n", 1)[0]]
+    assert len(normalise) == 1 and "device: gpu" in normalise[0]
+    with pytest.raises(ValueError, match="cut no leading window"):
+        pipe(None, PRESETS["calibration"]()).build()
 
 
 def test_decoder_arguments_on_a_gpu():

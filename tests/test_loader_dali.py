@@ -14,12 +14,14 @@ from PIL import Image
 pytest.importorskip("nvidia.dali")
 
 from helpers.shardsets import build_shards, labels_from_images, pack_arrays, rewrite_shard  # noqa: E402
+from imaginet_shards.augment.dali_nodes import NO_FIELD  # noqa: E402
 from imaginet_shards.augment.spec import Blur, Compress, Crop, Flip, Noise, OneOf, PadTo, Preset, Rot90  # noqa: E402
 from imaginet_shards.errors import DaliSetupError, SampleError  # noqa: E402
 from imaginet_shards.io.shardset import ShardIndex, load_manifest, open_shard_set  # noqa: E402
 from imaginet_shards.loaders import LoaderConfig, make_loader  # noqa: E402
 from imaginet_shards.loaders.cpu import CpuLoader  # noqa: E402
 from imaginet_shards.loaders.dali import DaliLoader  # noqa: E402
+from imaginet_shards.loaders.dali_pipeline import padded  # noqa: E402
 from imaginet_shards.loaders.world import EpochSpec, batches_per_rank, rank_batch_sizes  # noqa: E402
 
 
@@ -321,3 +323,18 @@ def test_one_pipeline_for_every_epoch_even_after_an_early_stop(colour_shards, mo
     assert len(builds) == 2
     reference.close()
     mine.close()
+
+
+def test_a_feed_stacks_samples_of_one_shape_and_repeats_the_last():
+    """A short batch is filled with its last sample; samples of one shape are fed stacked (one
+    array, which DALI takes without checking each sample in Python), others as a list."""
+    windows = [np.zeros((2, 2, 3), np.uint8), np.ones((2, 2, 3), np.uint8)]
+    fields = [NO_FIELD, np.ones((2, 2, 3), np.float32)]
+    feed = padded(windows, [np.arange(4)] * 2, 4, draws=([np.array([1]), np.array([2])], fields))
+    assert isinstance(feed.encoded, np.ndarray) and feed.encoded.shape == (4, 2, 2, 3)
+    assert [int(window.max()) for window in feed.encoded] == [0, 1, 1, 1] and feed.real == 2
+    assert isinstance(feed.labels, np.ndarray) and feed.labels.shape == (4, 4)
+    assert isinstance(feed.draws[0], np.ndarray) and feed.draws[0].tolist() == [[1], [2], [2], [2]]
+    assert isinstance(feed.draws[1], list) and [f.shape for f in feed.draws[1]] == [(1, 1, 3)] + [(2, 2, 3)] * 3
+    encoded = padded([b"abc", b"de"], [np.arange(4)] * 2, 3).encoded
+    assert isinstance(encoded, list) and [bytes(e) for e in encoded] == [b"abc", b"de", b"de"]

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from helpers.shardsets import epoch_batches, pack_arrays, rewrite_shard
 from helpers.trees import textured
 from imaginet_shards.augment.cpu import decode
+from imaginet_shards.augment.spec import PadTo, Preset, ResizedCrop, Rot90
 from imaginet_shards.cli import main
 from imaginet_shards.codecs.tiles import decode_tiles, decode_window, encode_tiles, pixels_sha256
 from imaginet_shards.codecs.windows import decode_window as dispatch_window
@@ -191,8 +192,13 @@ def test_verify_checks_tiles_and_the_source(layouts, tmp_path) -> None:
     assert any(p.key == victim["key"] and "reassemble" in p.message for p in problems)
 
 
+# a preset whose leading window is resized: DALI resizes the window the loader decoded
+RESIZED = Preset("resized", 64, (PadTo(80), ResizedCrop(64), Rot90(0.5)), normalize=False)
+
+
 @pytest.mark.parametrize("backend", ["cpu", "dali"])
-@pytest.mark.parametrize("preset", ["train", "eval", "calibration"])
+@pytest.mark.parametrize("preset", ["train", "eval", "calibration", RESIZED],
+                         ids=lambda preset: getattr(preset, "name", preset))
 def test_loaders_give_the_same_batches_from_both_layouts(layouts, backend, preset) -> None:
     if backend == "dali":
         pytest.importorskip("nvidia.dali")

@@ -314,6 +314,30 @@ def test_a_failed_batch_returns_once_every_thread_is_done(monkeypatch):
     decoder.close()
 
 
+def test_the_host_route_decodes_windows_and_reports_each_failure():
+    """`WindowDecoder.decode` (a tiled DALI loader's own decoding): every format, windows past
+    the borders mirrored, contiguous pixels; a corrupt image gives its error in its place, the
+    others their pixels."""
+    rng = np.random.default_rng(8)
+    pixels = rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    tiles = encode_tiles(pixels, 16)
+    start = int(read_header(tiles, 1 << 20).offsets[0]) + 10
+    corrupt = tiles[:start] + bytes(30) + tiles[start + 30:]
+    data = cv2.imencode(".png", pixels[:, :, ::-1].astype(np.uint16) * 257)[1].tobytes()  # 16 bits
+    decoder = WindowDecoder(threads=2, tiled=True)
+    found = decoder.decode([tiles, corrupt, encode_png(pixels), data],
+                           [(-5, 20, 24, 24), (0, 0, 16, 16), (3, 4, 10, 12), (-4, 2, 20, 5)],
+                           [(40, 30)] * 4)
+    decoder.close()
+    assert isinstance(found[1], ValueError) and "corrupt data" in str(found[1])
+    expected = [_padded_crop(pixels, -5, 20, 24, 24), None, pixels[3:13, 4:16],
+                _padded_crop(pixels, -4, 2, 20, 5)]
+    for got, want in zip(found, expected):
+        if want is not None:
+            assert isinstance(got, np.ndarray) and got.flags.c_contiguous
+            np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("backend", ["cpu", "dali"])
 def test_loaders_decode_windows(tmp_path, backend):
     """Both loaders crop PNGs through windows.py: with the last IDAT chunk of a PNG overwritten

@@ -40,6 +40,7 @@ from imaginet_shards.augment.dali_nodes import (
     merge,
     where,
 )
+from imaginet_shards.augment.decisions import window_steps
 from imaginet_shards.augment.spec import (
     Blur,
     Branch,
@@ -252,6 +253,19 @@ class _Builder:
             image = self.resize(image, size, types.INTERP_LINEAR)
         return self.decoder.pixels(self.run(steps, pixel_view(image), prefix, start))
 
+    def after_window(self, steps: tuple[Step, ...], window: DataNode) -> DataNode:
+        """`steps` on the pixels of the window their leading steps cut (`decisions.window_steps`),
+        decoded by the caller: a ResizedCrop's resize, then the steps after them."""
+        count = window_steps(steps)
+        if count == 0:
+            raise ValueError("these steps cut no leading window (PadTo, then Crop or ResizedCrop): "
+                             "the graph must be fed whole images")
+        last = steps[count - 1]
+        if self.decoder.gpu:  # the caller's windows are on the CPU
+            window = window.gpu()
+        return self.finish(window, steps, last.size if isinstance(last, ResizedCrop) else None, "",
+                           count)
+
 
 @do_not_convert
 def member(value: DataNode, keys: tuple[int, ...], dtype: Any = types.INT32) -> DataNode:
@@ -270,8 +284,8 @@ def flipped(image: DataNode, value: DataNode, horizontal: tuple[int, ...],
 
 def build_graph(encoded: DataNode, preset: Preset, draws: Draws, decode_device: str = "cpu",
                 windows: WindowDecoder | None = None,
-                decoder_args: Mapping[str, Any] | None = None, shapes: DataNode | None = None
-                ) -> DataNode:
+                decoder_args: Mapping[str, Any] | None = None, shapes: DataNode | None = None,
+                windowed: bool = False) -> DataNode:
     """The images float32 CHW normalised of `preset`, executing each sample's values drawn on the
     host (`draws`, fed from `decisions.draw_params`' records: the CPU backend's decisions).
     `windows` (owned by the caller, which closes it) decodes PNG and WebP crops on CPU threads
@@ -279,7 +293,10 @@ def build_graph(encoded: DataNode, preset: Preset, draws: Draws, decode_device: 
     the pipeline's one DALI decoder. `shapes` gives the images' int32 (height, width, channels),
     read by the caller from the headers; without it DALI peeks at the encoded bytes, which it
     cannot do for a tiled set's `.tiles` members (`windows.tiled`: `shapes` is then required).
-    The draws must be those of images of these shapes.
+    The draws must be those of images of these shapes. With `windowed`, `encoded` holds instead
+    the HWC uint8 pixels (on the CPU) of the window the preset's leading steps cut from each
+    image (`decisions.window_steps`, `decisions.cut_window`), decoded by the caller: the graph
+    starts after those steps and decodes nothing (ValueError for a preset without such steps).
 
     With "mixed" the pipeline must run DALI's default (dynamic) executor: GPU images' shapes
     feed CPU arithmetic, which the legacy executors (`exec_dynamic=False`, `exec_async=False` or
@@ -291,9 +308,13 @@ def build_graph(encoded: DataNode, preset: Preset, draws: Draws, decode_device: 
         raise ValueError(f"decode_device must be 'cpu' or 'mixed', got {decode_device!r}")
     if decoder_args is None:
         decoder_args = decoder_arguments(preset, decode_device)
-    decoder = Decoder(decode_device, windows, decoder_args)
-    image = decoder.pixels(_Builder(decoder, draws).run(preset.steps,
-                                                        decoder.encoded_view(encoded, shapes)))
+    if windowed:
+        decoder = Decoder(decode_device, None, decoder_args)
+        image = _Builder(decoder, draws).after_window(preset.steps, encoded)
+    else:
+        decoder = Decoder(decode_device, windows, decoder_args)
+        image = decoder.pixels(_Builder(decoder, draws).run(preset.steps,
+                                                            decoder.encoded_view(encoded, shapes)))
     mean = [255.0 * m for m in preset.mean] if preset.normalize else [0.0, 0.0, 0.0]
     std = [255.0 * s for s in preset.std] if preset.normalize else [255.0, 255.0, 255.0]
     return fn.crop_mirror_normalize(image, dtype=types.FLOAT, output_layout="CHW", mean=mean,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import nvidia.dali.math as dmath
@@ -15,7 +15,7 @@ from nvidia.dali import fn, types
 from nvidia.dali.data_node import DataNode as DaliNode
 from nvidia.dali.pipeline import do_not_convert
 
-from imaginet_shards.augment.decisions import NoiseOp, draw_params, image_size
+from imaginet_shards.augment.decisions import CropOp, NoiseOp, cut_window, draw_params, image_size
 from imaginet_shards.augment.noise import noise_field
 from imaginet_shards.augment.spec import Preset
 
@@ -71,23 +71,34 @@ class Draws:
         return DrawLayout(tuple(self._ints), self._reads_noise)
 
 
-def host_draws(preset: Preset, rng: np.random.Generator, height: int, width: int, noise: bool
-               ) -> tuple[dict[str, float], np.ndarray | None]:
+class SampleDraws(NamedTuple):
+    """What the host feeds the graph for one image (see `host_draws`)."""
+
+    record: dict[str, float]
+    field: np.ndarray | None
+    window: CropOp | None
+
+
+def host_draws(preset: Preset, rng: np.random.Generator, height: int, width: int, noise: bool,
+               window: int = 0) -> SampleDraws:
     """What the host feeds the graph for one `height` x `width` image: the record of
-    `decisions.draw_params` and, with `noise`, the noise field it draws (None if it draws none).
-    ValueError when the preset cannot apply to the image, or adds noise to it twice (one field
-    a sample)."""
+    `decisions.draw_params`; with `noise`, the noise field it draws (None if it draws none); with
+    `window` (the preset's `decisions.window_steps`), the window those steps cut from the image
+    (`decisions.cut_window`), for a graph fed that window's pixels. ValueError when the preset
+    cannot apply to the image, or adds noise to it twice (one field a sample)."""
     record: dict[str, float] = {}
-    ops = draw_params(preset, rng, height, width, record)
+    marks: list[int] = []
+    ops = draw_params(preset, rng, height, width, record, marks)
+    cut = cut_window(ops[:marks[window - 1]], height, width) if window else None
     noisy = [number for number, op in enumerate(ops) if isinstance(op, NoiseOp)] if noise else []
     if len(noisy) > 1:
         raise ValueError(f"preset {preset.name!r} adds noise {len(noisy)} times to one image: "
                          "the DALI graph takes one noise field a sample")
     if not noisy:
-        return record, None
+        return SampleDraws(record, None, cut)
     op = ops[noisy[0]]
     assert isinstance(op, NoiseOp)
-    return record, noise_field(op, *image_size(ops[:noisy[0]], height, width))
+    return SampleDraws(record, noise_field(op, *image_size(ops[:noisy[0]], height, width)), cut)
 
 
 def _slot(names: list[str], name: str) -> int:

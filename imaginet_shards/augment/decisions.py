@@ -100,7 +100,8 @@ Op = PadOp | CropOp | ResizeOp | CompressOp | BlurOp | NoiseOp | RotOp | FlipOp
 
 
 def draw_params(preset: Preset, rng: np.random.Generator, height: int, width: int,
-                record: dict[str, float] | None = None) -> tuple[Op, ...]:
+                record: dict[str, float] | None = None, marks: list[int] | None = None
+                ) -> tuple[Op, ...]:
     """The operations `preset` applies to one `height` x `width` image, drawn from `rng`.
 
     The last operation leaves a `preset.size` x `preset.size` image (normalisation is not an Op).
@@ -112,12 +113,14 @@ def draw_params(preset: Preset, rng: np.random.Generator, height: int, width: in
     and .webp (1 or 0), .kernel or .variance; Rot90 N (counter-clockwise quarter turns, 0 none);
     Flip N (-1 none, 0 horizontal, 1 vertical, 2 both); Branch N (the choice, -1 none).
     Coordinates are those of the image the step receives (padded first where the step pads).
+    With `marks`, also appends the number of operations drawn so far after each of the preset's
+    steps (so `ops[:marks[n - 1]]` are those of its first n steps).
     """
     if height < 1 or width < 1:
         raise ValueError(f"image size must be positive, got {height}x{width}")
     ops: list[Op] = []
     draw = _Draw(rng, ops, {} if record is None else record)
-    height, width = draw.steps(preset.steps, "", height, width)
+    height, width = draw.steps(preset.steps, "", height, width, marks)
     if (height, width) != (preset.size, preset.size):
         raise ValueError(f"preset {preset.name!r} ends at {height}x{width}, not "
                          f"{preset.size}x{preset.size}: its steps must end with a crop or resize")
@@ -136,6 +139,44 @@ def image_size(ops: tuple[Op, ...], height: int, width: int) -> tuple[int, int]:
     return height, width
 
 
+def window_steps(steps: tuple[Step, ...]) -> int:
+    """How many of the leading `steps` only cut a window from the image: PadTo before any crop,
+    Crop, and a ResizedCrop, which ends them (its resize is not part of the window); 0 when they
+    cut no window. A loader can decode just that window (`cut_window`) and apply the other steps
+    to its pixels."""
+    count, cropped = 0, False
+    for step in steps:
+        if isinstance(step, ResizedCrop):
+            return count + 1
+        if isinstance(step, Crop):
+            cropped = True
+        elif not (isinstance(step, PadTo) and not cropped):
+            break
+        count += 1
+    return count if cropped else 0
+
+
+def cut_window(ops: tuple[Op, ...], height: int, width: int) -> CropOp:
+    """The window that `ops` (those of `window_steps`: pads before any crop, then crops, perhaps
+    a ResizedCrop's resize last, which is not part of the window) cut from a `height` x `width`
+    image, in the image's coordinates: where it reaches past the image (negative `top` or
+    `left`, or beyond the far edges) its pixels are the image's mirrored (reflect-101), as the
+    pads make them."""
+    if ops and isinstance(ops[-1], ResizeOp):
+        ops = ops[:-1]
+    top = left = 0
+    cropped = False
+    for op in ops:
+        if isinstance(op, PadOp) and not cropped:
+            top, left = top - (op.height - height) // 2, left - (op.width - width) // 2
+            height, width = op.height, op.width
+        elif isinstance(op, CropOp):
+            top, left, height, width, cropped = top + op.top, left + op.left, op.height, op.width, True
+        else:
+            raise ValueError(f"{op!r} does not cut a window (pads before any crop, then crops)")
+    return CropOp(top, left, height, width)
+
+
 def ops_to_json(ops: tuple[Op, ...]) -> list[dict]:
     """A JSON-ready record of the operations, e.g. [{"op": "CropOp", "top": 3, ...}, ...]."""
     return [{"op": type(op).__name__, **asdict(op)} for op in ops]
@@ -149,11 +190,13 @@ class _Draw:
     ops: list[Op]
     record: dict[str, float]
 
-    def steps(self, steps: tuple[Step, ...], prefix: str, height: int, width: int
-              ) -> tuple[int, int]:
+    def steps(self, steps: tuple[Step, ...], prefix: str, height: int, width: int,
+              marks: list[int] | None = None) -> tuple[int, int]:
         for number, step in enumerate(steps):
             height, width = self.step(step, f"{prefix}{number}.{type(step).__name__}", height,
                                       width)
+            if marks is not None:
+                marks.append(len(self.ops))
         return height, width
 
     def step(self, step: Step, name: str, height: int, width: int) -> tuple[int, int]:

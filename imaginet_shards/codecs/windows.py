@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 import weakref
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from queue import Empty, SimpleQueue
 
@@ -167,30 +167,58 @@ class WindowDecoder:
         except ValueError:
             return None
 
-    def __call__(self, encoded: list[np.ndarray], starts: list[np.ndarray],
-                 shapes: list[np.ndarray], sizes: list[np.ndarray]
-                 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """(window, decoded?) per sample of the windows `starts` + `shapes` (rows, columns) of
-        `encoded` images of `sizes` (height, width), mirrored where they reach past them."""
-        queue: SimpleQueue[int] = SimpleQueue()  # the samples, longest first, taken one at a time
-        for i in sorted(range(len(encoded)), key=lambda i: -len(encoded[i])):
+    def _each(self, order: Iterable[int], work: Callable[[int], None]) -> None:
+        """`work(i)` for each i of `order` on the pool's threads (a task per thread, each taking
+        the next i in turn), returning, or raising a task's error, only once all of them are done:
+        none may still read the caller's inputs afterwards."""
+        queue: SimpleQueue[int] = SimpleQueue()
+        for i in order:
             queue.put(i)
-        images: list[np.ndarray | None] = [None] * len(encoded)
 
-        def work() -> None:
+        def task() -> None:
             while True:
                 try:
                     i = queue.get_nowait()
                 except Empty:
                     return
-                images[i] = self._one(encoded[i], starts[i], shapes[i], sizes[i])
+                work(i)
 
         # Only the pool's threads decode: called on DALI's own thread, nvImageCodec's decoder
         # was seen to hang for good, waiting for the GIL inside its decode call.
-        workers = [self._executor().submit(work) for _ in range(min(self.threads, len(encoded)))]
-        wait(workers)  # all of them: none may still read DALI's input buffers once this returns
-        for worker in workers:
-            worker.result()  # a worker's error
+        tasks = [self._executor().submit(task) for _ in range(min(self.threads, queue.qsize()))]
+        wait(tasks)
+        for done in tasks:
+            done.result()  # a task's error
+
+    def decode(self, images: Sequence[bytes | TiledImage], windows: Sequence[tuple[int, int, int, int]],
+               sizes: Sequence[tuple[int, int]]) -> list[np.ndarray | ValueError]:
+        """For each image of (height, width) `sizes`, the pixels of its window (top, left, height,
+        width; mirrored past its borders, as `decode_mirrored`, images outside the fast paths
+        decoded whole first) in a C-contiguous array, or the ValueError saying why it could not
+        be decoded."""
+        out: list[np.ndarray | ValueError] = [ValueError("not decoded")] * len(images)
+
+        def work(i: int) -> None:
+            try:
+                pixels = decode_mirrored(images[i], *windows[i], sizes[i], whole=True)
+            except ValueError as exc:
+                out[i] = exc
+                return
+            assert pixels is not None  # `whole`: never None
+            out[i] = np.ascontiguousarray(pixels)
+        self._each(range(len(images)), work)
+        return out
+
+    def __call__(self, encoded: list[np.ndarray], starts: list[np.ndarray],
+                 shapes: list[np.ndarray], sizes: list[np.ndarray]
+                 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """(window, decoded?) per sample of the windows `starts` + `shapes` (rows, columns) of
+        `encoded` images of `sizes` (height, width), mirrored where they reach past them."""
+        images: list[np.ndarray | None] = [None] * len(encoded)
+
+        def work(i: int) -> None:
+            images[i] = self._one(encoded[i], starts[i], shapes[i], sizes[i])
+        self._each(sorted(range(len(encoded)), key=lambda i: -len(encoded[i])), work)  # longest first
         empty = np.zeros((0, 0, 3), dtype=np.uint8)
         return ([empty if image is None else image for image in images],
                 [np.array(image is not None) for image in images])

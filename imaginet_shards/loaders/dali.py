@@ -12,9 +12,12 @@ as the CPU backend, whatever the thread count), their headers checked on the hos
 their encoded bytes, labels, image shapes (from those headers: DALI cannot read a `.tiles`
 header) and drawn values fed to `fn.external_source` (a short batch is padded by repeating its
 last sample; the repeats are dropped after the run). A tiled set's images in local shard files
-(a local set, or a remote one's cache) are fed as small tickets instead of their bytes
-(`WindowDecoder.lend`): the window route then reads only the tiles each crop covers, from shard
-files kept open until the run's outputs are taken. Up to `dali_pipeline.PREFETCH` runs are in
+(a local set, or a remote one's cache) are read lazily: only the tiles each crop covers. Where
+the preset starts by cutting a window (`decisions.window_steps`: `train`, `eval`), the loader
+decodes each image's window itself (`WindowDecoder.decode`, on its threads) and feeds DALI those
+pixels, so that the graph starts after the crop; for other presets it feeds small tickets
+(`WindowDecoder.lend`) that the graph's window route decodes, from shard files kept open until
+the run's outputs are taken. Up to `dali_pipeline.PREFETCH` runs are in
 flight. Keys come from what was fed, so an error while running is blamed on the failed run's own
 samples. Batches are handed out through `EpochLoader._delivering`, so `state_dict` /
 `load_state_dict` resume mid-epoch exactly as on the CPU backend (same samples, same batches, on any
@@ -55,7 +58,8 @@ DALI substitutions and limitations
   tiled images by `codecs.windows` through `fn.python_function` on CPU threads, on both devices
   (the rows above the crop's bottom only, as on the CPU backend). On a tiled set every image,
   JPEG included, goes through `codecs.windows`, which also mirrors its windows: the CPU
-  backend's decoders, so both backends decode the same pixels.
+  backend's decoders, so both backends decode the same pixels (for `train` and `eval`, decoded
+  by the loader before DALI, see above).
 - **Resizing** (`SquareResize`, `ResizedCrop`): `fn.resize` without antialiasing; linear within 1
   level of OpenCV, cubic within 4 (another kernel), Lanczos-4 becomes Lanczos-3 (within 3).
 - **Decoding**: EXIF orientation is ignored, as on the CPU backend. On the CPU, `eval` outputs are
@@ -82,6 +86,8 @@ import torch
 from nvidia.dali.backend import TensorListCPU
 
 from imaginet_shards.augment.dali import DrawLayout, host_draws
+from imaginet_shards.augment.dali_nodes import SampleDraws
+from imaginet_shards.augment.decisions import window_steps
 from imaginet_shards.codecs.windows import WindowDecoder
 from imaginet_shards.errors import SampleError, ShardSetError
 from imaginet_shards.format.tiles import RETILE_KEY
@@ -117,14 +123,14 @@ class DaliBatch(NamedTuple):
     decisions: dict[str, torch.Tensor]
 
 
-def _draw(config: LoaderConfig, record: Record, shape: np.ndarray, noise: bool
-          ) -> tuple[dict[str, float], np.ndarray | None]:
+def _draw(config: LoaderConfig, record: Record, shape: np.ndarray, noise: bool, window: int
+          ) -> SampleDraws:
     """`host_draws` for `record`'s image of `shape`, with the CPU backend's generator; a
     SampleError when the preset cannot apply to it."""
     epoch = None if config.preset.per_sample_seed else config.epoch
     try:
         return host_draws(config.preset, sample_rng(config.seed, record.key, epoch),
-                          int(shape[0]), int(shape[1]), noise)
+                          int(shape[0]), int(shape[1]), noise, window)
     except ValueError as exc:
         raise SampleError(record.shard, record.key, str(exc), HINT) from exc
 
@@ -162,6 +168,9 @@ class DaliLoader(EpochLoader):
         self._indexes: dict[int, ShardIndex] = {}
         # the pipeline and its window decoder (a thread pool) live as long as the loader
         self._windows = WindowDecoder(max(config.workers, 1), tiled=tiled)
+        # A tiled set's windows are decoded here, where the preset's leading steps cut them: the
+        # graph then starts after those steps (else it decodes them through the window route).
+        self._window = window_steps(config.preset.steps) if tiled else 0
         self._runner: Runner | None = None
         try:
             self._start()
@@ -171,8 +180,10 @@ class DaliLoader(EpochLoader):
 
     def _start(self) -> Runner:
         c = self.config
-        pipe, layout = build_pipeline(preset_graph(c.preset, self._windows), c.device,
-                                      c.batch_size, max(c.workers, 1), shapes=True)
+        windowed = self._window > 0
+        pipe, layout = build_pipeline(preset_graph(c.preset, self._windows, windowed), c.device,
+                                      c.batch_size, max(c.workers, 1), shapes=not windowed,
+                                      windowed=windowed)
         self._runner = Runner(pipe, layout)
         return self._runner
 
@@ -189,9 +200,9 @@ class DaliLoader(EpochLoader):
 
     def _feeds(self, order: RankOrder, runner: Runner) -> Iterator[Feed]:
         """The runs of the epoch's non-empty batches: their samples read and checked, their
-        perturbations drawn on the host. A tiled set's images in local shard files are fed as
-        tickets (`WindowDecoder.lend`): the window route reads only their covering tiles, from
-        files open until the run is over."""
+        perturbations drawn on the host. A tiled set's images in local shard files are read
+        lazily (only their covering tiles) from files open until the windows are decoded here
+        (`_window`), or else until the run is over, fed as tickets (`WindowDecoder.lend`)."""
         tiled, config = self._windows.tiled, self.config  # the epoch's, whatever set_epoch does
         for number in range(len(order)):
             shard_ids, samples = order.batch(number)
@@ -201,16 +212,39 @@ class DaliLoader(EpochLoader):
             try:
                 records = read_batch(self.shards, self._indexes, shard_ids, samples, files)
                 labels, shapes = check_batch(records)
-                drawn = [_draw(config, r, shape, runner.layout.noise)
+                drawn = [_draw(config, r, shape, runner.layout.noise, self._window)
                          for r, shape in zip(records, shapes)]
-                draws = runner.layout.pack([d for d, _ in drawn], [f for _, f in drawn])
+                draws = runner.layout.pack([d.record for d in drawn], [d.field for d in drawn])
+                if self._window:
+                    windows = self._decoded(records, shapes, drawn)
             except BaseException:
                 if files is not None:
                     files.close()
                 raise
+            if self._window:
+                assert files is not None
+                files.close()
+                yield padded(windows, labels, config.batch_size, (number, records), None, None,
+                             draws)
+                continue
             encoded = [r.image if r.tiled is None else self._windows.lend(r.tiled) for r in records]
             yield padded(encoded, labels, config.batch_size, (number, records), shapes,
                          None if files is None else files.close, draws)
+
+    def _decoded(self, records: list[Record], shapes: list[np.ndarray], drawn: list[SampleDraws]
+                 ) -> list[np.ndarray]:
+        """The pixels of each record's window (`SampleDraws.window`), decoded on the window
+        decoder's threads; a SampleError naming the first sample (in shard order) that failed."""
+        cuts = [d.window for d in drawn]
+        found = self._windows.decode(
+            [r.image if r.tiled is None else r.tiled for r in records],
+            [(c.top, c.left, c.height, c.width) for c in cuts if c is not None],
+            [(int(s[0]), int(s[1])) for s in shapes])
+        bad = [(r.shard, r.key, str(f)) for r, f in zip(records, found) if isinstance(f, ValueError)]
+        if bad:
+            shard, key, reason = min(bad)
+            raise SampleError(shard, key, f"corrupt image: {reason}", HINT)
+        return [f for f in found if not isinstance(f, ValueError)]
 
     def batches(self) -> Iterator[DaliBatch]:
         """The rest of the epoch's batches (all of them unless a state was loaded) with their keys
@@ -249,7 +283,7 @@ class DaliLoader(EpochLoader):
         n, records = feed.real, feed.tag[1]
         decisions = {}
         if layout.ints:
-            columns = torch.from_numpy(np.stack(feed.draws[0][:n]))
+            columns = torch.from_numpy(np.array(feed.draws[0][:n], dtype=np.int32))
             decisions = {name: columns[:, i] for i, name in enumerate(layout.ints)}
         return DaliBatch(_on_device(images, device)[:n], _on_device(labels, device)[:n].long(),
                          [r.key for r in records], decisions)

@@ -54,14 +54,16 @@ def device_ids(device: str) -> tuple[int | None, str]:
     raise ValueError(f"the DALI backend runs on 'cpu' or 'cuda[:n]', not {device!r}")
 
 
+Batch = Sequence[np.ndarray] | np.ndarray  # a batch for `feed_input`: its samples, or stacked
 DrawnValues = tuple[Sequence[np.ndarray], Sequence[np.ndarray]]  # (int32 vectors, noise fields)
 Graph = Callable[[Any, Any, Draws, str], Any]  # (encoded, shapes, draws, decode device) -> images
 
 
-def preset_graph(preset: Preset, windows: WindowDecoder | None) -> Graph:
-    """The graph of the loader: `preset` on the encoded images (see `augment.dali.build_graph`)."""
+def preset_graph(preset: Preset, windows: WindowDecoder | None, windowed: bool = False) -> Graph:
+    """The graph of the loader: `preset` on the encoded images, or with `windowed` on the decoded
+    windows of its leading steps (see `augment.dali.build_graph`)."""
     return lambda encoded, shapes, draws, decode_device: build_graph(
-        encoded, preset, draws, decode_device, windows, shapes=shapes)
+        encoded, preset, draws, decode_device, windows, shapes=shapes, windowed=windowed)
 
 
 def decode_graph(preset: Preset) -> Graph:
@@ -74,11 +76,13 @@ def decode_graph(preset: Preset) -> Graph:
 
 
 def build_pipeline(graph: Graph, device: str, batch_size: int, threads: int,
-                   depth: int = PREFETCH, shapes: bool = False) -> tuple[Pipeline, DrawLayout]:
+                   depth: int = PREFETCH, shapes: bool = False, windowed: bool = False
+                   ) -> tuple[Pipeline, DrawLayout]:
     """A built pipeline running `graph` on fed batches (outputs: the graph's images and the fed
     labels) and the layout of the drawn values every feed gives (`Feed.draws`, packed by
     `DrawLayout.pack`). With `shapes`, every feed also gives the images' shapes (`Feed.shapes`),
-    which the graph then takes instead of reading them from the encoded bytes. Raises
+    which the graph then takes instead of reading them from the encoded bytes. With `windowed`,
+    the feeds' images are decoded HWC uint8 windows (see `preset_graph`), not encoded bytes. Raises
     DaliSetupError (naming the device and DALI's message) when DALI cannot build it here."""
     device_id, decode_device = device_ids(device)
     drawn: list[Draws] = []
@@ -87,8 +91,8 @@ def build_pipeline(graph: Graph, device: str, batch_size: int, threads: int,
     def pipeline():
         # On the CPU device DALI reads the fed bytes in place (`Runner` keeps them alive); a GPU
         # pipeline copies them, as it always has (reading them in place is not checked there).
-        encoded = fn.external_source(name=ENCODED, dtype=types.UINT8, ndim=1,
-                                     no_copy=device_id is None)
+        encoded = fn.external_source(name=ENCODED, dtype=types.UINT8, ndim=3 if windowed else 1,
+                                     layout="HWC" if windowed else None, no_copy=device_id is None)
         labels = fn.external_source(name=LABELS, dtype=types.INT32, ndim=1)
         fed = fn.external_source(name=SHAPES, dtype=types.INT32, ndim=1) if shapes else None
         draws = Draws(fn.external_source(name=DRAWN, dtype=types.INT32, ndim=1),
@@ -111,20 +115,20 @@ class SupersededError(RuntimeError):
 
 @dataclass(frozen=True)
 class Feed:
-    """One run's input: encoded images, labels, the drawn values (int32 vectors and noise fields,
+    """One run's input: encoded images (or decoded windows, see `build_pipeline`), labels, the drawn values (int32 vectors and noise fields,
     see `build_pipeline`) and, for a pipeline built with `shapes`, the images' int32 (height, width,
     3) shapes, all padded to the pipeline's batch size; how many samples are real, what the
     caller wants back with the outputs (`tag`; it stays referenced while the run is in flight)
     and what to call once the run is over (`release`, e.g. closing the files its images are read
     from)."""
 
-    encoded: list[np.ndarray]
-    labels: list[np.ndarray]
+    encoded: Batch
+    labels: Batch
     real: int
     tag: Any = None
-    shapes: list[np.ndarray] | None = None
+    shapes: Batch | None = None
     release: Callable[[], None] | None = None
-    draws: DrawnValues = ((), ())
+    draws: tuple[Batch, Batch] = ((), ())
 
 
 def padded(encoded: Sequence[bytes | np.ndarray], labels: Sequence[np.ndarray], batch_size: int,
@@ -140,13 +144,17 @@ def padded(encoded: Sequence[bytes | np.ndarray], labels: Sequence[np.ndarray], 
                          f"if any), got {count}")
     extra = batch_size - count
 
-    def filled(items: list[np.ndarray]) -> list[np.ndarray]:
-        return items + items[-1:] * extra
+    def filled(items: Sequence[np.ndarray]) -> Batch:
+        """The items, the last repeated `extra` times, stacked when they have one shape (DALI
+        takes a stacked batch without checking each sample in Python)."""
+        items = list(items) + list(items[-1:]) * extra
+        return np.stack(items) if len({item.shape for item in items}) == 1 else items
 
-    return Feed(filled([np.frombuffer(data, dtype=np.uint8) for data in encoded]),
+    return Feed(filled([data if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
+                        for data in encoded]),
                 filled([np.asarray(label, dtype=np.int32) for label in labels]), count, tag,
                 None if shapes is None else filled([np.asarray(s, dtype=np.int32) for s in shapes]),
-                release, (filled(list(draws[0])), filled(list(draws[1]))))
+                release, (filled(draws[0]), filled(draws[1])))
 
 
 class Runner:

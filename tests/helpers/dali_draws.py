@@ -10,6 +10,7 @@ import numpy as np
 from nvidia.dali import fn, types
 
 from imaginet_shards.augment.dali import DrawLayout, Draws, build_graph, host_draws
+from imaginet_shards.augment.dali_nodes import SampleDraws
 from imaginet_shards.augment.spec import Preset
 
 Sizes = Callable[[int], list[tuple[int, int]]]  # iteration -> (height, width) of its samples
@@ -21,10 +22,10 @@ class HostDraws:
 
     def __init__(self, preset: Preset, sizes: Sizes, seed: int = 0):
         self.preset, self.sizes, self.seed = preset, sizes, seed
-        self.drawn: dict[int, list[tuple[dict[str, float], np.ndarray | None]]] = {}
+        self.drawn: dict[int, list[SampleDraws]] = {}
         self.layout: DrawLayout | None = None
 
-    def _of(self, iteration: int) -> list[tuple[dict[str, float], np.ndarray | None]]:
+    def _of(self, iteration: int) -> list[SampleDraws]:
         if iteration not in self.drawn:
             self.drawn[iteration] = [
                 host_draws(self.preset, np.random.default_rng([self.seed, iteration, index]),
@@ -34,12 +35,12 @@ class HostDraws:
 
     def of(self, iteration: int) -> list[dict[str, float]]:
         """The records of `iteration`'s samples."""
-        return [record for record, _ in self._of(iteration)]
+        return [drawn.record for drawn in self._of(iteration)]
 
     def _packed(self, info: Any, kind: int) -> list[np.ndarray]:
         assert self.layout is not None, "build the graph first"
         drawn = self._of(info.iteration)
-        return self.layout.pack([r for r, _ in drawn], [f for _, f in drawn])[kind]
+        return self.layout.pack([d.record for d in drawn], [d.field for d in drawn])[kind]
 
     def graph(self, encoded: Any, **graph_args: Any) -> Any:
         """`build_graph` of the preset on `encoded` (call inside a pipeline definition). Only the
