@@ -114,7 +114,8 @@ class WindowDecoder:
     (JPEG too, images outside the fast paths whole), mirrored past its borders, so that the graph
     needs no decoder or mirroring operators of its own; a corrupt image raises its ValueError.
     A `TiledImage` left in its shard travels through DALI as a ticket (`lend`), so that only the
-    tiles a window covers are ever read."""
+    tiles a window covers are ever read. `decode` serves a loader that decodes its windows
+    before DALI (a tiled set whose preset starts by cutting one), on the same threads."""
 
     def __init__(self, threads: int, tiled: bool = False):
         self.threads = max(int(threads), 1)
