@@ -235,11 +235,13 @@ class DaliLoader(EpochLoader):
                  ) -> list[np.ndarray]:
         """The pixels of each record's window (`SampleDraws.window`), decoded on the window
         decoder's threads; a SampleError naming the first sample (in shard order) that failed."""
-        cuts = [d.window for d in drawn]
-        found = self._windows.decode(
-            [r.image if r.tiled is None else r.tiled for r in records],
-            [(c.top, c.left, c.height, c.width) for c in cuts if c is not None],
-            [(int(s[0]), int(s[1])) for s in shapes])
+        windows = []
+        for sample in drawn:
+            assert sample.window is not None  # drawn with `self._window`
+            windows.append((sample.window.top, sample.window.left, sample.window.height,
+                            sample.window.width))
+        found = self._windows.decode([r.image if r.tiled is None else r.tiled for r in records],
+                                     windows, [(int(s[0]), int(s[1])) for s in shapes])
         bad = [(r.shard, r.key, str(f)) for r, f in zip(records, found) if isinstance(f, ValueError)]
         if bad:
             shard, key, reason = min(bad)

@@ -115,12 +115,12 @@ class SupersededError(RuntimeError):
 
 @dataclass(frozen=True)
 class Feed:
-    """One run's input: encoded images (or decoded windows, see `build_pipeline`), labels, the drawn values (int32 vectors and noise fields,
-    see `build_pipeline`) and, for a pipeline built with `shapes`, the images' int32 (height, width,
-    3) shapes, all padded to the pipeline's batch size; how many samples are real, what the
-    caller wants back with the outputs (`tag`; it stays referenced while the run is in flight)
-    and what to call once the run is over (`release`, e.g. closing the files its images are read
-    from)."""
+    """One run's input: encoded images (or decoded windows), labels, the drawn values (int32
+    vectors and noise fields) and, for a pipeline built with `shapes`, the images' int32 (height,
+    width, 3) shapes (see `build_pipeline`), all padded to the pipeline's batch size; how many
+    samples are real, what the caller wants back with the outputs (`tag`; it stays referenced
+    while the run is in flight) and what to call once the run is over (`release`, e.g. closing
+    the files its images are read from)."""
 
     encoded: Batch
     labels: Batch
