@@ -69,7 +69,11 @@ class WorkerGuard:
 
 
 def process_pool(workers: int, initializer: Callable[[], None] | None = None) -> ProcessPoolExecutor:
-    """A ProcessPoolExecutor of `workers` processes that die with this one (then run `initializer`)."""
+    """A ProcessPoolExecutor of `workers` processes that die with this one (then run `initializer`).
+    This process's cyclic garbage is collected first, here, where finalisers can run: a forked
+    worker may collect before its guard freezes what it inherited (Python's own after-fork
+    bookkeeping allocates), and a DALI pipeline finalised there would hang it (see `WorkerGuard`)."""
+    gc.collect()
     return ProcessPoolExecutor(workers, initializer=WorkerGuard(then=initializer))
 
 

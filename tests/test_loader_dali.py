@@ -4,6 +4,7 @@ key."""
 from __future__ import annotations
 
 import shutil
+import threading
 
 import cv2
 import numpy as np
@@ -338,3 +339,32 @@ def test_a_feed_stacks_samples_of_one_shape_and_repeats_the_last():
     assert isinstance(feed.draws[1], list) and [f.shape for f in feed.draws[1]] == [(1, 1, 3)] + [(2, 2, 3)] * 3
     encoded = padded([b"abc", b"de"], [np.arange(4)] * 2, 3).encoded
     assert isinstance(encoded, list) and [bytes(e) for e in encoded] == [b"abc", b"de", b"de"]
+
+
+def test_feeds_are_prepared_off_the_iterating_thread(colour_shards, monkeypatch):
+    """Reading, checking and drawing run on the loader's feeding thread, not on the thread that
+    iterates (a training loop's): an iteration overtaken by a later one stops its own feeding
+    thread only, and closing the loader stops the current one."""
+    from imaginet_shards.loaders import dali_feed
+
+    readers: list[str] = []
+    real_read = dali_feed.read_batch
+
+    def read(*args, **kwargs):
+        readers.append(threading.current_thread().name)
+        return real_read(*args, **kwargs)
+    monkeypatch.setattr(dali_feed, "read_batch", read)
+    loader = make_loader(colour_shards, backend="dali", preset="train", batch_size=4, rank=0,
+                         world_size=1, seed=2, workers=1, device="cpu")
+    keys = [batch.keys for batch in loader.batches()]
+    assert readers and set(readers) == {"imaginet-dali-feed"}
+    overtaken = loader.batches()
+    next(overtaken)
+    later = loader.batches()
+    first = next(later)
+    del overtaken  # finalised while the later iteration runs, which it must leave undisturbed
+    assert [first.keys] + [batch.keys for batch in later] == keys
+    unfinished = loader.batches()
+    next(unfinished)
+    loader.close()
+    assert not [t for t in threading.enumerate() if t.name == "imaginet-dali-feed"]

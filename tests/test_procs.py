@@ -2,6 +2,7 @@
 parent is killed with SIGKILL (no cleanup runs in the parent), instead of living on as orphans."""
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import pickle
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import weakref
 from pathlib import Path
 
 import psutil
@@ -16,7 +18,7 @@ import pytest
 
 from helpers.shardsets import build_shards
 from helpers.trees import make_dataset
-from imaginet_shards.procs import ORPHAN_EXIT_STATUS, WorkerGuard
+from imaginet_shards.procs import ORPHAN_EXIT_STATUS, WorkerGuard, process_pool
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKERS = 3
@@ -133,13 +135,13 @@ def test_a_worker_never_finalises_what_it_inherits(tmp_path):
         def pipeline():
             return fn.random.uniform(range=[0.0, 1.0], shape=[4])
 
-        pipe = pipeline()
-        pipe.build()
-        pipe.run()
-        cycle = {"pipe": pipe}
-        cycle["cycle"] = cycle
-        del pipe, cycle
-        with process_pool(1) as pool:
+        with process_pool(1) as pool:  # which collects garbage, but forks only on submit
+            pipe = pipeline()
+            pipe.build()
+            pipe.run()
+            cycle = {"pipe": pipe}
+            cycle["cycle"] = cycle
+            del pipe, cycle
             try:
                 pool.submit(gc.collect).result(timeout=60)
             except TimeoutError:
@@ -153,3 +155,22 @@ def test_a_worker_never_finalises_what_it_inherits(tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, 9)
+
+
+def test_a_pool_collects_the_parents_garbage_before_it_forks():
+    """Cyclic garbage is finalised in the parent before any worker exists, not in a worker."""
+    class Node:
+        pass
+
+    node = Node()
+    node.cycle = node
+    alive = weakref.ref(node)
+    del node
+    gc.disable()
+    try:
+        assert alive() is not None  # garbage, not yet collected
+        with process_pool(1) as pool:
+            assert alive() is None
+            assert pool.submit(os.getpid).result(timeout=60) != os.getpid()
+    finally:
+        gc.enable()

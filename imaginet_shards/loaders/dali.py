@@ -18,7 +18,10 @@ decodes each image's window itself (`WindowDecoder.decode`, on its threads) and 
 pixels, so that the graph starts after the crop; for other presets it feeds small tickets
 (`WindowDecoder.lend`) that the graph's window route decodes, from shard files kept open until
 the run's outputs are taken. Up to `dali_pipeline.PREFETCH` runs are in
-flight. Keys come from what was fed, so an error while running is blamed on the failed run's own
+flight, and the feeds are prepared (read, checked, drawn, windows decoded) on a thread of their
+own (`loaders.ahead`), up to `AHEAD` feeds ahead of DALI, so that the thread that iterates only
+feeds DALI and takes its outputs: a training loop is not held up between its steps by the next
+batch's preparation. Keys come from what was fed, so an error while running is blamed on the failed run's own
 samples. Batches are handed out through `EpochLoader._delivering`, so `state_dict` /
 `load_state_dict` resume mid-epoch exactly as on the CPU backend (same samples, same batches, on any
 world size).
@@ -85,32 +88,27 @@ import numpy as np
 import torch
 from nvidia.dali.backend import TensorListCPU
 
-from imaginet_shards.augment.dali import DrawLayout, host_draws
-from imaginet_shards.augment.dali_nodes import SampleDraws
+from imaginet_shards.augment.dali import DrawLayout
 from imaginet_shards.augment.decisions import window_steps
 from imaginet_shards.codecs.windows import WindowDecoder
 from imaginet_shards.errors import SampleError, ShardSetError
 from imaginet_shards.format.tiles import RETILE_KEY
-from imaginet_shards.io.shardset import (
-    Record,
-    ShardFiles,
-    ShardIndex,
-    ShardSet,
-    open_shard_set,
-    read_batch,
-)
+from imaginet_shards.io.shardset import ShardIndex, ShardSet, open_shard_set
+from imaginet_shards.loaders.ahead import Ahead
 from imaginet_shards.loaders.base import EpochLoader, LoaderConfig
-from imaginet_shards.loaders.dali_faults import HINT, check_batch, dali_reason, first_unusable
+from imaginet_shards.loaders.dali_faults import HINT, dali_reason, first_unusable
+from imaginet_shards.loaders.dali_feed import Feeder, release
 from imaginet_shards.loaders.dali_pipeline import (
     Feed,
     Runner,
     SupersededError,
     build_pipeline,
     device_ids,
-    padded,
     preset_graph,
 )
-from imaginet_shards.loaders.world import RankOrder, sample_rng
+from imaginet_shards.loaders.world import RankOrder
+
+AHEAD = 1  # feeds prepared ahead of the one DALI takes next, on the feeding thread
 
 
 class DaliBatch(NamedTuple):
@@ -121,18 +119,6 @@ class DaliBatch(NamedTuple):
     labels: torch.Tensor
     keys: list[str]
     decisions: dict[str, torch.Tensor]
-
-
-def _draw(config: LoaderConfig, record: Record, shape: np.ndarray, noise: bool, window: int
-          ) -> SampleDraws:
-    """`host_draws` for `record`'s image of `shape`, with the CPU backend's generator; a
-    SampleError when the preset cannot apply to it."""
-    epoch = None if config.preset.per_sample_seed else config.epoch
-    try:
-        return host_draws(config.preset, sample_rng(config.seed, record.key, epoch),
-                          int(shape[0]), int(shape[1]), noise, window)
-    except ValueError as exc:
-        raise SampleError(record.shard, record.key, str(exc), HINT) from exc
 
 
 def _host(tensor_list: Any) -> torch.Tensor:
@@ -172,6 +158,7 @@ class DaliLoader(EpochLoader):
         # graph then starts after those steps (else it decodes them through the window route).
         self._window = window_steps(config.preset.steps) if tiled else 0
         self._runner: Runner | None = None
+        self._ahead: Ahead[Feed] | None = None  # the epoch's feeds, prepared on a thread
         try:
             self._start()
         except BaseException:
@@ -188,6 +175,7 @@ class DaliLoader(EpochLoader):
         return self._runner
 
     def close(self) -> None:
+        self._stop_feeding()
         self._stop()
         self._windows.close()
         super().close()
@@ -197,56 +185,6 @@ class DaliLoader(EpochLoader):
         if self._runner is not None:
             self._runner.close()
         self._runner = None
-
-    def _feeds(self, order: RankOrder, runner: Runner) -> Iterator[Feed]:
-        """The runs of the epoch's non-empty batches: their samples read and checked, their
-        perturbations drawn on the host. A tiled set's images in local shard files are read
-        lazily (only their covering tiles) from files open until the windows are decoded here
-        (`_window`), or else until the run is over, fed as tickets (`WindowDecoder.lend`)."""
-        tiled, config = self._windows.tiled, self.config  # the epoch's, whatever set_epoch does
-        for number in range(len(order)):
-            shard_ids, samples = order.batch(number)
-            if len(samples) == 0:
-                continue
-            files = ShardFiles(self.shards) if tiled else None
-            try:
-                records = read_batch(self.shards, self._indexes, shard_ids, samples, files)
-                labels, shapes = check_batch(records)
-                drawn = [_draw(config, r, shape, runner.layout.noise, self._window)
-                         for r, shape in zip(records, shapes)]
-                draws = runner.layout.pack([d.record for d in drawn], [d.field for d in drawn])
-                if self._window:
-                    windows = self._decoded(records, shapes, drawn)
-            except BaseException:
-                if files is not None:
-                    files.close()
-                raise
-            if self._window:
-                assert files is not None
-                files.close()
-                yield padded(windows, labels, config.batch_size, (number, records), None, None,
-                             draws)
-                continue
-            encoded = [r.image if r.tiled is None else self._windows.lend(r.tiled) for r in records]
-            yield padded(encoded, labels, config.batch_size, (number, records), shapes,
-                         None if files is None else files.close, draws)
-
-    def _decoded(self, records: list[Record], shapes: list[np.ndarray], drawn: list[SampleDraws]
-                 ) -> list[np.ndarray]:
-        """The pixels of each record's window (`SampleDraws.window`), decoded on the window
-        decoder's threads; a SampleError naming the first sample (in shard order) that failed."""
-        windows = []
-        for sample in drawn:
-            assert sample.window is not None  # drawn with `self._window`
-            windows.append((sample.window.top, sample.window.left, sample.window.height,
-                            sample.window.width))
-        found = self._windows.decode([r.image if r.tiled is None else r.tiled for r in records],
-                                     windows, [(int(s[0]), int(s[1])) for s in shapes])
-        bad = [(r.shard, r.key, str(f)) for r, f in zip(records, found) if isinstance(f, ValueError)]
-        if bad:
-            shard, key, reason = min(bad)
-            raise SampleError(shard, key, f"corrupt image: {reason}", HINT)
-        return [f for f in found if not isinstance(f, ValueError)]
 
     def batches(self) -> Iterator[DaliBatch]:
         """The rest of the epoch's batches (all of them unless a state was loaded) with their keys
@@ -260,7 +198,26 @@ class DaliLoader(EpochLoader):
         self.shards.prefetch(list(dict.fromkeys(  # a remote set's cache fills ahead of use
             self.shards.manifest.shards[int(order.shards[i])].name for i in starts)))
         stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
-        runs = runner.run(self._feeds(order, runner), stream)
+        self._stop_feeding()  # an earlier iteration left early: its feeds were never fed
+        feeder = Feeder(self.shards, self._indexes, self._windows, self._window, self.config,
+                        runner.layout)
+        feeds = self._ahead = Ahead(feeder.feeds(order), AHEAD, release, "imaginet-dali-feed")
+        try:
+            yield from self._run(order, runner, feeds, device, stream)
+        finally:  # this iteration's own feeds: a later one may have started meanwhile
+            feeds.close()
+            if self._ahead is feeds:
+                self._ahead = None
+
+    def _stop_feeding(self) -> None:
+        """Stop preparing the current iteration's feeds, releasing those prepared and not fed."""
+        if self._ahead is not None:
+            self._ahead.close()
+        self._ahead = None
+
+    def _run(self, order: RankOrder, runner: Runner, feeds: Iterator[Feed], device: torch.device,
+             stream: Any) -> Iterator[DaliBatch]:
+        runs = runner.run(feeds, stream)
         for number, size in enumerate(order.batch_sizes):
             if size == 0:  # a rank of a tiny set: empty batches (see world.py)
                 yield self._empty(device)
@@ -296,7 +253,8 @@ class DaliLoader(EpochLoader):
         feeds = runner.in_flight()
         reason = dali_reason(message)
         records = list(feeds[0].tag[1]) if feeds and feeds[0].real else []
-        found = first_unusable(records)
+        # windows the loader decoded itself were decoded cleanly, from files since closed
+        found = None if self._window else first_unusable(records)
         self._stop()
         if found is not None:
             shard, key, cause = found
