@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
-__all__ = ["WorkerGuard", "die_with_parent", "process_pool"]
+__all__ = ["WorkerGuard", "before_fork", "die_with_parent", "process_pool"]
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 WATCHDOG_POLL_S = 0.2
@@ -68,12 +68,18 @@ class WorkerGuard:
             self.then()
 
 
-def process_pool(workers: int, initializer: Callable[[], None] | None = None) -> ProcessPoolExecutor:
-    """A ProcessPoolExecutor of `workers` processes that die with this one (then run `initializer`).
-    This process's cyclic garbage is collected first, here, where finalisers can run: a forked
-    worker may collect before its guard freezes what it inherited (Python's own after-fork
-    bookkeeping allocates), and a DALI pipeline finalised there would hang it (see `WorkerGuard`)."""
+def before_fork() -> None:
+    """Collect this process's cyclic garbage now, where finalisers can run, before it forks
+    workers: a forked worker may collect before its guard freezes what it inherited (Python's own
+    after-fork bookkeeping allocates), and a DALI pipeline finalised there would hang it (see
+    `WorkerGuard`)."""
     gc.collect()
+
+
+def process_pool(workers: int, initializer: Callable[[], None] | None = None) -> ProcessPoolExecutor:
+    """A ProcessPoolExecutor of `workers` processes that die with this one (then run
+    `initializer`); `before_fork` runs first."""
+    before_fork()
     return ProcessPoolExecutor(workers, initializer=WorkerGuard(then=initializer))
 
 

@@ -1,7 +1,9 @@
 """The CPU backend against the loader contract (docs/architecture.md, "The loader contract"), ranks run in-process, plus torchrun."""
 from __future__ import annotations
 
+import gc
 import textwrap
+import weakref
 from dataclasses import replace
 from pathlib import Path
 
@@ -159,3 +161,31 @@ def test_auto_takes_the_cpu_backend_quietly_for_cpu_only_options(shards, recwarn
                          device="cpu", workers=0, on_error="skip")
     assert type(loader).__name__ == "CpuLoader"
     assert not [w for w in recwarn if "unusable" in str(w.message)]
+
+
+def test_the_parent_collects_its_garbage_before_the_workers_fork(shards):
+    """Cyclic garbage (a DALI pipeline from a loader that failed, say) is finalised in the
+    parent before its DataLoader workers fork, not in a worker, and only before that one fork."""
+    class Node:
+        pass
+
+    def garbage() -> weakref.ref:
+        node = Node()
+        node.cycle = node
+        return weakref.ref(node)
+
+    loader = make_loader(shards, backend="cpu", preset="eval", batch_size=8, rank=0, world_size=1,
+                         workers=1, device="cpu")
+    gc.disable()
+    try:
+        first = garbage()
+        assert first() is not None
+        next(iter(loader))
+        assert first() is None
+        later = garbage()
+        loader.set_epoch(1)
+        next(iter(loader))  # the workers persist: nothing forks, nothing is collected
+        assert later() is not None
+    finally:
+        gc.enable()
+        loader.close()

@@ -27,7 +27,7 @@ from imaginet_shards.errors import SampleError
 from imaginet_shards.io.shardset import Record, ShardFiles, ShardIndex, ShardSet, read_batch
 from imaginet_shards.loaders.base import EpochLoader, LoaderConfig, SkippedSample
 from imaginet_shards.loaders.world import Leg, RankOrder, rank_order, sample_rng
-from imaginet_shards.procs import WorkerGuard
+from imaginet_shards.procs import WorkerGuard, before_fork
 
 MAX_LEGS = 64  # interruptions of one epoch the shared position can hold
 
@@ -144,6 +144,7 @@ class CpuLoader(EpochLoader):
     def __init__(self, shards: ShardSet, config: LoaderConfig):
         super().__init__(shards, config)
         self._position = _Position(config.epoch)
+        self._forked = False
         self._loader = DataLoader(
             _EpochStream(shards, config, self._position), batch_size=None,
             collate_fn=_as_shipped, num_workers=config.workers, worker_init_fn=WorkerGuard(),
@@ -158,6 +159,9 @@ class CpuLoader(EpochLoader):
         self._position.set(self.config.epoch, self._legs)
         if self.config.workers > 0 and multiprocessing.get_start_method() == "fork":
             load_kernel()  # before the workers start: they inherit it instead of each loading it
+            if not self._forked:  # the workers persist: they start on the first iteration only
+                before_fork()
+                self._forked = True
         for images, labels, keys, skipped in self._loader:
             if skipped and self.config.on_error == "raise":
                 bad = skipped[0]
