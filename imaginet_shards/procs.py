@@ -6,7 +6,8 @@ pool we start runs `WorkerGuard` in each worker first: on Linux the kernel then 
 SIGKILL the moment its parent exits (prctl PR_SET_PDEATHSIG); elsewhere a watchdog thread polls the
 parent's pid. On Linux the signal follows the parent *thread* that started the worker, so a pool
 must be used by the thread that created it, or one that outlives it (as pools here are). The
-guard also keeps a forked worker's garbage collector away from what it inherited (`WorkerGuard`).
+guard also keeps a forked worker's garbage collector away from what it inherited (`WorkerGuard`),
+and the parent collects its own garbage before it forks (`before_fork`).
 """
 from __future__ import annotations
 
