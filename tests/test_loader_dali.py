@@ -366,5 +366,7 @@ def test_feeds_are_prepared_off_the_iterating_thread(colour_shards, monkeypatch)
     assert [first.keys] + [batch.keys for batch in later] == keys
     unfinished = loader.batches()
     next(unfinished)
+    feeding = loader._ahead._thread  # this loader's: other tests' loaders may still be collected
+    assert feeding.is_alive()
     loader.close()
-    assert not [t for t in threading.enumerate() if t.name == "imaginet-dali-feed"]
+    assert not feeding.is_alive()
